@@ -1,0 +1,11 @@
+//! clickstay: ad-click aggregation and hotel reservations on timely/differential dataflow.
+//!
+//! Modules are split by concern; each folder has a `CONTEXT.md` naming what each file owns.
+
+pub mod clicks;
+pub mod cluster;
+pub mod config;
+pub mod rooms;
+pub mod sinks;
+pub mod sources;
+pub mod spec;

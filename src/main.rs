@@ -1,0 +1,40 @@
+//! The `clickstay` binary: one subcommand per job or tool.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Ad-click aggregation and hotel reservations on timely/differential dataflow.
+#[derive(Parser)]
+#[command(name = "clickstay", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write realistic raw click events (CSV or JSON Lines) for tests and benchmarks.
+    Gen(clickstay::clicks::generate::GenArgs),
+    /// Replay a file of raw click events through the ad-click dataflow and write the results.
+    Replay(clickstay::clicks::replay::ReplayArgs),
+    /// Start the local processes of the cluster in `workers.toml` and wait for them.
+    Launch(clickstay::cluster::LaunchArgs),
+    /// Hotel reservations: database migration, seeding and the HTTP API.
+    #[command(subcommand)]
+    Rooms(clickstay::rooms::cli::RoomsCommand),
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Gen(args) => clickstay::clicks::generate::run(&args),
+        Command::Replay(args) => clickstay::clicks::replay::run(args),
+        Command::Launch(args) => clickstay::cluster::launch(&args),
+        Command::Rooms(command) => clickstay::rooms::cli::run(command),
+    }
+}

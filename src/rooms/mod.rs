@@ -1,0 +1,3 @@
+//! Hotel reservations on PostgreSQL (see `CONTEXT.md`).
+
+pub mod cli;
