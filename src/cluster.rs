@@ -1,16 +1,183 @@
-//! Timely cluster configuration and `clickstay launch`.
+//! How many timely workers a job runs on, and `clickstay launch`, which starts the local
+//! processes of a cluster.
+//!
+//! A job runs either on `-w THREADS` threads of one process, or as process `--process I` of the
+//! cluster in `workers.toml` (`[cluster] processes = [...]`, `threads = N`). Timely's own
+//! getopts parsing is not used: the config is built here from clap's arguments and the file.
 
-use anyhow::Result;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
 use clap::Args;
+use timely::{CommunicationConfig, WorkerConfig};
+
+use crate::config::WorkersConfig;
+
+/// Worker options shared by every job command.
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Worker threads in this process (ignored with --process: `workers.toml` says).
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    pub threads: usize,
+    /// The cluster config (`[cluster]`, and `[kafka]` / `[postgres]` for jobs that use them).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run as process I of the cluster in --config (what `clickstay launch` passes).
+    #[arg(long, requires = "config")]
+    pub process: Option<usize>,
+}
+
+/// Where a job's workers run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Workers {
+    Threads(usize),
+    Cluster { addresses: Vec<String>, threads: usize, process: usize },
+}
+
+impl Workers {
+    /// From the command line (and `workers.toml` when --process is given).
+    pub fn from_args(args: &WorkerArgs) -> Result<Self> {
+        if args.threads == 0 {
+            bail!("-w/--workers: must be at least 1");
+        }
+        let (Some(path), Some(process)) = (&args.config, args.process) else {
+            return Ok(Workers::Threads(args.threads));
+        };
+        let config = WorkersConfig::load(path)?;
+        let cluster = config.cluster()?;
+        if process >= cluster.processes.len() {
+            bail!(
+                "--process {process}: {} lists {} processes (0..{})",
+                path.display(),
+                cluster.processes.len(),
+                cluster.processes.len()
+            );
+        }
+        Ok(Workers::Cluster { addresses: cluster.processes.clone(), threads: cluster.threads, process })
+    }
+
+    /// The timely configuration.
+    pub fn timely_config(&self) -> timely::Config {
+        let communication = match self {
+            Workers::Threads(1) => CommunicationConfig::Thread,
+            Workers::Threads(n) => CommunicationConfig::Process(*n),
+            Workers::Cluster { addresses, threads, process } => CommunicationConfig::Cluster {
+                threads: *threads,
+                process: *process,
+                addresses: addresses.clone(),
+                report: false,
+                zerocopy: false,
+            },
+        };
+        timely::Config { communication, worker: WorkerConfig::default() }
+    }
+
+    /// Is this the process that hosts worker 0 (which writes the outputs)?
+    pub fn is_first_process(&self) -> bool {
+        !matches!(self, Workers::Cluster { process, .. } if *process != 0)
+    }
+}
 
 /// Options of `clickstay launch`.
 #[derive(Args, Debug)]
 pub struct LaunchArgs {
-    /// The cluster config.
+    /// The cluster config whose local processes to start.
     #[arg(long, default_value = "workers.toml")]
-    pub config: std::path::PathBuf,
+    pub config: PathBuf,
+    /// The job command and its arguments, after `--` (e.g. `-- replay --dataflow ... --out out`).
+    #[arg(last = true, required = true, num_args = 1..)]
+    pub command: Vec<String>,
 }
 
-pub fn launch(_args: &LaunchArgs) -> Result<()> {
-    anyhow::bail!("not yet implemented")
+/// Starts one process per local address of the cluster, each as `clickstay COMMAND --config
+/// FILE --process I`, and waits for all; if one fails, the others are stopped.
+pub fn launch(args: &LaunchArgs) -> Result<()> {
+    let config = WorkersConfig::load(&args.config)?;
+    let cluster = config.cluster()?;
+    let exe = std::env::current_exe().context("cannot find the clickstay executable")?;
+    let mut children: Vec<(usize, Child)> = Vec::new();
+    for (index, address) in cluster.processes.iter().enumerate() {
+        if !is_local(address) {
+            eprintln!(
+                "process {index} ({address}) is not on this host; start it there with: clickstay {} --config {} --process {index}",
+                args.command.join(" "),
+                args.config.display()
+            );
+            continue;
+        }
+        let child = Command::new(&exe)
+            .args(&args.command)
+            .arg("--config")
+            .arg(&args.config)
+            .arg("--process")
+            .arg(index.to_string())
+            .spawn()
+            .with_context(|| format!("cannot start process {index}"))?;
+        tracing::info!(process = index, pid = child.id(), %address, "started");
+        children.push((index, child));
+    }
+    wait_all(children)
+}
+
+fn is_local(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']']);
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+fn wait_all(mut children: Vec<(usize, Child)>) -> Result<()> {
+    let mut failure = None;
+    while !children.is_empty() {
+        let mut index = 0;
+        while index < children.len() {
+            let (process, child) = &mut children[index];
+            match child.try_wait()? {
+                Some(status) => {
+                    if !status.success() && failure.is_none() {
+                        failure = Some(format!("process {process} failed ({status})"));
+                    }
+                    children.remove(index);
+                }
+                None => index += 1,
+            }
+        }
+        if failure.is_some() {
+            for (_, child) in &mut children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    match failure {
+        Some(failure) => bail!("{failure}; stopped the other processes"),
+        None => Ok(()),
+    }
+}
+
+/// The path a job should use for its config: --config, else `workers.toml` when present.
+pub fn config_path(args: &WorkerArgs) -> Option<PathBuf> {
+    args.config.clone().or_else(|| Path::new("workers.toml").exists().then(|| PathBuf::from("workers.toml")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_addresses() {
+        assert!(is_local("127.0.0.1:2101"));
+        assert!(is_local("localhost:2101"));
+        assert!(is_local("[::1]:2101"));
+        assert!(!is_local("10.0.0.7:2101"));
+    }
+
+    #[test]
+    fn threads_without_config() {
+        let args = WorkerArgs { threads: 4, config: None, process: None };
+        assert_eq!(Workers::from_args(&args).unwrap(), Workers::Threads(4));
+        assert!(Workers::from_args(&WorkerArgs { threads: 0, ..args }).is_err());
+    }
 }

@@ -1,4 +1,8 @@
 //! The ad-click aggregation job (see `CONTEXT.md`).
 
+pub mod dataflow;
+pub mod driver;
+pub mod event;
 pub mod generate;
 pub mod replay;
+pub mod time;

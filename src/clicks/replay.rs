@@ -1,16 +1,131 @@
-//! `clickstay replay`: a file of raw events through the ad-click dataflow.
+//! `clickstay replay`: a file of raw events through the ad-click dataflow, results to CSV files.
+//!
+//! This is the batch path of the design (reconciliation, back-fills, and the reference the
+//! streaming job is checked against): the same dataflow, the same event-time rules, a file as
+//! the source and CSV files as the sinks.
 
-use anyhow::Result;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use super::dataflow;
+use super::driver::{Driver, RunTotals};
+use super::event::Format;
+use crate::cluster::{WorkerArgs, Workers};
+use crate::sinks::csv::CsvSink;
+use crate::sinks::Sink;
+use crate::sources::Source;
+use crate::sources::file::{self, DEFAULT_CHUNK_BYTES, FileSource};
+use crate::spec::DataflowSpec;
 
 /// Options of `clickstay replay`.
 #[derive(Args, Debug)]
 pub struct ReplayArgs {
-    /// The dataflow spec.
+    /// The dataflow spec (e.g. dataflows/ad_clicks.toml).
     #[arg(long)]
-    pub dataflow: std::path::PathBuf,
+    pub dataflow: PathBuf,
+    /// The file of raw click events.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// The input format (default: from the file extension, .csv or .jsonl).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    /// The folder for the result files (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+    /// Bytes per chunk of input that a worker reads in one round.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_BYTES, hide_short_help = true)]
+    pub chunk_bytes: u64,
 }
 
-pub fn run(_args: ReplayArgs) -> Result<()> {
-    anyhow::bail!("not yet implemented")
+pub fn run(args: ReplayArgs) -> Result<()> {
+    let spec = Arc::new(DataflowSpec::load(&args.dataflow)?);
+    let format = match args.format.or_else(|| Format::from_path(&args.input)) {
+        Some(format) => format,
+        None => bail!("cannot tell the format of {} from its name; pass --format csv or --format jsonl", args.input.display()),
+    };
+    file::check_header(&args.input, format)?;
+    let workers = Workers::from_args(&args.workers)?;
+    if workers.is_first_process() {
+        std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    }
+    let started = Instant::now();
+    let input = args.input.clone();
+    let out = args.out.clone();
+    let chunk_bytes = args.chunk_bytes;
+    let guards = timely::execute(workers.timely_config(), move |worker| {
+        match replay_worker(worker, &spec, &input, format, chunk_bytes, &out) {
+            Ok(totals) => totals,
+            Err(error) => {
+                // The other workers wait for this one at every round: stop the whole process.
+                eprintln!("error: {error:#}");
+                std::process::exit(1);
+            }
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
+    let totals = guards.join().into_iter().next().context("no worker ran")?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    if workers.is_first_process() {
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "replayed {}: read {} events, accepted {}, late {}, rejected {} in {:.2} s ({:.0} events/s)",
+            args.input.display(),
+            totals.read,
+            totals.accepted(),
+            totals.late,
+            totals.rejected,
+            seconds,
+            totals.read as f64 / seconds.max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+/// One worker's part of a replay.
+fn replay_worker(
+    worker: &mut timely::worker::Worker,
+    spec: &DataflowSpec,
+    input: &Path,
+    format: Format,
+    chunk_bytes: u64,
+    out: &Path,
+) -> Result<RunTotals> {
+    let mut source = FileSource::open(input, format, chunk_bytes, worker.index(), worker.peers())?;
+    let make_sink = |sink: &crate::spec::SinkSpec, schema: &crate::sinks::TableSchema| -> Result<Box<dyn Sink>> {
+        Ok(Box::new(CsvSink::create(out, &sink.file, schema)?))
+    };
+    let first_worker = worker.index() == 0;
+    let mut dataflow = dataflow::build(worker, spec, first_worker.then_some(&make_sink as dataflow::SinkFactory))?;
+    let mut driver = Driver::new(worker, spec, &source.partitions());
+    let progress = (first_worker && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(source.progress().1);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("a valid template"),
+        );
+        bar
+    });
+    let totals = driver.run(worker, &mut source, &mut dataflow, |source| {
+        if let Some(bar) = &progress {
+            bar.set_position(source.progress().0);
+        }
+    })?;
+    drop(driver);
+    let probe = dataflow.probe.clone();
+    let sinks = std::rc::Rc::clone(&dataflow.sinks);
+    drop(dataflow);
+    while !probe.done() {
+        worker.step();
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    sinks.borrow_mut().finish()?;
+    Ok(totals)
 }

@@ -1,1 +1,535 @@
+//! The declarative dataflow spec (`dataflows/*.toml`): what the job computes, without Rust.
+//!
+//! A spec is a graph of named nodes: one `source` of click events, `filter`s on event
+//! attributes, `count`s per pane grouped by `ad_id` (and at most one more attribute), and
+//! `top_n` over sliding windows built from a count's panes. Sinks name a node (or the source's
+//! `late` / `rejected` side outputs) and the file or table its rows go to; the command decides
+//! the connector (replay writes CSV files, the streaming job writes Postgres tables).
+//!
+//! [`DataflowSpec::load`] reads and validates a spec at start-up; every error names the file,
+//! the node and the problem.
 
+pub mod duration;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use duration::{format_duration_ms, parse_duration_ms};
+
+/// An attribute of a click event that a spec can group or filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    AdId,
+    Country,
+    UserId,
+    Ip,
+}
+
+impl Field {
+    /// The column name, as in the event format and the output tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::AdId => "ad_id",
+            Field::Country => "country",
+            Field::UserId => "user_id",
+            Field::Ip => "ip",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Field> {
+        [Field::AdId, Field::Country, Field::UserId, Field::Ip].into_iter().find(|f| f.name() == name)
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Event-time settings shared by every node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeSpec {
+    /// Length of a tumbling pane; sliding windows are made of whole panes.
+    pub pane_ms: u64,
+    /// A partition's watermark trails the largest event time it has seen by this much.
+    pub max_out_of_orderness_ms: u64,
+    /// How long after its end (in watermark time) a pane still accepts corrections.
+    pub allowed_lateness_ms: u64,
+}
+
+/// A sliding window: `size` long, starting every `slide`; both whole multiples of the pane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlidingWindow {
+    pub size_ms: u64,
+    pub slide_ms: u64,
+}
+
+/// One predicate of a filter: the field's value must be one of `values`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Predicate {
+    pub field: Field,
+    /// Values in the field's encoded form (see `clicks::event::ClickEvent::field`).
+    pub values: BTreeSet<u64>,
+}
+
+/// What a node computes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Filter { input: String, predicates: Vec<Predicate> },
+    Count { input: String, group_by: Vec<Field> },
+    TopN { input: String, window: SlidingWindow, n: usize },
+}
+
+/// A named node of the graph (the source is described by [`SourceSpec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+}
+
+/// The click-event source: the connector (file, kafka) comes from the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceSpec {
+    pub name: String,
+    /// The exchange key: events are partitioned over workers by this field.
+    pub key: Field,
+}
+
+/// Which stream a sink writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkInput {
+    Node(String),
+    Late,
+    Rejected,
+}
+
+/// A named output table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkSpec {
+    pub name: String,
+    pub input: SinkInput,
+    /// The CSV or Parquet file name (default: `<name>.csv`).
+    pub file: String,
+    /// The Postgres table name (default: `<name>`).
+    pub table: String,
+}
+
+/// A validated dataflow spec; `nodes` are in dependency order.
+#[derive(Debug, Clone)]
+pub struct DataflowSpec {
+    pub path: PathBuf,
+    pub name: String,
+    pub time: TimeSpec,
+    pub source: SourceSpec,
+    pub nodes: Vec<Node>,
+    pub sinks: Vec<SinkSpec>,
+}
+
+impl DataflowSpec {
+    /// Reads and validates a spec file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read dataflow spec {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates spec text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let raw: RawSpec =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
+        compile(raw, path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Every event field some node filters or groups by: the source keeps only these.
+    pub fn fields_used(&self) -> BTreeSet<Field> {
+        let mut fields = BTreeSet::from([Field::AdId]);
+        for node in &self.nodes {
+            match &node.op {
+                Op::Filter { predicates, .. } => fields.extend(predicates.iter().map(|p| p.field)),
+                Op::Count { group_by, .. } => fields.extend(group_by.iter().copied()),
+                Op::TopN { .. } => {}
+            }
+        }
+        fields
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TOML shapes, as written by users.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: String,
+    time: RawTime,
+    nodes: BTreeMap<String, RawNode>,
+    #[serde(default)]
+    sinks: BTreeMap<String, RawSink>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTime {
+    pane: String,
+    max_out_of_orderness: String,
+    allowed_lateness: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    op: String,
+    input: Option<String>,
+    key: Option<String>,
+    group_by: Option<Vec<String>>,
+    #[serde(rename = "where")]
+    where_: Option<BTreeMap<String, Vec<toml::Value>>>,
+    window: Option<RawWindow>,
+    n: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    size: String,
+    slide: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSink {
+    input: String,
+    file: Option<String>,
+    table: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation: from the raw shapes to the model, one error message per problem.
+
+fn duration(what: &str, text: &str) -> Result<u64, String> {
+    parse_duration_ms(text).map_err(|e| format!("{what}: {e}"))
+}
+
+fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
+    let time = TimeSpec {
+        pane_ms: duration("time.pane", &raw.time.pane)?,
+        max_out_of_orderness_ms: duration("time.max_out_of_orderness", &raw.time.max_out_of_orderness)?,
+        allowed_lateness_ms: duration("time.allowed_lateness", &raw.time.allowed_lateness)?,
+    };
+    if time.pane_ms == 0 {
+        return Err("time.pane: must be longer than 0s".into());
+    }
+
+    let mut source = None;
+    let mut nodes = Vec::new();
+    for (name, node) in &raw.nodes {
+        let context = |problem: String| format!("node `{name}`: {problem}");
+        let allowed: &[&str] = match node.op.as_str() {
+            "source" => &["key"],
+            "filter" => &["input", "where"],
+            "count" => &["input", "group_by"],
+            "top_n" => &["input", "window", "n"],
+            other => {
+                return Err(context(format!("unknown op `{other}` (expected one of: source, filter, count, top_n)")));
+            }
+        };
+        for (key, present) in [
+            ("input", node.input.is_some()),
+            ("key", node.key.is_some()),
+            ("group_by", node.group_by.is_some()),
+            ("where", node.where_.is_some()),
+            ("window", node.window.is_some()),
+            ("n", node.n.is_some()),
+        ] {
+            if present && !allowed.contains(&key) {
+                return Err(context(format!("`{key}` does not apply to op `{}`", node.op)));
+            }
+        }
+        let input = || node.input.clone().ok_or_else(|| context(format!("op `{}` needs an `input`", node.op)));
+        let op = match node.op.as_str() {
+            "source" => {
+                if source.is_some() {
+                    return Err(context("a dataflow has exactly one source".into()));
+                }
+                let key = node.key.as_deref().unwrap_or("ad_id");
+                let key = Field::parse(key).ok_or_else(|| context(format!("key: unknown field `{key}`")))?;
+                if key != Field::AdId {
+                    return Err(context(format!("key: clicks are keyed by ad_id, not `{key}`")));
+                }
+                source = Some(SourceSpec { name: name.clone(), key });
+                continue;
+            }
+            "filter" => {
+                let clauses = node.where_.as_ref().ok_or_else(|| context("op `filter` needs `where`".into()))?;
+                if clauses.is_empty() {
+                    return Err(context("where: names no field".into()));
+                }
+                let predicates = clauses
+                    .iter()
+                    .map(|(field, values)| predicate(field, values))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(context)?;
+                Op::Filter { input: input()?, predicates }
+            }
+            "count" => {
+                let names = node.group_by.as_ref().ok_or_else(|| context("op `count` needs `group_by`".into()))?;
+                let group_by = names
+                    .iter()
+                    .map(|n| Field::parse(n).ok_or_else(|| context(format!("group_by: unknown field `{n}`"))))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if group_by.first() != Some(&Field::AdId) || group_by.len() > 2 || group_by.get(1) == Some(&Field::AdId)
+                {
+                    return Err(context(
+                        "group_by: must be [\"ad_id\"] or [\"ad_id\", FIELD] with FIELD one of country, user_id, ip"
+                            .into(),
+                    ));
+                }
+                Op::Count { input: input()?, group_by }
+            }
+            "top_n" => {
+                let window = node.window.as_ref().ok_or_else(|| context("op `top_n` needs `window`".into()))?;
+                let window = SlidingWindow {
+                    size_ms: duration("window.size", &window.size).map_err(context)?,
+                    slide_ms: duration("window.slide", &window.slide).map_err(context)?,
+                };
+                for (what, ms) in [("window.size", window.size_ms), ("window.slide", window.slide_ms)] {
+                    if ms == 0 || ms % time.pane_ms != 0 {
+                        return Err(context(format!(
+                            "{what}: {} is not a whole number of panes ({})",
+                            format_duration_ms(ms),
+                            format_duration_ms(time.pane_ms)
+                        )));
+                    }
+                }
+                if window.slide_ms > window.size_ms {
+                    return Err(context("window.slide: must not be longer than window.size".into()));
+                }
+                let n = node.n.ok_or_else(|| context("op `top_n` needs `n`".into()))?;
+                if !(1..=10_000).contains(&n) {
+                    return Err(context(format!("n: must be between 1 and 10000, got {n}")));
+                }
+                Op::TopN { input: input()?, window, n: n as usize }
+            }
+            _ => unreachable!("ops were checked above"),
+        };
+        nodes.push(Node { name: name.clone(), op });
+    }
+    let source = source.ok_or("no node has op = \"source\"")?;
+
+    // Inputs must exist and be of the right kind.
+    let kind_of = |name: &str| -> Option<&str> {
+        if name == source.name {
+            return Some("source");
+        }
+        raw.nodes.get(name).map(|n| n.op.as_str())
+    };
+    for node in &nodes {
+        let (input, wants): (&str, &[&str]) = match &node.op {
+            Op::Filter { input, .. } | Op::Count { input, .. } => (input, &["source", "filter"]),
+            Op::TopN { input, .. } => (input, &["count"]),
+        };
+        let kind = kind_of(input)
+            .ok_or_else(|| format!("node `{}`: input `{input}` is not a node of this dataflow", node.name))?;
+        if !wants.contains(&kind) {
+            return Err(format!(
+                "node `{}`: input `{input}` is a {kind}, but this op reads a {}",
+                node.name,
+                wants.join(" or ")
+            ));
+        }
+        if let Op::TopN { input, .. } = &node.op {
+            if let Some(Node { op: Op::Count { group_by, .. }, .. }) = nodes.iter().find(|n| &n.name == input) {
+                if group_by != &[Field::AdId] {
+                    return Err(format!(
+                        "node `{}`: input `{input}` must count by [\"ad_id\"] alone to rank ads",
+                        node.name
+                    ));
+                }
+            }
+        }
+    }
+    let nodes = in_dependency_order(nodes, &source.name)?;
+
+    let mut sinks = Vec::new();
+    for (name, sink) in raw.sinks {
+        let input = if sink.input == format!("{}.late", source.name) {
+            SinkInput::Late
+        } else if sink.input == format!("{}.rejected", source.name) {
+            SinkInput::Rejected
+        } else {
+            match nodes.iter().find(|n| n.name == sink.input) {
+                Some(Node { op: Op::Count { .. } | Op::TopN { .. }, .. }) => SinkInput::Node(sink.input.clone()),
+                Some(_) => {
+                    return Err(format!(
+                        "sink `{name}`: input `{}` is a filter; sinks read counts, top_n, `{src}.late` or `{src}.rejected`",
+                        sink.input,
+                        src = source.name
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "sink `{name}`: input `{}` is not a node of this dataflow (nor `{src}.late` / `{src}.rejected`)",
+                        sink.input,
+                        src = source.name
+                    ));
+                }
+            }
+        };
+        let file = sink.file.unwrap_or_else(|| format!("{name}.csv"));
+        let table = sink.table.unwrap_or_else(|| name.clone());
+        sinks.push(SinkSpec { name, input, file, table });
+    }
+
+    Ok(DataflowSpec { path: path.to_path_buf(), name: raw.name, time, source, nodes, sinks })
+}
+
+/// A filter clause `field = [values]`, with each value checked against the field's type.
+fn predicate(field: &str, values: &[toml::Value]) -> Result<Predicate, String> {
+    let field = Field::parse(field).ok_or_else(|| format!("where: unknown field `{field}`"))?;
+    if values.is_empty() {
+        return Err(format!("where.{field}: lists no value"));
+    }
+    let encoded = values
+        .iter()
+        .map(|value| crate::clicks::event::encode_field_value(field, value).map_err(|e| format!("where.{field}: {e}")))
+        .collect::<Result<BTreeSet<_>, _>>()?;
+    Ok(Predicate { field, values: encoded })
+}
+
+/// Orders nodes so that every node comes after its input; a cycle is an error naming it.
+fn in_dependency_order(nodes: Vec<Node>, source: &str) -> Result<Vec<Node>, String> {
+    let input_of = |node: &Node| match &node.op {
+        Op::Filter { input, .. } | Op::Count { input, .. } | Op::TopN { input, .. } => input.clone(),
+    };
+    let mut placed: BTreeSet<String> = BTreeSet::from([source.to_string()]);
+    let mut ordered = Vec::new();
+    let mut pending = nodes;
+    while !pending.is_empty() {
+        let (ready, rest): (Vec<Node>, Vec<Node>) = pending.into_iter().partition(|n| placed.contains(&input_of(n)));
+        if ready.is_empty() {
+            // Every pending node waits on another pending node: walk inputs to name the cycle.
+            let mut path = vec![rest[0].name.clone()];
+            loop {
+                let last = rest.iter().find(|n| n.name == *path.last().unwrap()).unwrap();
+                let next = input_of(last);
+                if let Some(start) = path.iter().position(|p| *p == next) {
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(next);
+                    return Err(format!("nodes form a cycle: {}", cycle.join(" -> ")));
+                }
+                path.push(next);
+            }
+        }
+        placed.extend(ready.iter().map(|n| n.name.clone()));
+        ordered.extend(ready);
+        pending = rest;
+    }
+    Ok(ordered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: &str = include_str!("../../dataflows/ad_clicks.toml");
+
+    fn parse(text: &str) -> Result<DataflowSpec> {
+        DataflowSpec::parse(text, Path::new("dataflows/test.toml"))
+    }
+
+    fn error(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_shipped_spec_is_valid() {
+        let spec = parse(SPEC).unwrap();
+        assert_eq!(spec.time, TimeSpec { pane_ms: 60_000, max_out_of_orderness_ms: 5_000, allowed_lateness_ms: 60_000 });
+        let top = spec.node("top_ads").unwrap();
+        assert_eq!(
+            top.op,
+            Op::TopN {
+                input: "ad_click_counts".into(),
+                window: SlidingWindow { size_ms: 300_000, slide_ms: 60_000 },
+                n: 10
+            }
+        );
+        let files: Vec<_> = spec.sinks.iter().map(|s| s.file.as_str()).collect();
+        for file in ["ad_click_counts.csv", "top_ads.csv", "ad_click_counts_by_country.csv", "late_clicks.csv", "rejected.csv"] {
+            assert!(files.contains(&file), "{file} missing from {files:?}");
+        }
+    }
+
+    #[test]
+    fn a_filtered_count_is_only_toml() {
+        let text = format!(
+            "{SPEC}\n[nodes.us_only]\nop = \"filter\"\ninput = \"clicks\"\nwhere = {{ country = [\"US\", \"CA\"] }}\n\
+             [nodes.us_counts]\nop = \"count\"\ninput = \"us_only\"\ngroup_by = [\"ad_id\"]\n\
+             [sinks.us_counts]\ninput = \"us_counts\"\n"
+        );
+        let spec = parse(&text).unwrap();
+        // Dependency order: the filter before the count that reads it.
+        let position = |name: &str| spec.nodes.iter().position(|n| n.name == name).unwrap();
+        assert!(position("us_only") < position("us_counts"));
+        assert!(spec.fields_used().contains(&Field::Country));
+    }
+
+    fn with_node(node: &str) -> String {
+        format!("{SPEC}\n{node}\n")
+    }
+
+    #[test]
+    fn errors_name_file_node_and_problem() {
+        let e = error(&with_node("[nodes.bad]\nop = \"sum\"\ninput = \"clicks\""));
+        assert!(e.contains("dataflows/test.toml") && e.contains("node `bad`") && e.contains("unknown op `sum`"), "{e}");
+
+        let e = error(&with_node("[nodes.bad]\nop = \"count\"\ninput = \"nowhere\"\ngroup_by = [\"ad_id\"]"));
+        assert!(e.contains("node `bad`") && e.contains("input `nowhere` is not a node"), "{e}");
+
+        let e = error(&with_node("[nodes.bad]\nop = \"count\"\ngroup_by = [\"ad_id\"]"));
+        assert!(e.contains("node `bad`") && e.contains("needs an `input`"), "{e}");
+
+        let e = error(&with_node(
+            "[nodes.bad]\nop = \"top_n\"\ninput = \"ad_click_counts\"\nn = 3\nwindow = { size = \"5 minutes\", slide = \"60s\" }",
+        ));
+        assert!(e.contains("node `bad`") && e.contains("window.size") && e.contains("not a duration"), "{e}");
+
+        let e = error(&with_node(
+            "[nodes.bad]\nop = \"top_n\"\ninput = \"ad_click_counts\"\nn = 3\nwindow = { size = \"90s\", slide = \"60s\" }",
+        ));
+        assert!(e.contains("window.size") && e.contains("whole number of panes"), "{e}");
+
+        let e = error(&with_node("[nodes.bad]\nop = \"filter\"\ninput = \"clicks\"\nwhere = { country = [\"XX\"] }"));
+        assert!(e.contains("node `bad`") && e.contains("where.country") && e.contains("XX"), "{e}");
+
+        let e = error(&SPEC.replace("pane = \"60s\"", "pane = \"sixty\""));
+        assert!(e.contains("time.pane") && e.contains("sixty"), "{e}");
+    }
+
+    #[test]
+    fn a_cycle_is_named() {
+        let e = error(&with_node(
+            "[nodes.a]\nop = \"filter\"\ninput = \"b\"\nwhere = { country = [\"US\"] }\n\
+             [nodes.b]\nop = \"filter\"\ninput = \"a\"\nwhere = { country = [\"DE\"] }",
+        ));
+        assert!(e.contains("cycle") && e.contains("a -> b -> a") || e.contains("b -> a -> b"), "{e}");
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_sink_inputs_are_errors() {
+        let e = error(&SPEC.replace("allowed_lateness", "allowed_latenes"));
+        assert!(e.contains("dataflows/test.toml") && e.contains("allowed_latenes"), "{e}");
+        let e = error(&format!("{SPEC}\n[sinks.extra]\ninput = \"missing\"\n"));
+        assert!(e.contains("sink `extra`") && e.contains("`missing`"), "{e}");
+    }
+}

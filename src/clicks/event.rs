@@ -1,0 +1,370 @@
+//! Raw click events: the record, its two text formats, and the reasons a line is rejected.
+//!
+//! Parsing is the hot path of the whole job (differential itself counts far faster than text
+//! can be parsed), so the CSV parser works on bytes without allocating, and JSON borrows its
+//! strings from the line.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::Field;
+
+/// The longest line accepted, without its newline; longer lines are rejected.
+pub const MAX_LINE_BYTES: usize = 4096;
+
+/// The largest event time accepted: 9999-12-31T23:59:59.999Z.
+pub const MAX_CLICK_TS: u64 = 253_402_300_799_999;
+
+/// The CSV header every CSV input starts with.
+pub const CSV_HEADER: &str = "ad_id,click_ts,user_id,ip,country";
+
+/// One ad click.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ClickEvent {
+    pub ad_id: u64,
+    /// Event time, epoch milliseconds.
+    pub click_ts: u64,
+    pub user_id: u64,
+    pub ip: u32,
+    pub country: Country,
+}
+
+impl ClickEvent {
+    /// The value of `field` as a number, the form filters and group keys use.
+    pub fn field(&self, field: Field) -> u64 {
+        match field {
+            Field::AdId => self.ad_id,
+            Field::Country => self.country.0 as u64,
+            Field::UserId => self.user_id,
+            Field::Ip => self.ip as u64,
+        }
+    }
+}
+
+/// The input text formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+pub enum Format {
+    Csv,
+    Jsonl,
+}
+
+impl Format {
+    /// The format a file name implies, if any.
+    pub fn from_path(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()? {
+            "csv" => Some(Format::Csv),
+            "jsonl" | "ndjson" | "json" => Some(Format::Jsonl),
+            _ => None,
+        }
+    }
+}
+
+/// An ISO 3166-1 alpha-2 country code, stored as its two ASCII bytes (`b0 << 8 | b1`), so
+/// that numeric order is alphabetical order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Country(pub u16);
+
+/// The officially assigned ISO 3166-1 alpha-2 codes.
+const ASSIGNED_COUNTRIES: &str = "AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL \
+BM BN BO BQ BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM DO DZ EC EE \
+EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS GT GU GW GY HK HM HN HR HT HU ID IE \
+IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME \
+MF MG MH MK ML MM MN MO MP MQ MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK \
+PL PM PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV SX SY SZ TC TD TF \
+TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI VN VU WF WS YE YT ZA ZM ZW";
+
+/// For each pair of upper-case letters (`a * 26 + b`), the code if it is assigned.
+static ASSIGNED: std::sync::LazyLock<[Option<&'static str>; 26 * 26]> = std::sync::LazyLock::new(|| {
+    let mut table = [None; 26 * 26];
+    for code in ASSIGNED_COUNTRIES.split_whitespace() {
+        let b = code.as_bytes();
+        table[(b[0] - b'A') as usize * 26 + (b[1] - b'A') as usize] = Some(code);
+    }
+    table
+});
+
+fn slot(a: u8, b: u8) -> usize {
+    (a - b'A') as usize * 26 + (b - b'A') as usize
+}
+
+impl Country {
+    /// The code if `text` is an assigned upper-case ISO 3166-1 alpha-2 code.
+    pub fn parse(text: &[u8]) -> Option<Country> {
+        match text {
+            [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] if ASSIGNED[slot(*a, *b)].is_some() => {
+                Some(Country(u16::from_be_bytes([*a, *b])))
+            }
+            _ => None,
+        }
+    }
+
+    /// The two-letter code.
+    pub fn as_str(&self) -> &'static str {
+        let [a, b] = self.0.to_be_bytes();
+        // Every Country was made by `parse`, so its slot holds the code.
+        ASSIGNED[slot(a, b)].unwrap_or("??")
+    }
+}
+
+impl fmt::Display for Country {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a line is not a click event; the text goes to the rejected output.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("empty line")]
+    EmptyLine,
+    #[error("line is {0} bytes, longer than the {MAX_LINE_BYTES}-byte limit")]
+    TooLong(usize),
+    #[error("expected 5 fields (ad_id,click_ts,user_id,ip,country), found {0}")]
+    FieldCount(usize),
+    #[error("{field}: `{value}` is not an unsigned 64-bit integer")]
+    NotAnInteger { field: &'static str, value: String },
+    #[error("click_ts: negative time `{0}`")]
+    NegativeTime(String),
+    #[error("click_ts: {0} is past year 9999")]
+    TimeOutOfRange(u64),
+    #[error("ip: `{0}` is not a dotted IPv4 address")]
+    BadIp(String),
+    #[error("country: `{0}` is not an ISO 3166-1 alpha-2 code")]
+    BadCountry(String),
+    #[error("not valid UTF-8")]
+    NotUtf8,
+    #[error("JSON: {0}")]
+    Json(String),
+}
+
+fn lossy(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Parses an unsigned decimal integer made of digits only (no sign, no spaces).
+fn parse_u64(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || bytes.len() > 20 {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &b in bytes {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(digit as u64)?;
+    }
+    Some(value)
+}
+
+fn integer(field: &'static str, bytes: &[u8]) -> Result<u64, Reject> {
+    parse_u64(bytes).ok_or_else(|| Reject::NotAnInteger { field, value: lossy(bytes) })
+}
+
+fn event_time(bytes: &[u8]) -> Result<u64, Reject> {
+    if bytes.first() == Some(&b'-') && parse_u64(&bytes[1..]).is_some() {
+        return Err(Reject::NegativeTime(lossy(bytes)));
+    }
+    let ts = integer("click_ts", bytes)?;
+    if ts > MAX_CLICK_TS {
+        return Err(Reject::TimeOutOfRange(ts));
+    }
+    Ok(ts)
+}
+
+fn ip(bytes: &[u8]) -> Result<u32, Reject> {
+    std::str::from_utf8(bytes)
+        .ok()
+        .and_then(|s| s.parse::<Ipv4Addr>().ok())
+        .map(u32::from)
+        .ok_or_else(|| Reject::BadIp(lossy(bytes)))
+}
+
+fn country(bytes: &[u8]) -> Result<Country, Reject> {
+    Country::parse(bytes).ok_or_else(|| Reject::BadCountry(lossy(bytes)))
+}
+
+/// Checks what every line must satisfy before its format is looked at.
+fn check_line(line: &[u8], full_len: usize) -> Result<(), Reject> {
+    if full_len > MAX_LINE_BYTES {
+        return Err(Reject::TooLong(full_len));
+    }
+    if line.is_empty() {
+        return Err(Reject::EmptyLine);
+    }
+    Ok(())
+}
+
+/// Parses one CSV data line (`ad_id,click_ts,user_id,ip,country`); `full_len` is the line's
+/// length before any truncation.
+pub fn parse_csv(line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
+    check_line(line, full_len)?;
+    let mut fields: [&[u8]; 5] = [&[]; 5];
+    let mut count = 0;
+    for field in line.split(|&b| b == b',') {
+        if count < 5 {
+            fields[count] = field;
+        }
+        count += 1;
+    }
+    if count != 5 {
+        return Err(Reject::FieldCount(count));
+    }
+    Ok(ClickEvent {
+        ad_id: integer("ad_id", fields[0])?,
+        click_ts: event_time(fields[1])?,
+        user_id: integer("user_id", fields[2])?,
+        ip: ip(fields[3])?,
+        country: country(fields[4])?,
+    })
+}
+
+/// The JSON shape of an event; strings are borrowed from the line.
+#[derive(Deserialize)]
+struct JsonEvent<'a> {
+    ad_id: u64,
+    click_ts: i64,
+    user_id: u64,
+    ip: &'a str,
+    country: &'a str,
+}
+
+/// Parses one JSON Lines event; extra keys are ignored.
+pub fn parse_json(line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
+    check_line(line, full_len)?;
+    let json: JsonEvent = serde_json::from_slice(line).map_err(|e| Reject::Json(e.to_string()))?;
+    if json.click_ts < 0 {
+        return Err(Reject::NegativeTime(json.click_ts.to_string()));
+    }
+    let click_ts = json.click_ts as u64;
+    if click_ts > MAX_CLICK_TS {
+        return Err(Reject::TimeOutOfRange(click_ts));
+    }
+    Ok(ClickEvent {
+        ad_id: json.ad_id,
+        click_ts,
+        user_id: json.user_id,
+        ip: ip(json.ip.as_bytes())?,
+        country: country(json.country.as_bytes())?,
+    })
+}
+
+/// Parses a line in `format`.
+pub fn parse(format: Format, line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
+    match format {
+        Format::Csv => parse_csv(line, full_len),
+        Format::Jsonl => parse_json(line, full_len),
+    }
+}
+
+/// Writes an event as a CSV data line (no newline), the format `gen`, `late_clicks` and the
+/// Kafka wire format's text form share.
+pub fn write_csv(event: &ClickEvent, out: &mut Vec<u8>) {
+    let mut buffer = itoa::Buffer::new();
+    out.extend_from_slice(buffer.format(event.ad_id).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(buffer.format(event.click_ts).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(buffer.format(event.user_id).as_bytes());
+    out.push(b',');
+    out.extend_from_slice(Ipv4Addr::from(event.ip).to_string().as_bytes());
+    out.push(b',');
+    out.extend_from_slice(event.country.as_str().as_bytes());
+}
+
+/// Encodes a filter value from a spec (`country = ["US"]`, `ad_id = [7]`) the way
+/// [`ClickEvent::field`] encodes the event's value.
+pub fn encode_field_value(field: Field, value: &toml::Value) -> Result<u64, String> {
+    match (field, value) {
+        (Field::AdId | Field::UserId, toml::Value::Integer(i)) if *i >= 0 => Ok(*i as u64),
+        (Field::Country, toml::Value::String(s)) => {
+            Country::parse(s.as_bytes()).map(|c| c.0 as u64).ok_or_else(|| format!("`{s}` is not an ISO 3166-1 alpha-2 code"))
+        }
+        (Field::Ip, toml::Value::String(s)) => {
+            s.parse::<Ipv4Addr>().map(|ip| u32::from(ip) as u64).map_err(|_| format!("`{s}` is not a dotted IPv4 address"))
+        }
+        (_, other) => Err(format!("`{other}` is not a valid {field}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv(line: &str) -> Result<ClickEvent, Reject> {
+        parse_csv(line.as_bytes(), line.len())
+    }
+
+    #[test]
+    fn there_are_249_assigned_codes() {
+        assert_eq!(ASSIGNED_COUNTRIES.split_whitespace().count(), 249);
+        assert_eq!(ASSIGNED.iter().flatten().count(), 249);
+    }
+
+    #[test]
+    fn country_round_trip_and_order() {
+        let us = Country::parse(b"US").unwrap();
+        assert_eq!(us.as_str(), "US");
+        assert!(Country::parse(b"CA").unwrap() < Country::parse(b"DE").unwrap());
+        for bad in [&b"XX"[..], b"us", b"USA", b"U", b""] {
+            assert_eq!(Country::parse(bad), None);
+        }
+    }
+
+    #[test]
+    fn a_good_csv_line() {
+        let event = csv("4711,1767225600123,99123,10.1.2.3,US").unwrap();
+        assert_eq!(event.ad_id, 4711);
+        assert_eq!(event.click_ts, 1_767_225_600_123);
+        assert_eq!(event.user_id, 99123);
+        assert_eq!(Ipv4Addr::from(event.ip), Ipv4Addr::new(10, 1, 2, 3));
+        assert_eq!(event.country.as_str(), "US");
+        let mut out = Vec::new();
+        write_csv(&event, &mut out);
+        assert_eq!(out, b"4711,1767225600123,99123,10.1.2.3,US");
+    }
+
+    #[test]
+    fn each_kind_of_bad_csv_line_names_its_problem() {
+        let cases = [
+            ("", "empty line"),
+            ("1,2,3,10.0.0.1", "found 4"),
+            ("1,2,3,10.0.0.1,US,x", "found 6"),
+            ("x1,2,3,10.0.0.1,US", "ad_id"),
+            ("1,-5,3,10.0.0.1,US", "negative time"),
+            ("1,1.5,3,10.0.0.1,US", "click_ts"),
+            ("1,999999999999999999,3,10.0.0.1,US", "past year 9999"),
+            ("1,2,18446744073709551616,10.0.0.1,US", "user_id"),
+            ("1,2,3,10.0.0.256,US", "ip"),
+            ("1,2,3,10.0.0.1,XX", "country"),
+            ("1,2,3,10.0.0.1,us", "country"),
+            ("1, 2,3,10.0.0.1,US", "click_ts"),
+        ];
+        for (line, expected) in cases {
+            let reason = csv(line).unwrap_err().to_string();
+            assert!(reason.contains(expected), "{line:?}: {reason}");
+        }
+        let long = "9".repeat(MAX_LINE_BYTES + 1);
+        assert!(csv(&long).unwrap_err().to_string().contains("longer than"));
+    }
+
+    #[test]
+    fn json_lines() {
+        let line = br#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US","extra":1}"#;
+        let event = parse_json(line, line.len()).unwrap();
+        assert_eq!(event, csv("4711,1767225600123,99123,10.1.2.3,US").unwrap());
+        let cases: [(&[u8], &str); 5] = [
+            (b"not json", "JSON"),
+            (br#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"10.0.0.1"}"#, "country"),
+            (br#"{"ad_id":"1","click_ts":2,"user_id":3,"ip":"10.0.0.1","country":"US"}"#, "JSON"),
+            (br#"{"ad_id":1,"click_ts":-2,"user_id":3,"ip":"10.0.0.1","country":"US"}"#, "negative time"),
+            (br#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"x","country":"US"}"#, "ip"),
+        ];
+        for (line, expected) in cases {
+            let reason = parse_json(line, line.len()).unwrap_err().to_string();
+            assert!(reason.contains(expected), "{}: {reason}", String::from_utf8_lossy(line));
+        }
+    }
+}
