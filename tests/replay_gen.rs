@@ -29,11 +29,8 @@ fn generate(dir: &Path, name: &str, events: u64, options: &[&str]) -> (PathBuf, 
     let output = gen_output(&path, events, options);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "gen failed: {stderr}");
-    let numbers: Vec<u64> = stderr
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap())
-        .collect();
+    let numbers: Vec<u64> =
+        stderr.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
     let counts = numbers[..4].try_into().unwrap_or_else(|_| panic!("summary {stderr:?}"));
     (path, counts)
 }
@@ -70,8 +67,20 @@ fn events_have_the_requested_times_popularity_and_countries() {
     // 1000 events per second: event i is nominally at start + i ms.
     let start: u64 = 1_767_225_600_000;
     let options = [
-        "--rate", "1000", "--ads", "1000", "--users", "5000", "--late-fraction", "0.01",
-        "--max-disorder-ms", "2000", "--late-ms", "70000..80000", "--seed", "3",
+        "--rate",
+        "1000",
+        "--ads",
+        "1000",
+        "--users",
+        "5000",
+        "--late-fraction",
+        "0.01",
+        "--max-disorder-ms",
+        "2000",
+        "--late-ms",
+        "70000..80000",
+        "--seed",
+        "3",
     ];
     let (path, [lines, valid, late, malformed]) = generate(dir.path(), "shape.csv", 100_000, &options);
     assert_eq!((lines, valid, malformed), (100_000, 100_000, 0));
@@ -119,10 +128,7 @@ fn times_are_clamped_at_zero() {
 #[test]
 fn malformed_lines_are_of_every_kind_and_all_rejected() {
     let dir = TempDir::new().unwrap();
-    for (name, format, kinds) in [
-        ("bad.csv", Format::Csv, 5),
-        ("bad.jsonl", Format::Jsonl, 6),
-    ] {
+    for (name, format, kinds) in [("bad.csv", Format::Csv, 5), ("bad.jsonl", Format::Jsonl, 6)] {
         let (path, [lines, valid, _, malformed]) =
             generate(dir.path(), name, 20_000, &["--malformed-fraction", "0.1", "--seed", "5"]);
         assert!((1_700..2_300).contains(&malformed), "{name}: {malformed} malformed");

@@ -34,8 +34,7 @@ enum Cluster {
     TwoProcesses,
 }
 
-const CLUSTERS: [Cluster; 4] =
-    [Cluster::Threads(1), Cluster::Threads(2), Cluster::Threads(4), Cluster::TwoProcesses];
+const CLUSTERS: [Cluster; 4] = [Cluster::Threads(1), Cluster::Threads(2), Cluster::Threads(4), Cluster::TwoProcesses];
 
 fn run(command: &mut Command) -> Output {
     command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"))
@@ -53,10 +52,8 @@ fn describe(output: &Output) -> String {
 /// Writes `events` lines with `clickstay gen` and the given extra options.
 fn generate(dir: &Path, name: &str, events: u64, options: &[&str]) -> PathBuf {
     let path = dir.join(name);
-    let output = run(Command::new(BIN)
-        .args(["gen", "--events", &events.to_string(), "--out"])
-        .arg(&path)
-        .args(options));
+    let output =
+        run(Command::new(BIN).args(["gen", "--events", &events.to_string(), "--out"]).arg(&path).args(options));
     assert!(output.status.success(), "gen failed: {}", describe(&output));
     path
 }
@@ -135,7 +132,11 @@ fn assert_same_rows(actual: &[Vec<String>], expected: &[Vec<String>], what: &str
 /// Checks one replay's output directory and summary against the oracle.
 fn check_against_oracle(out: &Path, stdout: &str, expected: &Outcome, run: &str) {
     let file = |name: &str| out.join(name);
-    assert_same_rows(&read_table(&file("ad_click_counts.csv")), &expected.counts_table(), &format!("{run}: ad_click_counts.csv"));
+    assert_same_rows(
+        &read_table(&file("ad_click_counts.csv")),
+        &expected.counts_table(),
+        &format!("{run}: ad_click_counts.csv"),
+    );
     assert_same_rows(
         &read_table(&file("ad_click_counts_by_country.csv")),
         &expected.counts_by_country_table(),
@@ -325,7 +326,8 @@ fn oracle_knows_the_249_assigned_country_codes() {
 #[test]
 fn oracle_treats_a_bad_header_as_an_error_and_no_bytes_as_no_events() {
     assert!(oracle::replay_bytes(b"ad_id,click_ts,user_id,ip\n1,2,3,1.1.1.1\n", Format::Csv, &Spec::DEFAULT).is_err());
-    for (text, format) in [("", Format::Csv), ("", Format::Jsonl), ("ad_id,click_ts,user_id,ip,country\n", Format::Csv)] {
+    for (text, format) in [("", Format::Csv), ("", Format::Jsonl), ("ad_id,click_ts,user_id,ip,country\n", Format::Csv)]
+    {
         let outcome = oracle_on(text, format, &Spec::DEFAULT);
         assert_eq!((outcome.read, outcome.accepted, outcome.rejected.len()), (0, 0, 0), "{text:?}");
     }
@@ -335,7 +337,8 @@ fn oracle_treats_a_bad_header_as_an_error_and_no_bytes_as_no_events() {
 
 #[test]
 fn summary_numbers_are_found_in_the_line() {
-    let summary = Summary::parse("replay: read 1,000 lines, accepted 990, late 7, rejected 3 in 0.5 s (2000 events/s)\n");
+    let summary =
+        Summary::parse("replay: read 1,000 lines, accepted 990, late 7, rejected 3 in 0.5 s (2000 events/s)\n");
     assert_eq!(summary, Ok(Summary { read: 1000, accepted: 990, late: 7, rejected: 3 }));
     assert!(Summary::parse("read 5 accepted 5").is_err());
 }
@@ -343,16 +346,23 @@ fn summary_numbers_are_found_in_the_line() {
 // ---------------------------------------------------------------------------------------------
 // Replay against the oracle.
 
-/// 200 ads over 1000 simulated seconds: several panes and windows, many ties in the top-N.
-const SMALL_STREAM: [&str; 4] = ["--ads", "200", "--rate", "50"];
+/// Generates `events` lines of a small stream (200 ads over 1000 simulated
+/// seconds: several panes and windows, many ties in the top-N) with `options`
+/// added, and returns the file with the oracle's outcome under `spec`.
+fn small_stream(dir: &TempDir, name: &str, events: u64, options: &str, spec: &Spec) -> (PathBuf, Outcome) {
+    let mut all = vec!["--ads", "200", "--rate", "50"];
+    all.extend(options.split_whitespace());
+    let input = generate(dir.path(), name, events, &all);
+    let format = if name.ends_with(".jsonl") { Format::Jsonl } else { Format::Csv };
+    let expected = expect(&input, format, spec);
+    (input, expected)
+}
 
 #[test]
 fn in_order_events() {
     let dir = TempDir::new().unwrap();
-    let mut options = SMALL_STREAM.to_vec();
-    options.extend(["--max-disorder-ms", "0", "--late-fraction", "0", "--seed", "11"]);
-    let input = generate(dir.path(), "in_order.csv", 50_000, &options);
-    let expected = expect(&input, Format::Csv, &Spec::DEFAULT);
+    let (input, expected) =
+        small_stream(&dir, "in_order.csv", 50_000, "--max-disorder-ms 0 --late-fraction 0 --seed 11", &Spec::DEFAULT);
     assert_eq!((expected.accepted, expected.late_count(), expected.rejected_count()), (50_000, 0, 0));
     assert!(expected.top.len() > 100, "the case has many windows");
     check_replay(&input, None, &Spec::DEFAULT, &expected);
@@ -361,11 +371,14 @@ fn in_order_events() {
 #[test]
 fn disordered_events_some_beyond_the_allowed_lateness() {
     let dir = TempDir::new().unwrap();
-    let mut options = SMALL_STREAM.to_vec();
     // Up to 150 s of disorder: most of it absorbed, the oldest events late.
-    options.extend(["--max-disorder-ms", "150000", "--late-fraction", "0", "--seed", "12"]);
-    let input = generate(dir.path(), "disordered.csv", 50_000, &options);
-    let expected = expect(&input, Format::Csv, &Spec::DEFAULT);
+    let (input, expected) = small_stream(
+        &dir,
+        "disordered.csv",
+        50_000,
+        "--max-disorder-ms 150000 --late-fraction 0 --seed 12",
+        &Spec::DEFAULT,
+    );
     assert!(expected.late_count() > 100 && expected.accepted > 20_000, "{:?}", Summary::of(&expected));
     check_replay(&input, None, &Spec::DEFAULT, &expected);
 }
@@ -373,10 +386,8 @@ fn disordered_events_some_beyond_the_allowed_lateness() {
 #[test]
 fn many_very_late_events() {
     let dir = TempDir::new().unwrap();
-    let mut options = SMALL_STREAM.to_vec();
-    options.extend(["--late-fraction", "0.2", "--late-ms", "30000..400000", "--seed", "13"]);
-    let input = generate(dir.path(), "late.csv", 40_000, &options);
-    let expected = expect(&input, Format::Csv, &Spec::DEFAULT);
+    let (input, expected) =
+        small_stream(&dir, "late.csv", 40_000, "--late-fraction 0.2 --late-ms 30000..400000 --seed 13", &Spec::DEFAULT);
     // Lateness below 65 s + a pane can still be accepted: both outcomes occur.
     assert!(expected.late_count() > 4_000, "{:?}", Summary::of(&expected));
     assert!(expected.accepted > 32_000, "{:?}", Summary::of(&expected));
@@ -386,10 +397,13 @@ fn many_very_late_events() {
 #[test]
 fn generated_malformed_lines() {
     let dir = TempDir::new().unwrap();
-    let mut options = SMALL_STREAM.to_vec();
-    options.extend(["--malformed-fraction", "0.05", "--late-fraction", "0.01", "--seed", "14"]);
-    let input = generate(dir.path(), "malformed.csv", 40_000, &options);
-    let expected = expect(&input, Format::Csv, &Spec::DEFAULT);
+    let (input, expected) = small_stream(
+        &dir,
+        "malformed.csv",
+        40_000,
+        "--malformed-fraction 0.05 --late-fraction 0.01 --seed 14",
+        &Spec::DEFAULT,
+    );
     assert!((1_600..2_400).contains(&expected.rejected_count()), "{:?}", Summary::of(&expected));
     check_replay(&input, None, &Spec::DEFAULT, &expected);
 }
@@ -397,10 +411,13 @@ fn generated_malformed_lines() {
 #[test]
 fn json_lines_with_late_and_malformed_lines() {
     let dir = TempDir::new().unwrap();
-    let mut options = SMALL_STREAM.to_vec();
-    options.extend(["--malformed-fraction", "0.03", "--late-fraction", "0.02", "--seed", "15"]);
-    let input = generate(dir.path(), "events.jsonl", 30_000, &options);
-    let expected = expect(&input, Format::Jsonl, &Spec::DEFAULT);
+    let (input, expected) = small_stream(
+        &dir,
+        "events.jsonl",
+        30_000,
+        "--malformed-fraction 0.03 --late-fraction 0.02 --seed 15",
+        &Spec::DEFAULT,
+    );
     assert!(expected.rejected_count() > 500 && expected.late_count() > 300, "{:?}", Summary::of(&expected));
     check_replay(&input, None, &Spec::DEFAULT, &expected);
 }
@@ -416,10 +433,8 @@ fn non_default_spec() {
         top_n: 3,
     };
     let dir = TempDir::new().unwrap();
-    let mut options = SMALL_STREAM.to_vec();
-    options.extend(["--max-disorder-ms", "30000", "--late-fraction", "0.01", "--seed", "16"]);
-    let input = generate(dir.path(), "spec.csv", 30_000, &options);
-    let expected = expect(&input, Format::Csv, &spec);
+    let (input, expected) =
+        small_stream(&dir, "spec.csv", 30_000, "--max-disorder-ms 30000 --late-fraction 0.01 --seed 16", &spec);
     assert!(expected.late_count() > 300, "{:?}", Summary::of(&expected));
     assert!(expected.top.iter().all(|t| t.rank <= 3 && t.window_end - t.window_start == 90_000));
     // The default spec would have judged the same events differently.
@@ -495,7 +510,8 @@ fn hand_written_malformed_json_lines() {
         "not json at all\r",
         "{\"ad_id\":5,\"click_ts\":1767225603000,\"user_id\":5,\"ip\":\"10.0.0.5\",\"country\":\"JP\"}\r",
     ];
-    let long = format!(r#"{{"ad_id":{:>5000},"click_ts":1767225604000,"user_id":7,"ip":"10.0.0.7","country":"US"}}"#, 7);
+    let long =
+        format!(r#"{{"ad_id":{:>5000},"click_ts":1767225604000,"user_id":7,"ip":"10.0.0.7","country":"US"}}"#, 7);
     let text = lines.join("\n").replace("{LONG}", &long) + "\n";
     let dir = TempDir::new().unwrap();
     // Not named .jsonl: the format comes from --format.

@@ -92,20 +92,13 @@ pub struct MsRange {
 }
 
 fn parse_ms_range(text: &str) -> Result<MsRange, String> {
-    let (min, max) = text
-        .split_once("..")
-        .ok_or_else(|| format!("expected MIN..MAX in milliseconds, got {text:?}"))?;
+    let (min, max) = text.split_once("..").ok_or_else(|| format!("expected MIN..MAX in milliseconds, got {text:?}"))?;
     let parse = |part: &str, what: &str| {
-        part.trim()
-            .parse::<u64>()
-            .map_err(|e| format!("{what} {part:?} is not a number of milliseconds: {e}"))
+        part.trim().parse::<u64>().map_err(|e| format!("{what} {part:?} is not a number of milliseconds: {e}"))
     };
     let range = MsRange { min: parse(min, "minimum")?, max: parse(max, "maximum")? };
     if range.min > range.max {
-        return Err(format!(
-            "minimum {} is greater than maximum {} (the range is empty)",
-            range.min, range.max
-        ));
+        return Err(format!("minimum {} is greater than maximum {} (the range is empty)", range.min, range.max));
     }
     Ok(range)
 }
@@ -208,9 +201,7 @@ impl ClickSource {
         let late = self.late.sample(&mut self.rng);
         let shift = if late { &self.lateness } else { &self.disorder }.sample(&mut self.rng);
         let rank = (self.ad_rank.sample(&mut self.rng) as u64).clamp(1, self.ad_count);
-        let ad_id = ((u128::from(rank) * u128::from(self.ad_stride)) % u128::from(self.ad_count))
-            as u64
-            + 1;
+        let ad_id = ((u128::from(rank) * u128::from(self.ad_stride)) % u128::from(self.ad_count)) as u64 + 1;
         let pick = self.country.sample(&mut self.rng);
         let country = COUNTRIES[self.country_upper_bounds.partition_point(|&b| b <= pick)].0;
         let click = Click {
@@ -440,8 +431,7 @@ pub fn run(args: &GenArgs) -> Result<()> {
     let tally = if args.out.as_os_str() == "-" {
         generate(args, format, std::io::stdout().lock())
     } else {
-        let file = File::create(&args.out)
-            .with_context(|| format!("cannot create {}", args.out.display()))?;
+        let file = File::create(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
         generate(args, format, file)
     }
     .with_context(|| format!("cannot write events to {}", args.out.display()))?;

@@ -222,9 +222,7 @@ impl Outcome {
     pub fn counts_table(&self) -> Vec<Vec<String>> {
         let mut rows = vec![strings(&["window_start", "ad_id", "clicks"])];
         rows.extend(
-            self.counts
-                .iter()
-                .map(|((start, ad), clicks)| vec![start.to_string(), ad.to_string(), clicks.to_string()]),
+            self.counts.iter().map(|((start, ad), clicks)| vec![start.to_string(), ad.to_string(), clicks.to_string()]),
         );
         rows
     }
@@ -311,10 +309,7 @@ pub fn replay_bytes(bytes: &[u8], format: Format, spec: &Spec) -> Result<Outcome
         }
         outcome.accepted += 1;
         *outcome.counts.entry((pane_start, click.ad_id)).or_default() += 1;
-        *outcome
-            .counts_by_country
-            .entry((pane_start, click.ad_id, click.country.clone()))
-            .or_default() += 1;
+        *outcome.counts_by_country.entry((pane_start, click.ad_id, click.country.clone())).or_default() += 1;
         for window_start in window_starts(click.click_ts, spec) {
             *windows.entry((window_start, click.ad_id)).or_default() += 1;
         }
@@ -386,11 +381,7 @@ fn parse_csv(line: &[u8]) -> Result<Click, Problem> {
         return Err(Problem::FieldCount);
     };
     let ad_id = ad_id.parse::<u64>().map_err(|_| Problem::Field("ad_id"))?;
-    let click_ts = click_ts
-        .parse::<u64>()
-        .ok()
-        .filter(|&ts| ts <= MAX_CLICK_TS)
-        .ok_or(Problem::Field("click_ts"))?;
+    let click_ts = click_ts.parse::<u64>().ok().filter(|&ts| ts <= MAX_CLICK_TS).ok_or(Problem::Field("click_ts"))?;
     let user_id = user_id.parse::<u64>().map_err(|_| Problem::Field("user_id"))?;
     let ip = ip.parse::<Ipv4Addr>().map_err(|_| Problem::Field("ip"))?;
     let country = checked_country(country)?;
@@ -400,12 +391,8 @@ fn parse_csv(line: &[u8]) -> Result<Click, Problem> {
 fn parse_json(line: &[u8]) -> Result<Click, Problem> {
     let value: serde_json::Value = serde_json::from_slice(line).map_err(|_| Problem::Json)?;
     let object = value.as_object().ok_or(Problem::Json)?;
-    let number = |key: &'static str| {
-        object.get(key).and_then(serde_json::Value::as_u64).ok_or(Problem::Field(key))
-    };
-    let text = |key: &'static str| {
-        object.get(key).and_then(serde_json::Value::as_str).ok_or(Problem::Field(key))
-    };
+    let number = |key: &'static str| object.get(key).and_then(serde_json::Value::as_u64).ok_or(Problem::Field(key));
+    let text = |key: &'static str| object.get(key).and_then(serde_json::Value::as_str).ok_or(Problem::Field(key));
     let ad_id = number("ad_id")?;
     let click_ts = number("click_ts")?;
     if click_ts > MAX_CLICK_TS {
@@ -445,9 +432,7 @@ impl Summary {
     pub fn parse(stdout: &str) -> Result<Summary, String> {
         let number = |word: &str| -> Result<u64, String> {
             let pattern = format!("{word} ");
-            let at = stdout
-                .find(&pattern)
-                .ok_or_else(|| format!("no `{word} N` in the summary {stdout:?}"))?;
+            let at = stdout.find(&pattern).ok_or_else(|| format!("no `{word} N` in the summary {stdout:?}"))?;
             let digits: String = stdout[at + pattern.len()..]
                 .chars()
                 .take_while(|c| c.is_ascii_digit() || *c == ',' || *c == '_')
