@@ -132,6 +132,17 @@ fn assert_same_rows(actual: &[Vec<String>], expected: &[Vec<String>], what: &str
 /// Checks one replay's output directory and summary against the oracle.
 fn check_against_oracle(out: &Path, stdout: &str, expected: &Outcome, run: &str) {
     let file = |name: &str| out.join(name);
+    // Which lines were rejected or late explains a wrong count best: checked first.
+    check_rejected(&file("rejected.csv"), expected, run);
+
+    let mut late = read_table(&file("late_clicks.csv"));
+    assert_eq!(late.first().map(|h| h.join(",")).as_deref(), Some(oracle::CSV_HEADER), "{run}: late_clicks.csv header");
+    late.remove(0);
+    late.sort();
+    let mut expected_late: Vec<Vec<String>> = expected.late.iter().map(oracle::Click::row).collect();
+    expected_late.sort();
+    assert_same_rows(&late, &expected_late, &format!("{run}: late_clicks.csv (sorted)"));
+
     assert_same_rows(
         &read_table(&file("ad_click_counts.csv")),
         &expected.counts_table(),
@@ -143,16 +154,6 @@ fn check_against_oracle(out: &Path, stdout: &str, expected: &Outcome, run: &str)
         &format!("{run}: ad_click_counts_by_country.csv"),
     );
     assert_same_rows(&read_table(&file("top_ads.csv")), &expected.top_table(), &format!("{run}: top_ads.csv"));
-
-    let mut late = read_table(&file("late_clicks.csv"));
-    assert_eq!(late.first().map(|h| h.join(",")).as_deref(), Some(oracle::CSV_HEADER), "{run}: late_clicks.csv header");
-    late.remove(0);
-    late.sort();
-    let mut expected_late: Vec<Vec<String>> = expected.late.iter().map(oracle::Click::row).collect();
-    expected_late.sort();
-    assert_same_rows(&late, &expected_late, &format!("{run}: late_clicks.csv (sorted)"));
-
-    check_rejected(&file("rejected.csv"), expected, run);
 
     let summary = Summary::parse(stdout).unwrap_or_else(|e| panic!("{run}: {e}"));
     assert_eq!(summary, Summary::of(expected), "{run}: summary line {stdout:?}");
@@ -169,8 +170,22 @@ fn check_rejected(path: &Path, expected: &Outcome, run: &str) {
         let line: u64 = line.parse().unwrap_or_else(|_| panic!("{run}: rejected line number {line:?}"));
         assert!(actual.insert(line, (reason, raw)).is_none(), "{run}: line {line} rejected twice");
     }
-    let expected_lines: Vec<u64> = expected.rejected.iter().map(|r| r.line).collect();
-    assert_eq!(actual.keys().copied().collect::<Vec<_>>(), expected_lines, "{run}: rejected line numbers");
+    let expected_lines: BTreeMap<u64, &str> = expected.rejected.iter().map(|r| (r.line, r.raw.as_str())).collect();
+    let wrongly_rejected: Vec<(&u64, &str)> = actual
+        .iter()
+        .filter(|(line, _)| !expected_lines.contains_key(line))
+        .map(|(l, (_, raw))| (l, raw.as_str()))
+        .take(5)
+        .collect();
+    let not_rejected: Vec<(&u64, &&str)> =
+        expected_lines.iter().filter(|(line, _)| !actual.contains_key(line)).take(5).collect();
+    assert!(
+        wrongly_rejected.is_empty() && not_rejected.is_empty(),
+        "{run}: {} lines rejected, the oracle rejects {}; valid but rejected (line, raw): {wrongly_rejected:?}; \
+         invalid but not rejected: {not_rejected:?}",
+        actual.len(),
+        expected_lines.len()
+    );
     for rejected in &expected.rejected {
         let (reason, raw) = &actual[&rejected.line];
         assert!(
@@ -222,20 +237,24 @@ fn oracle_on(text: &str, format: Format, spec: &Spec) -> Outcome {
     oracle::replay_bytes(text.as_bytes(), format, spec).expect("valid input")
 }
 
+/// Events at the edges of panes and of lateness under the default spec, all
+/// `offset` ms later (a multiple of the pane keeps the edges where they are).
+fn boundary_events(offset: u64) -> String {
+    let events = [(1, 0, 1, "US"), (2, 59_999, 1, "DE"), (1, 60_000, 2, "US"), (1, 124_999, 3, "US")]
+        .into_iter()
+        .chain([(2, 59_999, 4, "DE"), (1, 125_000, 5, "US"), (2, 59_999, 6, "DE"), (3, 0, 7, "FR")]);
+    let mut text = String::from("ad_id,click_ts,user_id,ip,country");
+    for (ad_id, ts, user_id, country) in events {
+        text += &format!("\n{ad_id},{},{user_id},1.1.1.1,{country}", ts + offset);
+    }
+    text
+}
+
 #[test]
 fn oracle_counts_panes_windows_and_late_events_as_computed_by_hand() {
     // Pane 60 s, watermark = max - 5 s, lateness 60 s: an event is late once the
     // watermark reaches its pane end + 60 s, i.e. max seen >= pane end + 65 s.
-    let text = "ad_id,click_ts,user_id,ip,country\n\
-                1,0,1,1.1.1.1,US\n\
-                2,59999,1,1.1.1.1,DE\n\
-                1,60000,2,1.1.1.1,US\n\
-                1,124999,3,1.1.1.1,US\n\
-                2,59999,4,1.1.1.1,DE\n\
-                1,125000,5,1.1.1.1,US\n\
-                2,59999,6,1.1.1.1,DE\n\
-                3,0,7,1.1.1.1,FR";
-    let outcome = oracle_on(text, Format::Csv, &Spec::DEFAULT);
+    let outcome = oracle_on(&boundary_events(0), Format::Csv, &Spec::DEFAULT);
     // Max 124999: wm 119999 < 60000 + 60000, so line 6 is on time; after 125000
     // wm = 120000 = pane end 60000 + 60000: lines 8 and 9 are late.
     assert_eq!(outcome.late.iter().map(|c| c.user_id).collect::<Vec<_>>(), [6, 7]);
@@ -538,6 +557,16 @@ fn empty_inputs() {
         assert_eq!(Summary::of(&expected), Summary { read: 0, accepted: 0, late: 0, rejected: 0 }, "{name}");
         check_replay(&input, None, &Spec::DEFAULT, &expected);
     }
+}
+
+#[test]
+fn events_at_the_lateness_boundary() {
+    let dir = TempDir::new().unwrap();
+    let input = dir.path().join("boundary.csv");
+    std::fs::write(&input, boundary_events(1_767_225_600_000)).unwrap();
+    let expected = expect(&input, Format::Csv, &Spec::DEFAULT);
+    assert_eq!(expected.late.iter().map(|c| c.user_id).collect::<Vec<_>>(), [6, 7]);
+    check_replay(&input, None, &Spec::DEFAULT, &expected);
 }
 
 #[test]
