@@ -1,3 +1,15 @@
-//! Hotel reservations on PostgreSQL (see `CONTEXT.md`).
+//! Hotel reservations on PostgreSQL (see `CONTEXT.md` in this folder).
+//!
+//! The booking transaction lives in [`booking`] and takes a plain database client, so that the
+//! HTTP API ([`api`]) and, later, a per-shard committer can share it.
 
+pub mod api;
+pub mod audit;
+pub mod bench;
+pub mod booking;
 pub mod cli;
+pub mod migrate;
+pub mod model;
+pub mod seed;
+pub mod server;
+pub mod shards;

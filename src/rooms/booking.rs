@@ -1,0 +1,290 @@
+//! The reservation transaction and its companions (cancel, look up, availability), each a
+//! function of one database client so that the HTTP API and a future per-shard committer
+//! share exactly the same SQL.
+//!
+//! Concurrency control: a *conditional UPDATE guarded by the CHECK*. One statement takes one
+//! room on every night of the stay only where a room is left, and inserts the reservation only
+//! when it got every night; otherwise the transaction rolls back. Row locks taken by the UPDATE
+//! serialise bookings of the same night, and READ COMMITTED re-checks the condition on the
+//! newest row version after waiting, so no night can be oversold; the `no_overbooking` CHECK
+//! on `room_type_inventory` refuses it anyway. The README explains the measurements behind this
+//! choice.
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, NaiveDate, Utc};
+use deadpool_postgres::ClientWrapper;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{GenericClient, Row};
+use tracing::debug;
+use uuid::Uuid;
+
+use super::model::{Availability, Reservation, ReservationRequest, RoomTypeAvailability, Status};
+
+/// Takes one room on every night of the stay and inserts the reservation, all or nothing.
+///
+/// Parameters: `$1` reservation_id, `$2` hotel_id, `$3` room_type_id, `$4` start_date,
+/// `$5` end_date (exclusive), `$6` guest_id. Returns one row: the nights it could take, and
+/// `created_at` when the reservation was inserted (NULL when some night was full, in which
+/// case the caller must roll back the nights it did take). A repeated `reservation_id` fails
+/// with a unique violation. The benchmark runs this very text through pgbench.
+pub const RESERVE_SQL: &str = "\
+WITH nights AS (
+    UPDATE room_type_inventory
+       SET total_reserved = total_reserved + 1,
+           version = version + 1
+     WHERE hotel_id = $2 AND room_type_id = $3
+       AND date >= $4 AND date < $5
+       AND total_reserved < floor(total_inventory * overbooking_ratio)
+    RETURNING date
+), booked AS (
+    INSERT INTO reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)
+    SELECT $1, $2, $3, $4, $5, $6, 'confirmed'
+     WHERE (SELECT count(*) FROM nights) = $5::date - $4::date
+    RETURNING created_at
+)
+SELECT (SELECT count(*) FROM nights)::int AS nights_taken,
+       (SELECT created_at FROM booked) AS created_at";
+
+/// Why a booking failed, found after the fact: which of hotel, room type and nights is missing.
+const DIAGNOSE_SQL: &str = "\
+SELECT EXISTS (SELECT 1 FROM hotel WHERE hotel_id = $1) AS hotel_known,
+       EXISTS (SELECT 1 FROM room_type WHERE hotel_id = $1 AND room_type_id = $2) AS room_type_known,
+       (SELECT min(night)::date
+          FROM generate_series($3::date, $4::date - 1, interval '1 day') AS night
+         WHERE NOT EXISTS (
+               SELECT 1 FROM room_type_inventory i
+                WHERE i.hotel_id = $1 AND i.room_type_id = $2 AND i.date = night::date
+                  AND i.total_reserved < floor(i.total_inventory * i.overbooking_ratio))) AS full_night";
+
+/// Marks a confirmed reservation cancelled and gives its nights back, in one statement.
+const CANCEL_SQL: &str = "\
+WITH cancelled AS (
+    UPDATE reservation
+       SET status = 'cancelled', cancelled_at = now()
+     WHERE reservation_id = $1 AND status = 'confirmed'
+    RETURNING hotel_id, room_type_id, start_date, end_date
+), released AS (
+    UPDATE room_type_inventory i
+       SET total_reserved = i.total_reserved - 1,
+           version = i.version + 1
+      FROM cancelled c
+     WHERE i.hotel_id = c.hotel_id AND i.room_type_id = c.room_type_id
+       AND i.date >= c.start_date AND i.date < c.end_date
+    RETURNING i.date
+)
+SELECT count(*)::int FROM released";
+
+const FIND_SQL: &str = "\
+SELECT reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status, created_at, cancelled_at
+  FROM reservation WHERE reservation_id = $1";
+
+const AVAILABILITY_SQL: &str = "\
+SELECT rt.room_type_id,
+       count(i.date)::int AS nights,
+       coalesce(min(floor(i.total_inventory * i.overbooking_ratio)::int - i.total_reserved), 0) AS available
+  FROM room_type rt
+  LEFT JOIN room_type_inventory i
+         ON i.hotel_id = rt.hotel_id AND i.room_type_id = rt.room_type_id
+        AND i.date >= $2 AND i.date < $3
+ WHERE rt.hotel_id = $1
+ GROUP BY rt.room_type_id
+ ORDER BY rt.room_type_id";
+
+/// How often a transaction that PostgreSQL aborted for a deadlock or serialisation failure is
+/// tried again before the error goes to the caller.
+const MAX_ATTEMPTS: usize = 5;
+
+/// What became of a booking request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every night was taken; the new reservation.
+    Confirmed(Reservation),
+    /// The same `reservation_id` with the same content was booked before (a double click).
+    Repeated(Reservation),
+    /// The `reservation_id` already names a different reservation.
+    IdReused(Reservation),
+    /// No room left on `night` (the first full night of the stay); nothing was taken.
+    SoldOut { night: NaiveDate },
+    UnknownHotel,
+    UnknownRoomType,
+}
+
+/// Books `request` on the shard `client` is connected to (the hotel's shard).
+pub async fn reserve(client: &mut ClientWrapper, request: &ReservationRequest) -> Result<Outcome> {
+    for attempt in 1.. {
+        match try_reserve(client, request).await {
+            Ok(Some(outcome)) => return Ok(outcome),
+            // A night was full during the booking but not any more (a cancellation came in
+            // between): book again.
+            Ok(None) => debug!(attempt, "sold-out night freed meanwhile; retrying"),
+            Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
+                debug!(attempt, %error, "transient failure; retrying")
+            }
+            Err(error) => return Err(error).context("booking transaction failed"),
+        }
+        if attempt >= MAX_ATTEMPTS {
+            break;
+        }
+    }
+    // Every attempt saw a full night that was free again when we looked: report the first night.
+    Ok(Outcome::SoldOut { night: request.start_date })
+}
+
+/// One attempt; `None` when the diagnosis could not tell what was full.
+async fn try_reserve(
+    client: &mut ClientWrapper,
+    request: &ReservationRequest,
+) -> Result<Option<Outcome>, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    let statement = tx.prepare_cached(RESERVE_SQL).await?;
+    let result = tx
+        .query_one(
+            &statement,
+            &[
+                &request.reservation_id,
+                &request.hotel_id,
+                &request.room_type_id,
+                &request.start_date,
+                &request.end_date,
+                &request.guest_id,
+            ],
+        )
+        .await;
+    match result {
+        Ok(row) => {
+            if let Some(created_at) = row.get::<_, Option<DateTime<Utc>>>("created_at") {
+                tx.commit().await?;
+                return Ok(Some(Outcome::Confirmed(confirmed(request, created_at))));
+            }
+            tx.rollback().await?;
+        }
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tx.rollback().await?;
+        }
+        // The CHECK refused a night: cannot happen with the guarded UPDATE, but if it does,
+        // the diagnosis below names the night.
+        Err(error) if error.code() == Some(&SqlState::CHECK_VIOLATION) => {
+            tx.rollback().await?;
+        }
+        Err(error) => return Err(error),
+    }
+    diagnose(&**client, request).await
+}
+
+/// After a failed attempt: is it a repeated id, an unknown hotel or room type, or a full night?
+async fn diagnose(
+    client: &tokio_postgres::Client,
+    request: &ReservationRequest,
+) -> Result<Option<Outcome>, tokio_postgres::Error> {
+    if let Some(existing) = find(client, request.reservation_id).await? {
+        return Ok(Some(if request.matches(&existing) {
+            Outcome::Repeated(existing)
+        } else {
+            Outcome::IdReused(existing)
+        }));
+    }
+    let row = client
+        .query_one(DIAGNOSE_SQL, &[&request.hotel_id, &request.room_type_id, &request.start_date, &request.end_date])
+        .await?;
+    Ok(if !row.get::<_, bool>("hotel_known") {
+        Some(Outcome::UnknownHotel)
+    } else if !row.get::<_, bool>("room_type_known") {
+        Some(Outcome::UnknownRoomType)
+    } else {
+        row.get::<_, Option<NaiveDate>>("full_night").map(|night| Outcome::SoldOut { night })
+    })
+}
+
+fn confirmed(request: &ReservationRequest, created_at: DateTime<Utc>) -> Reservation {
+    Reservation {
+        reservation_id: request.reservation_id,
+        hotel_id: request.hotel_id,
+        room_type_id: request.room_type_id,
+        start_date: request.start_date,
+        end_date: request.end_date,
+        guest_id: request.guest_id,
+        status: Status::Confirmed,
+        created_at,
+        cancelled_at: None,
+    }
+}
+
+/// Cancels a reservation and gives its nights back. Idempotent: cancelling a cancelled
+/// reservation changes nothing. Returns the reservation as it now stands, `None` if this shard
+/// does not know the id.
+pub async fn cancel(client: &tokio_postgres::Client, reservation_id: Uuid) -> Result<Option<Reservation>> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        match client.query_one(CANCEL_SQL, &[&reservation_id]).await {
+            Ok(_) => break,
+            Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
+                debug!(attempt, %error, "transient failure while cancelling; retrying")
+            }
+            Err(error) => return Err(error).context("cancel transaction failed"),
+        }
+    }
+    Ok(find(client, reservation_id).await?)
+}
+
+/// The reservation with this id on this shard.
+pub async fn find(
+    client: &impl GenericClient,
+    reservation_id: Uuid,
+) -> Result<Option<Reservation>, tokio_postgres::Error> {
+    Ok(client.query_opt(FIND_SQL, &[&reservation_id]).await?.map(|row| reservation_from_row(&row)))
+}
+
+fn reservation_from_row(row: &Row) -> Reservation {
+    Reservation {
+        reservation_id: row.get("reservation_id"),
+        hotel_id: row.get("hotel_id"),
+        room_type_id: row.get("room_type_id"),
+        start_date: row.get("start_date"),
+        end_date: row.get("end_date"),
+        guest_id: row.get("guest_id"),
+        status: Status::from_db(row.get("status")),
+        created_at: row.get("created_at"),
+        cancelled_at: row.get("cancelled_at"),
+    }
+}
+
+/// Rooms sellable for every night of `start..end`, per room type; `None` for an unknown hotel.
+pub async fn availability(
+    client: &tokio_postgres::Client,
+    hotel_id: i64,
+    start: NaiveDate,
+    end: NaiveDate,
+) -> Result<Option<Availability>> {
+    let nights = (end - start).num_days() as i32;
+    let rows = client
+        .query(AVAILABILITY_SQL, &[&hotel_id, &start, &end])
+        .await
+        .context("availability query failed")?;
+    if rows.is_empty() {
+        let known: bool = client
+            .query_one("SELECT EXISTS (SELECT 1 FROM hotel WHERE hotel_id = $1)", &[&hotel_id])
+            .await?
+            .get(0);
+        if !known {
+            return Ok(None);
+        }
+    }
+    let room_types = rows
+        .iter()
+        .map(|row| {
+            // A night without an inventory row has nothing to sell.
+            let complete = row.get::<_, i32>("nights") == nights;
+            let available = if complete { row.get::<_, i32>("available").max(0) } else { 0 };
+            RoomTypeAvailability { room_type_id: row.get("room_type_id"), available }
+        })
+        .collect();
+    Ok(Some(Availability { hotel_id, start, end, room_types }))
+}
+
+/// Deadlocks and serialisation failures: PostgreSQL aborted the transaction, trying again may
+/// succeed.
+fn is_transient(error: &tokio_postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(code) if *code == SqlState::T_R_DEADLOCK_DETECTED || *code == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}

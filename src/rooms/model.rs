@@ -1,0 +1,212 @@
+//! The values the reservation API speaks: requests as they arrive (checked here, before any
+//! database work) and reservations as they are stored and answered.
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The longest stay one reservation may cover.
+pub const MAX_STAY_NIGHTS: i64 = 30;
+
+/// The longest range the availability endpoint answers for.
+pub const MAX_AVAILABILITY_NIGHTS: i64 = 366;
+
+/// A request that cannot be served as sent; the message names the field and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+/// `POST /v1/reservations` exactly as the JSON arrives; [`ReservationRequest::parse`] checks it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReservationRequest {
+    reservation_id: String,
+    hotel_id: i64,
+    room_type_id: i32,
+    start_date: String,
+    end_date: String,
+    guest_id: i64,
+}
+
+/// A checked booking request: the stay is 1 to [`MAX_STAY_NIGHTS`] nights, end exclusive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReservationRequest {
+    pub reservation_id: Uuid,
+    pub hotel_id: i64,
+    pub room_type_id: i32,
+    pub start_date: NaiveDate,
+    pub end_date: NaiveDate,
+    pub guest_id: i64,
+}
+
+impl ReservationRequest {
+    /// Parses and checks a JSON body.
+    pub fn parse(body: &[u8]) -> Result<Self, BadRequest> {
+        let raw: RawReservationRequest =
+            serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid reservation JSON: {e}")))?;
+        let request = Self {
+            reservation_id: parse_reservation_id(&raw.reservation_id)?,
+            hotel_id: raw.hotel_id,
+            room_type_id: raw.room_type_id,
+            start_date: parse_date("start_date", &raw.start_date)?,
+            end_date: parse_date("end_date", &raw.end_date)?,
+            guest_id: raw.guest_id,
+        };
+        request.check()?;
+        Ok(request)
+    }
+
+    /// The rules a well-formed request must follow (types are already right).
+    pub fn check(&self) -> Result<(), BadRequest> {
+        if self.hotel_id < 0 {
+            return Err(BadRequest(format!("hotel_id: must not be negative, got {}", self.hotel_id)));
+        }
+        if self.room_type_id < 0 {
+            return Err(BadRequest(format!("room_type_id: must not be negative, got {}", self.room_type_id)));
+        }
+        check_range("start_date", "end_date", self.start_date, self.end_date, MAX_STAY_NIGHTS)
+    }
+
+    /// Number of nights of the stay.
+    pub fn nights(&self) -> i32 {
+        (self.end_date - self.start_date).num_days() as i32
+    }
+
+    /// True when `reservation` books exactly this stay for this guest (a repeated click).
+    pub fn matches(&self, reservation: &Reservation) -> bool {
+        self.reservation_id == reservation.reservation_id
+            && self.hotel_id == reservation.hotel_id
+            && self.room_type_id == reservation.room_type_id
+            && self.start_date == reservation.start_date
+            && self.end_date == reservation.end_date
+            && self.guest_id == reservation.guest_id
+    }
+}
+
+/// Whether a reservation still holds its nights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Confirmed,
+    Cancelled,
+}
+
+impl Status {
+    /// The value stored in `reservation.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Confirmed => "confirmed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Reads `reservation.status` (the column's CHECK allows only these two).
+    pub fn from_db(value: &str) -> Self {
+        if value == "cancelled" { Status::Cancelled } else { Status::Confirmed }
+    }
+}
+
+/// A stored reservation, as the API answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub reservation_id: Uuid,
+    pub hotel_id: i64,
+    pub room_type_id: i32,
+    pub start_date: NaiveDate,
+    pub end_date: NaiveDate,
+    pub guest_id: i64,
+    pub status: Status,
+    pub created_at: DateTime<Utc>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+/// Rooms still sellable for every night of a range, per room type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Availability {
+    pub hotel_id: i64,
+    pub start: NaiveDate,
+    pub end: NaiveDate,
+    pub room_types: Vec<RoomTypeAvailability>,
+}
+
+/// One room type's sellable rooms: the minimum over the nights of
+/// `floor(total_inventory * overbooking_ratio) - total_reserved` (0 for a night without inventory).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomTypeAvailability {
+    pub room_type_id: i32,
+    pub available: i32,
+}
+
+/// Parses a reservation id (a UUID, as issued by `POST /v1/reservation-ids`).
+pub fn parse_reservation_id(text: &str) -> Result<Uuid, BadRequest> {
+    Uuid::parse_str(text).map_err(|_| BadRequest(format!("reservation_id: `{text}` is not a UUID")))
+}
+
+/// Parses a `YYYY-MM-DD` date; `field` names it in the error.
+pub fn parse_date(field: &str, text: &str) -> Result<NaiveDate, BadRequest> {
+    let well_shaped = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+    match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(date) if well_shaped => Ok(date),
+        _ => Err(BadRequest(format!("{field}: `{text}` is not a date in YYYY-MM-DD form"))),
+    }
+}
+
+/// Checks that `end` is after `start` and at most `max_nights` later.
+pub fn check_range(
+    start_field: &str,
+    end_field: &str,
+    start: NaiveDate,
+    end: NaiveDate,
+    max_nights: i64,
+) -> Result<(), BadRequest> {
+    let nights = (end - start).num_days();
+    if nights < 1 {
+        return Err(BadRequest(format!("{end_field}: must be after {start_field} ({end} is not after {start})")));
+    }
+    if nights > max_nights {
+        return Err(BadRequest(format!(
+            "{end_field}: the range covers {nights} nights, more than the {max_nights} allowed"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(start: &str, end: &str) -> String {
+        format!(
+            r#"{{"reservation_id":"0190a0b2-7c1e-7000-8000-000000000001","hotel_id":3,"room_type_id":1,
+               "start_date":"{start}","end_date":"{end}","guest_id":42}}"#
+        )
+    }
+
+    #[test]
+    fn accepts_a_good_request() {
+        let request = ReservationRequest::parse(body("2030-01-01", "2030-01-04").as_bytes()).unwrap();
+        assert_eq!(request.nights(), 3);
+        assert_eq!(request.hotel_id, 3);
+    }
+
+    #[test]
+    fn rejects_each_malformed_case_with_the_field_named() {
+        let cases = [
+            (body("2030-02-30", "2030-03-01"), "start_date"),
+            (body("2030-1-01", "2030-01-04"), "start_date"),
+            (body("2030-01-04", "2030-01-04"), "end_date"),
+            (body("2030-01-01", "2030-02-01"), "31 nights"),
+            (body("2030-01-01", "2030-01-31"), ""),
+            (r#"{"reservation_id":"x","hotel_id":1,"room_type_id":1,"start_date":"2030-01-01","end_date":"2030-01-02","guest_id":1}"#.into(), "reservation_id"),
+            (r#"{"reservation_id":"0190a0b2-7c1e-7000-8000-000000000001","hotel_id":"1","room_type_id":1,"start_date":"2030-01-01","end_date":"2030-01-02","guest_id":1}"#.into(), "invalid type"),
+            (r#"{"hotel_id":1}"#.into(), "missing field"),
+        ];
+        for (text, needle) in cases {
+            match ReservationRequest::parse(text.as_bytes()) {
+                Ok(_) if needle.is_empty() => {} // 30 nights is the longest allowed stay
+                Ok(request) => panic!("accepted {request:?}"),
+                Err(BadRequest(message)) => assert!(message.contains(needle), "{message} lacks {needle}"),
+            }
+        }
+    }
+}
