@@ -17,7 +17,9 @@ use std::rc::Rc;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
-use timely::dataflow::channels::pact::Exchange;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Filter, Map};
 use timely::dataflow::{ProbeHandle, StreamVec};
@@ -140,9 +142,12 @@ pub fn build(worker: &mut Worker, spec: &DataflowSpec, make_sink: Option<SinkFac
                         unreachable!("validated: a count reads clicks")
                     };
                     let second = group_by.get(1).copied();
+                    // Consolidated where the key lives: one update per changed group and tick
+                    // for everything downstream (the sink on worker 0, the ranking).
                     let keys = clicks
                         .clone()
-                        .map(move |click| (click.click_ts, click.ad_id, second.map_or(0, |f| click.field(f))));
+                        .map(move |click| (click.click_ts, click.ad_id, second.map_or(0, |f| click.field(f))))
+                        .consolidate();
                     NodeOutput::Counts { second, keys }
                 }
                 Op::TopN { input, window, n } => {
@@ -198,9 +203,7 @@ pub fn build(worker: &mut Worker, spec: &DataflowSpec, make_sink: Option<SinkFac
                     NodeOutput::Counts { second, keys } => {
                         let slot = attach(count_schema(name, *second))?;
                         let second = *second;
-                        // Consolidated where the key lives, so worker 0 receives one update per
-                        // changed group and tick, not one per input batch.
-                        let stream = keys.clone().consolidate().inner;
+                        let stream = keys.clone().inner;
                         let group = move |key: &GroupKey| (key.0, clock.pane_close(key.0));
                         sink_when_final(stream, name, &probe, &sink_set, slot, group, move |pane, updates, rows| {
                             for ((_, ad_id, value), clicks) in updates {
@@ -238,28 +241,24 @@ pub fn build(worker: &mut Worker, spec: &DataflowSpec, make_sink: Option<SinkFac
     Ok(ClickDataflow { inputs, probe, sinks: sink_set })
 }
 
-/// How many groups the first ranking stage splits each window into, so that a change
-/// re-ranks one group of ads rather than the whole window.
+/// How many groups of ads the first ranking stage works on, so that a change re-ranks one
+/// group rather than every ad.
 const RANK_BUCKETS: u64 = 64;
 
 /// The `n` most clicked ads of every sliding window, by clicks descending then ad_id ascending.
+///
+/// Stage one, per group of ads: the pane counts of the group, for every live pane, summed into
+/// each window and ranked; stage two, per window: the groups' winners ranked again. A pane
+/// count stays in the first stage until the last window containing it is final.
 fn top_n<'s>(
     keys: VecCollection<'s, u64, GroupKey, isize>,
     clock: Clock,
     window: SlidingWindow,
     n: usize,
 ) -> VecCollection<'s, u64, RankedAd, isize> {
-    // Each pane's clicks count towards every window containing the pane, from the time they
-    // arrive until the window is final, when they are retracted to free the state.
-    let by_window = keys
-        .inner
-        .flat_map(move |((pane, ad_id, _), time, clicks)| {
-            clock.windows_of(window, pane).flat_map(move |start| {
-                let key = ((start, ad_id % RANK_BUCKETS), ad_id);
-                [(key, time, clicks), (key, clock.window_close(window, start), -clicks)]
-            })
-        })
-        .as_collection();
+    let panes = keys.inner.map(|((pane, ad_id, _), time, clicks)| ((ad_id % RANK_BUCKETS, (pane, ad_id)), time, clicks));
+    // The last window containing a pane starts at the pane's window-aligned start.
+    let panes = retract_at_close(panes, move |(_, (pane, _))| clock.window_close(window, pane - pane % window.slide_ms));
 
     fn best(ads: impl Iterator<Item = (u64, u64)>, n: usize) -> Vec<(u64, u64)> {
         // (clicks, ad_id) ordered by clicks descending, then ad_id ascending.
@@ -273,12 +272,29 @@ fn top_n<'s>(
         ads
     }
 
-    by_window
-        .reduce(move |_bucket, ads: &[(&u64, isize)], output: &mut Vec<((u64, u64), isize)>| {
-            let candidates = ads.iter().filter(|(_, c)| *c > 0).map(|(ad, c)| (*c as u64, **ad));
-            output.extend(best(candidates, n).into_iter().map(|ad| (ad, 1)));
+    panes
+        .as_collection()
+        .reduce(move |_bucket, pane_counts: &[(&(u64, u64), isize)], output: &mut Vec<((u64, u64, u64), isize)>| {
+            // Clicks per (window, ad) over the live panes of this group of ads.
+            let mut sums: Vec<(u64, u64, u64)> = Vec::with_capacity(pane_counts.len() * 5);
+            for ((pane, ad_id), clicks) in pane_counts.iter().map(|(v, c)| (**v, *c)).filter(|(_, c)| *c > 0) {
+                sums.extend(clock.windows_of(window, pane).map(|start| (start, ad_id, clicks as u64)));
+            }
+            sums.sort_unstable();
+            sums.dedup_by(|next, kept| {
+                let same = (next.0, next.1) == (kept.0, kept.1);
+                if same {
+                    kept.2 += next.2;
+                }
+                same
+            });
+            for one_window in sums.chunk_by(|a, b| a.0 == b.0) {
+                let start = one_window[0].0;
+                let ranked = best(one_window.iter().map(|&(_, ad_id, clicks)| (clicks, ad_id)), n);
+                output.extend(ranked.into_iter().map(|(clicks, ad_id)| ((start, clicks, ad_id), 1)));
+            }
         })
-        .map(|((start, _bucket), ranked)| (start, ranked))
+        .map(|(_bucket, (start, clicks, ad_id))| (start, (clicks, ad_id)))
         .reduce(move |_start, candidates: &[(&(u64, u64), isize)], output: &mut Vec<((u32, u64, u64), isize)>| {
             let candidates = candidates.iter().filter(|(_, c)| *c > 0).map(|(ad, _)| **ad);
             for (rank, (clicks, ad_id)) in best(candidates, n).into_iter().enumerate() {
@@ -286,9 +302,48 @@ fn top_n<'s>(
             }
         })
         .inner
-        // The retractions at close time only free state; what a sink sees ends before them.
+        // What changes at or after a window's close time is the freeing of state, not news.
         .filter(move |((start, _), time, _)| *time < clock.window_close(window, *start))
         .as_collection()
+}
+
+/// Passes every update through, and retracts it again at its close time. The retractions wait
+/// here, consolidated, and leave only when the frontier reaches their time: sent at once, they
+/// would sit in the next operator's batcher and be re-sorted at every tick until then.
+fn retract_at_close<'s, D>(
+    stream: StreamVec<'s, u64, (D, u64, isize)>,
+    close_of: impl Fn(&D) -> u64 + 'static,
+) -> StreamVec<'s, u64, (D, u64, isize)>
+where
+    D: differential_dataflow::Data,
+{
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(Pipeline, "RetractAtClose", |_, _| {
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(D, isize)>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|capability, data| {
+                let Some(now) = capability.retain_least(0) else { return };
+                let mut session = output.session(&now);
+                for (record, time, diff) in data.drain(..) {
+                    let close = close_of(&record);
+                    let (_, retractions) = pending.entry(close).or_insert_with(|| (now.delayed(&close), Vec::new()));
+                    retractions.push((record.clone(), -diff));
+                    session.give((record, time, diff));
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                let close = *entry.key();
+                if frontier.less_than(&close) {
+                    break;
+                }
+                let (capability, mut retractions) = entry.remove();
+                differential_dataflow::consolidation::consolidate(&mut retractions);
+                let mut session = output.session(&capability);
+                for (record, diff) in retractions {
+                    session.give((record, close, diff));
+                }
+            }
+        }
+    })
 }
 
 /// Gathers a stream's updates on worker 0, groups them (by pane or window), and writes each
@@ -328,7 +383,7 @@ fn sink_when_final<'s, D>(
             to_rows(group, updates, &mut rows);
             let mut sinks = sinks.borrow_mut();
             if sinks.error.is_none() {
-                if let Err(error) = sinks.sinks[slot].write(&rows) {
+                if let Err(error) = sinks.sinks[slot].write(rows) {
                     sinks.error = Some(error);
                 }
             }

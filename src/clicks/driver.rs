@@ -9,7 +9,9 @@
 //! agree on the job watermark, to which they advance the dataflow's inputs together.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use anyhow::Result;
@@ -26,6 +28,9 @@ use super::event::{self, ClickEvent, Country};
 use super::time::Clock;
 use crate::sources::{Batch, Source};
 use crate::spec::{DataflowSpec, Field};
+
+/// Pre-aggregated clicks held back at most, before they go to the dataflow anyway.
+const MAX_PENDING_CLICKS: usize = 1 << 20;
 
 /// What a worker tells every other worker about its batch of a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +87,11 @@ pub struct Driver {
     reports: Rc<RefCell<BTreeMap<u64, Vec<RoundReport>>>>,
     partitions: BTreeMap<u32, PartitionState>,
     round: u64,
+    /// Accepted clicks not yet given to the dataflow. Clicks that agree on pane and on the
+    /// used fields are one record with a multiplicity, summed over rounds until the input time
+    /// moves (nothing downstream can see them earlier anyway), which cuts the updates the
+    /// dataflow sorts and exchanges by an order of magnitude.
+    accepted: FxHashMap<ClickEvent, isize>,
     records_read: u64,
     late: u64,
     rejected: u64,
@@ -111,6 +121,7 @@ impl Driver {
             reports,
             partitions: partitions.iter().map(|p| (*p, PartitionState::default())).collect(),
             round: 0,
+            accepted: FxHashMap::default(),
             records_read: 0,
             late: 0,
             rejected: 0,
@@ -144,6 +155,7 @@ impl Driver {
             };
             let reports = self.exchange(worker, report, dataflow)?;
             if reports.iter().all(|r| r.batch.is_none()) {
+                self.flush_accepted(dataflow);
                 return Ok(RunTotals {
                     read: self.records_read,
                     late: reports.iter().map(|r| r.late).sum(),
@@ -156,7 +168,8 @@ impl Driver {
             }
             self.absorb(&reports);
             let time = self.job_time();
-            if time > *dataflow.inputs.accepted.time() {
+            if time > *dataflow.inputs.accepted.time() || self.accepted.len() > MAX_PENDING_CLICKS {
+                self.flush_accepted(dataflow);
                 dataflow.inputs.advance_to(time);
             }
             dataflow.inputs.flush();
@@ -220,8 +233,6 @@ impl Driver {
     ) {
         let inputs = &mut dataflow.inputs;
         let first_line = lines_before + batch.skipped_lines + 1;
-        // Clicks that agree on pane and the used fields are one record with a multiplicity.
-        let mut accepted: HashMap<ClickEvent, isize> = HashMap::with_capacity(parsed.len() / 2);
         for (index, (result, line)) in parsed.into_iter().zip(&batch.lines).enumerate() {
             let position = first_line + index as u64;
             match result {
@@ -240,12 +251,17 @@ impl Driver {
                 }
                 Ok(event) => {
                     max_seen = max_seen.max(Some(event.click_ts));
-                    *accepted.entry(self.project(&event)).or_insert(0) += 1;
+                    let click = self.project(&event);
+                    *self.accepted.entry(click).or_insert(0) += 1;
                 }
             }
         }
-        for (click, count) in accepted {
-            inputs.accepted.update(click, count);
+    }
+
+    /// Hands the pre-aggregated clicks to the dataflow.
+    fn flush_accepted(&mut self, dataflow: &mut ClickDataflow) {
+        for (click, count) in self.accepted.drain() {
+            dataflow.inputs.accepted.update(click, count);
         }
     }
 

@@ -69,7 +69,7 @@ impl Rows {
 /// A destination for the rows of one table.
 pub trait Sink {
     /// Writes rows that are final or that replace earlier rows with the same key.
-    fn write(&mut self, rows: &Rows) -> Result<()>;
+    fn write(&mut self, rows: Rows) -> Result<()>;
     /// Makes everything written durable and visible (e.g. renames a finished file into place).
     fn finish(&mut self) -> Result<()>;
 }
