@@ -9,6 +9,10 @@
 //! - `CLICKSTAY_BENCH_EVENTS`: CSV sizes, default `1000000,10000000`
 //! - `CLICKSTAY_BENCH_JSONL_EVENTS`: JSON Lines sizes, default `1000000` (empty: none)
 //! - `CLICKSTAY_BENCH_WORKERS`: worker threads per replay, default `1,2`
+//! - `CLICKSTAY_BENCH_ADS`: numbers of distinct ads for the CSV files, default `100000,1000`.
+//!   With 1000 ads the result files stay small, so peak RSS shows the state of the open
+//!   panes alone; with 100000 ads it also includes the (sorted) results, which grow with
+//!   the number of panes.
 //! - `CLICKSTAY_BENCH_RUNS`: replays per configuration (best time, largest RSS), default 1
 
 use std::fs::File;
@@ -28,17 +32,22 @@ fn main() -> Result<()> {
     let csv_sizes = env_list("CLICKSTAY_BENCH_EVENTS", "1000000,10000000")?;
     let jsonl_sizes = env_list("CLICKSTAY_BENCH_JSONL_EVENTS", "1000000")?;
     let workers = env_list("CLICKSTAY_BENCH_WORKERS", "1,2")?;
+    let ad_counts = env_list("CLICKSTAY_BENCH_ADS", "100000,1000")?;
     let runs = env_list("CLICKSTAY_BENCH_RUNS", "1")?.first().copied().unwrap_or(1).max(1);
 
     let data_dir = target_dir().join("bench-data");
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/ad_clicks.toml");
 
-    let inputs: Vec<(&str, u64)> =
-        csv_sizes.iter().map(|&n| ("csv", n)).chain(jsonl_sizes.iter().map(|&n| ("jsonl", n))).collect();
+    let default_ads = ad_counts.first().copied().unwrap_or(100_000);
+    let inputs: Vec<(&str, u64, u64)> = ad_counts
+        .iter()
+        .flat_map(|&ads| csv_sizes.iter().map(move |&n| ("csv", n, ads)))
+        .chain(jsonl_sizes.iter().map(|&n| ("jsonl", n, default_ads)))
+        .collect();
     let mut rows = Vec::new();
-    for (format, events) in inputs {
-        let input = data_file(&data_dir, format, events)?;
+    for (format, events, ads) in inputs {
+        let input = data_file(&data_dir, format, events, ads)?;
         for &threads in &workers {
             let mut best: Option<Measurement> = None;
             for _ in 0..runs {
@@ -52,19 +61,19 @@ fn main() -> Result<()> {
             }
             let m = best.expect("at least one run");
             eprintln!("  {format} {events} events, -w {threads}: {:.2} s, {}", m.wall.as_secs_f64(), m.summary);
-            rows.push((format, events, threads, m));
+            rows.push((format, events, ads, threads, m));
         }
     }
 
     println!();
     println!(
-        "{:<6} {:>11} {:>8} {:>9} {:>13} {:>14}",
-        "format", "events", "workers", "seconds", "events/s", "peak RSS MiB"
+        "{:<6} {:>11} {:>7} {:>8} {:>9} {:>13} {:>14}",
+        "format", "events", "ads", "workers", "seconds", "events/s", "peak RSS MiB"
     );
-    for (format, events, threads, m) in rows {
+    for (format, events, ads, threads, m) in rows {
         let seconds = m.wall.as_secs_f64();
         println!(
-            "{format:<6} {events:>11} {threads:>8} {seconds:>9.2} {:>13.0} {:>14.1}",
+            "{format:<6} {events:>11} {ads:>7} {threads:>8} {seconds:>9.2} {:>13.0} {:>14.1}",
             events as f64 / seconds,
             m.peak_rss_kib as f64 / 1024.0
         );
@@ -90,9 +99,9 @@ fn target_dir() -> PathBuf {
     }
 }
 
-/// The file of `events` generated events in `format`, generated now unless it is cached.
-fn data_file(dir: &Path, format: &str, events: u64) -> Result<PathBuf> {
-    let path = dir.join(format!("clicks-v{DATA_VERSION}-seed{SEED}-{events}.{format}"));
+/// The file of `events` generated events over `ads` ads in `format`, generated now unless it is cached.
+fn data_file(dir: &Path, format: &str, events: u64, ads: u64) -> Result<PathBuf> {
+    let path = dir.join(format!("clicks-v{DATA_VERSION}-seed{SEED}-ads{ads}-{events}.{format}"));
     if path.exists() {
         eprintln!("reusing {}", path.display());
         return Ok(path);
@@ -101,7 +110,8 @@ fn data_file(dir: &Path, format: &str, events: u64) -> Result<PathBuf> {
     let partial = path.with_extension(format!("{format}.partial"));
     let started = Instant::now();
     let status = Command::new(BIN)
-        .args(["gen", "--events", &events.to_string(), "--seed", &SEED.to_string(), "--format", format, "--out"])
+        .args(["gen", "--events", &events.to_string(), "--ads", &ads.to_string(), "--seed", &SEED.to_string()])
+        .args(["--format", format, "--out"])
         .arg(&partial)
         .status()
         .context("cannot run clickstay gen")?;
