@@ -1,0 +1,79 @@
+//! Fresh PostgreSQL databases for integration tests.
+//!
+//! The server is the one named by `CLICKSTAY_TEST_PG` (a base URL such as
+//! `postgres://postgres@127.0.0.1:PORT/postgres`, set by the CI test script). When it is unset,
+//! `scripts/postgres.sh start` is run once per test binary, so plain `cargo test` works on a
+//! developer machine. Every call to [`fresh_database`] creates a new, uniquely named database,
+//! so tests run in parallel and can be re-run without cleaning up.
+//!
+//! Include it with `#[path = "common/pg.rs"] mod pg;`.
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The base URL of the test server, starting one if `CLICKSTAY_TEST_PG` is unset.
+pub fn base_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("CLICKSTAY_TEST_PG") {
+            return url.trim().to_string();
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
+        let output = Command::new(script).arg("start").output().expect("cannot run scripts/postgres.sh");
+        assert!(
+            output.status.success(),
+            "scripts/postgres.sh start failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).expect("URL is not UTF-8").trim().to_string()
+    })
+    .clone()
+}
+
+/// The URL of database `name` on the test server.
+pub fn url_of(name: &str) -> String {
+    let base = base_url();
+    let cut = base.rfind('/').expect("base URL has no database part");
+    let query = base[cut..].find('?').map(|q| &base[cut + q..]).unwrap_or("");
+    format!("{}/{name}{query}", &base[..cut])
+}
+
+/// Creates a new empty database whose name starts with `prefix` and returns its URL.
+pub async fn fresh_database(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    assert!(prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000_000;
+    let name = format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let (client, connection) = tokio_postgres::connect(&base_url(), tokio_postgres::NoTls)
+        .await
+        .expect("cannot connect to the test PostgreSQL server");
+    tokio::spawn(connection);
+    // A database name cannot be a bind parameter; `name` is built above from [a-z0-9_] only.
+    // CREATE DATABASE fails while another session copies template1 at the same moment: retry.
+    for attempt in 1.. {
+        match client.batch_execute(&format!("CREATE DATABASE {name}")).await {
+            Ok(()) => break,
+            Err(error) if attempt < 20 => {
+                eprintln!("CREATE DATABASE {name} failed ({error}); retrying");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
+            Err(error) => panic!("cannot create database {name}: {error}"),
+        }
+    }
+    url_of(&name)
+}
+
+/// A client connected to `url` (its connection runs on the current runtime).
+pub async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) =
+        tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    tokio::spawn(connection);
+    client
+}
