@@ -377,7 +377,7 @@ impl<W: Write> LineWriter<W> {
         match kind {
             Malformation::BadNumber => {
                 const BAD: [&str; 5] = ["12a4", "1.5", "-7", "18446744073709551616", ""];
-                let field = if variant % 2 == 0 { 0 } else { 2 };
+                let field = if variant.is_multiple_of(2) { 0 } else { 2 };
                 values[field] = Value::Verbatim(BAD[(variant / 2) as usize % BAD.len()]);
             }
             Malformation::MissingField => values[2] = Value::Missing,
@@ -410,7 +410,7 @@ impl IpText {
                 len += 1;
             }
             let digits = buffer.format(octet).as_bytes();
-            self.bytes[len..len + digits.len()].copy_from_slice(&digits);
+            self.bytes[len..len + digits.len()].copy_from_slice(digits);
             len += digits.len();
         }
         std::str::from_utf8(&self.bytes[..len]).expect("digits and dots are ASCII")

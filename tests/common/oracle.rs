@@ -60,7 +60,7 @@ impl Spec {
     };
 
     /// A spec file with these parameters and the same nodes and sinks as the default one.
-    pub fn to_toml(&self) -> String {
+    pub fn to_toml(self) -> String {
         format!(
             r#"name = "ad_clicks_test"
 
