@@ -275,22 +275,15 @@ fn top_n<'s>(
     panes
         .as_collection()
         .reduce(move |_bucket, pane_counts: &[(&(u64, u64), isize)], output: &mut Vec<((u64, u64, u64), isize)>| {
-            // Clicks per (window, ad) over the live panes of this group of ads.
-            let mut sums: Vec<(u64, u64, u64)> = Vec::with_capacity(pane_counts.len() * 5);
-            for ((pane, ad_id), clicks) in pane_counts.iter().map(|(v, c)| (**v, *c)).filter(|(_, c)| *c > 0) {
-                sums.extend(clock.windows_of(window, pane).map(|start| (start, ad_id, clicks as u64)));
-            }
-            sums.sort_unstable();
-            sums.dedup_by(|next, kept| {
-                let same = (next.0, next.1) == (kept.0, kept.1);
-                if same {
-                    kept.2 += next.2;
-                }
-                same
-            });
-            for one_window in sums.chunk_by(|a, b| a.0 == b.0) {
-                let start = one_window[0].0;
-                let ranked = best(one_window.iter().map(|&(_, ad_id, clicks)| (clicks, ad_id)), n);
+            // The live panes of this group of ads, each sorted by ad_id (values come sorted).
+            let panes: Vec<&[(&(u64, u64), isize)]> = pane_counts.chunk_by(|a, b| a.0.0 == b.0.0).collect();
+            let mut starts: Vec<u64> = panes.iter().flat_map(|p| clock.windows_of(window, p[0].0.0)).collect();
+            starts.sort_unstable();
+            starts.dedup();
+            for start in starts {
+                let inside: Vec<&[(&(u64, u64), isize)]> =
+                    panes.iter().copied().filter(|p| (start..start + window.size_ms).contains(&p[0].0.0)).collect();
+                let ranked = best(sum_sorted_runs(&inside), n);
                 output.extend(ranked.into_iter().map(|(clicks, ad_id)| ((start, clicks, ad_id), 1)));
             }
         })
@@ -305,6 +298,26 @@ fn top_n<'s>(
         // What changes at or after a window's close time is the freeing of state, not news.
         .filter(move |((start, _), time, _)| *time < clock.window_close(window, *start))
         .as_collection()
+}
+
+/// Merges runs of `((pane, ad_id), clicks)` sorted by ad_id into `(clicks, ad_id)` summed over
+/// the runs, in one linear pass (a window spans only a handful of panes).
+fn sum_sorted_runs<'a>(runs: &'a [&'a [(&'a (u64, u64), isize)]]) -> impl Iterator<Item = (u64, u64)> + 'a {
+    let mut heads = vec![0usize; runs.len()];
+    std::iter::from_fn(move || {
+        let ad_id = (0..runs.len()).filter_map(|r| runs[r].get(heads[r]).map(|v| v.0.1)).min()?;
+        let mut clicks = 0;
+        for (run, head) in runs.iter().zip(heads.iter_mut()) {
+            if let Some(((_, ad), count)) = run.get(*head) {
+                if *ad == ad_id {
+                    clicks += (*count).max(0) as u64;
+                    *head += 1;
+                }
+            }
+        }
+        Some((clicks, ad_id))
+    })
+    .filter(|(clicks, _)| *clicks > 0)
 }
 
 /// Passes every update through, and retracts it again at its close time. The retractions wait

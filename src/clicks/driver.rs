@@ -146,7 +146,7 @@ impl Driver {
                 batch: batch.as_ref().zip(parsed.as_ref()).map(|(b, p)| BatchReport {
                     partition: b.partition,
                     sequence: b.sequence,
-                    max_ts: p.iter().filter_map(|r| r.as_ref().ok()).map(|e| e.click_ts).max(),
+                    max_ts: p.max_ts,
                     lines: b.line_count(),
                     records: b.lines.len() as u64,
                 }),
@@ -187,7 +187,8 @@ impl Driver {
         // Also let the click dataflow catch up to the previous tick, so input never piles up.
         let caught_up_to = *dataflow.inputs.accepted.time();
         while self.reports_probe.less_than(&self.round) || dataflow.probe.less_than(&caught_up_to) {
-            worker.step();
+            // Park rather than spin while other workers finish their round.
+            worker.step_or_park(Some(std::time::Duration::from_millis(1)));
             if let Some(error) = dataflow.sinks.borrow_mut().error.take() {
                 return Err(error);
             }
@@ -226,34 +227,32 @@ impl Driver {
     fn feed(
         &mut self,
         batch: &Batch,
-        parsed: Vec<Result<ClickEvent, event::Reject>>,
+        parsed: ParsedBatch,
         mut max_seen: Option<u64>,
         lines_before: u64,
         dataflow: &mut ClickDataflow,
     ) {
         let inputs = &mut dataflow.inputs;
         let first_line = lines_before + batch.skipped_lines + 1;
-        for (index, (result, line)) in parsed.into_iter().zip(&batch.lines).enumerate() {
-            let position = first_line + index as u64;
-            match result {
-                Err(reason) => {
-                    self.rejected += 1;
-                    inputs.rejected.insert(RejectedLine {
-                        partition: batch.partition,
-                        position,
-                        reason: reason.to_string(),
-                        raw: String::from_utf8_lossy(batch.text_of(line)).into_owned(),
-                    });
-                }
-                Ok(event) if self.clock.is_late(event.click_ts, max_seen) => {
-                    self.late += 1;
-                    inputs.late.insert(LateClick { partition: batch.partition, position, event });
-                }
-                Ok(event) => {
-                    max_seen = max_seen.max(Some(event.click_ts));
-                    let click = self.project(&event);
-                    *self.accepted.entry(click).or_insert(0) += 1;
-                }
+        for (index, reason) in parsed.rejected {
+            self.rejected += 1;
+            inputs.rejected.insert(RejectedLine {
+                partition: batch.partition,
+                position: first_line + index as u64,
+                reason: reason.to_string(),
+                raw: String::from_utf8_lossy(batch.text_of(&batch.lines[index as usize])).into_owned(),
+            });
+        }
+        // Rejected lines do not move the watermark, so valid events alone, in order, decide.
+        for (index, event) in parsed.events {
+            if self.clock.is_late(event.click_ts, max_seen) {
+                self.late += 1;
+                let position = first_line + index as u64;
+                inputs.late.insert(LateClick { partition: batch.partition, position, event });
+            } else {
+                max_seen = max_seen.max(Some(event.click_ts));
+                let click = self.project(&event);
+                *self.accepted.entry(click).or_insert(0) += 1;
             }
         }
     }
@@ -279,7 +278,24 @@ impl Driver {
     }
 }
 
-/// Parses every line of a batch.
-fn parse_batch(format: event::Format, batch: &Batch) -> Vec<Result<ClickEvent, event::Reject>> {
-    batch.lines.iter().map(|line| event::parse(format, batch.text_of(line), line.full_len)).collect()
+/// A parsed batch: valid events and rejected lines apart, each with its index in the batch.
+struct ParsedBatch {
+    events: Vec<(u32, ClickEvent)>,
+    rejected: Vec<(u32, event::Reject)>,
+    max_ts: Option<u64>,
+}
+
+/// Parses every line of a batch, noting the largest event time on the way.
+fn parse_batch(format: event::Format, batch: &Batch) -> ParsedBatch {
+    let mut parsed = ParsedBatch { events: Vec::with_capacity(batch.lines.len()), rejected: Vec::new(), max_ts: None };
+    for (index, line) in batch.lines.iter().enumerate() {
+        match event::parse(format, batch.text_of(line), line.full_len) {
+            Ok(event) => {
+                parsed.max_ts = parsed.max_ts.max(Some(event.click_ts));
+                parsed.events.push((index as u32, event));
+            }
+            Err(reason) => parsed.rejected.push((index as u32, reason)),
+        }
+    }
+    parsed
 }

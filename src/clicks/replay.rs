@@ -121,7 +121,7 @@ fn replay_worker(
     let sinks = std::rc::Rc::clone(&dataflow.sinks);
     drop(dataflow);
     while !probe.done() {
-        worker.step();
+        worker.step_or_park(Some(std::time::Duration::from_millis(1)));
     }
     if let Some(bar) = progress {
         bar.finish_and_clear();

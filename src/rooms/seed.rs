@@ -1,7 +1,7 @@
 //! `clickstay rooms seed`: a realistic inventory, loaded with COPY, one transaction per shard.
 //!
 //! The plan is deterministic for a given `--seed`: hotel sizes vary around the mean, hotel `h`
-//! has `2 + h % 4` room types (see [`room_type_count`]), every tenth hotel overbooks by 10%,
+//! has `2 + h % 4` room types (see [`room_type_count`]), every fifth hotel overbooks by 10%,
 //! and every night of `--days` gets one inventory row per room type. Existing occupancy
 //! (`--occupancy`) is simulated with real, confirmed reservation rows, and each night's
 //! `total_reserved` is their count, so the audit invariants hold from the start.
@@ -71,7 +71,7 @@ pub fn plan(spec: &SeedSpec) -> Vec<HotelPlan> {
             let weights: Vec<f64> = (0..room_type_count(hotel_id)).map(|_| rng.random_range(0.2..1.0)).collect();
             HotelPlan {
                 hotel_id,
-                ratio_hundredths: if hotel_id % 10 == 0 { 110 } else { 100 },
+                ratio_hundredths: if hotel_id % 5 == 0 { 110 } else { 100 },
                 rooms_per_type: apportion(rooms, &weights).into_iter().map(|r| r as i32).collect(),
             }
         })

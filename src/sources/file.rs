@@ -11,6 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use memchr::memchr;
 
 use super::{Batch, Line, Source};
 use crate::clicks::event::{CSV_HEADER, Format, MAX_LINE_BYTES};
@@ -138,10 +139,6 @@ impl FileSource {
         }
         Ok((text.len() - pos, full_len))
     }
-}
-
-fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }
 
 impl Source for FileSource {
