@@ -143,7 +143,8 @@ pub fn build(worker: &mut Worker, spec: &DataflowSpec, make_sink: Option<SinkFac
                     };
                     let second = group_by.get(1).copied();
                     // Consolidated where the key lives: one update per changed group and tick
-                    // for everything downstream (the sink on worker 0, the ranking).
+                    // for everything downstream (the sink on worker 0, the ranking). Nothing
+                    // keeps the consolidation's arrangement, so it holds no state across ticks.
                     let keys = clicks
                         .clone()
                         .map(move |click| (click.click_ts, click.ad_id, second.map_or(0, |f| click.field(f))))
@@ -275,15 +276,9 @@ fn top_n<'s>(
     panes
         .as_collection()
         .reduce(move |_bucket, pane_counts: &[(&(u64, u64), isize)], output: &mut Vec<((u64, u64, u64), isize)>| {
-            // The live panes of this group of ads, each sorted by ad_id (values come sorted).
-            let panes: Vec<&[(&(u64, u64), isize)]> = pane_counts.chunk_by(|a, b| a.0.0 == b.0.0).collect();
-            let mut starts: Vec<u64> = panes.iter().flat_map(|p| clock.windows_of(window, p[0].0.0)).collect();
-            starts.sort_unstable();
-            starts.dedup();
-            for start in starts {
-                let inside: Vec<&[(&(u64, u64), isize)]> =
-                    panes.iter().copied().filter(|p| (start..start + window.size_ms).contains(&p[0].0.0)).collect();
-                let ranked = best(sum_sorted_runs(&inside), n);
+            let windows = WindowSums::new(pane_counts, clock, window);
+            for (start, ads) in windows.each_window() {
+                let ranked = best(ads, n);
                 output.extend(ranked.into_iter().map(|(clicks, ad_id)| ((start, clicks, ad_id), 1)));
             }
         })
@@ -300,24 +295,61 @@ fn top_n<'s>(
         .as_collection()
 }
 
-/// Merges runs of `((pane, ad_id), clicks)` sorted by ad_id into `(clicks, ad_id)` summed over
-/// the runs, in one linear pass (a window spans only a handful of panes).
-fn sum_sorted_runs<'a>(runs: &'a [&'a [(&'a (u64, u64), isize)]]) -> impl Iterator<Item = (u64, u64)> + 'a {
-    let mut heads = vec![0usize; runs.len()];
-    std::iter::from_fn(move || {
-        let ad_id = (0..runs.len()).filter_map(|r| runs[r].get(heads[r]).map(|v| v.0.1)).min()?;
-        let mut clicks = 0;
-        for (run, head) in runs.iter().zip(heads.iter_mut()) {
-            if let Some(((_, ad), count)) = run.get(*head) {
-                if *ad == ad_id {
-                    clicks += (*count).max(0) as u64;
-                    *head += 1;
-                }
+/// Clicks per ad summed over any run of consecutive live panes, from per-ad prefix sums: a
+/// window's clicks for an ad are two lookups, however many panes it spans.
+struct WindowSums {
+    clock: Clock,
+    window: SlidingWindow,
+    /// The live panes, ascending.
+    panes: Vec<u64>,
+    /// Every ad with clicks in a live pane, ascending.
+    ads: Vec<u64>,
+    /// `prefix[a * (panes + 1) + i]`: clicks of ad `a` in panes `0..i`.
+    prefix: Vec<u64>,
+}
+
+impl WindowSums {
+    /// From `((pane, ad_id), clicks)` values as a reduce sees them (sorted, consolidated).
+    fn new(pane_counts: &[(&(u64, u64), isize)], clock: Clock, window: SlidingWindow) -> Self {
+        let mut panes: Vec<u64> = pane_counts.iter().map(|(v, _)| v.0).collect();
+        panes.dedup();
+        let mut ads: Vec<u64> = pane_counts.iter().map(|(v, _)| v.1).collect();
+        ads.sort_unstable();
+        ads.dedup();
+        let width = panes.len() + 1;
+        let mut prefix = vec![0u64; ads.len() * width];
+        let mut pane_index = 0;
+        for ((pane, ad_id), clicks) in pane_counts.iter().map(|(v, c)| (**v, *c)) {
+            while panes[pane_index] != pane {
+                pane_index += 1;
+            }
+            let ad_index = ads.binary_search(&ad_id).expect("every ad was collected");
+            prefix[ad_index * width + pane_index + 1] += clicks.max(0) as u64;
+        }
+        for row in prefix.chunks_mut(width) {
+            for i in 1..width {
+                row[i] += row[i - 1];
             }
         }
-        Some((clicks, ad_id))
-    })
-    .filter(|(clicks, _)| *clicks > 0)
+        WindowSums { clock, window, panes, ads, prefix }
+    }
+
+    /// Every window containing a live pane, with its `(clicks, ad_id)` for ads with clicks.
+    fn each_window(&self) -> impl Iterator<Item = (u64, impl Iterator<Item = (u64, u64)> + '_)> + '_ {
+        let mut starts: Vec<u64> = self.panes.iter().flat_map(|&p| self.clock.windows_of(self.window, p)).collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let width = self.panes.len() + 1;
+        starts.into_iter().map(move |start| {
+            let first = self.panes.partition_point(|&p| p < start);
+            let end = self.panes.partition_point(|&p| p < start + self.window.size_ms);
+            let sums = self.ads.iter().enumerate().filter_map(move |(a, &ad_id)| {
+                let clicks = self.prefix[a * width + end] - self.prefix[a * width + first];
+                (clicks > 0).then_some((clicks, ad_id))
+            });
+            (start, sums)
+        })
+    }
 }
 
 /// Passes every update through, and retracts it again at its close time. The retractions wait

@@ -250,6 +250,10 @@ struct JsonEvent<'a> {
 /// Parses one JSON Lines event; extra keys are ignored.
 pub fn parse_json(line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
     check_line(line, full_len)?;
+    // serde would also take an array of the values in field order: an event is an object.
+    if line.trim_ascii_start().first() != Some(&b'{') {
+        return Err(Reject::Json("an event must be a JSON object".into()));
+    }
     let json: JsonEvent = serde_json::from_slice(line).map_err(|e| Reject::Json(e.to_string()))?;
     if json.click_ts < 0 {
         return Err(Reject::NegativeTime(json.click_ts.to_string()));
@@ -383,8 +387,9 @@ mod tests {
         let line = br#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US","extra":1}"#;
         let event = parse_json(line, line.len()).unwrap();
         assert_eq!(event, csv("4711,1767225600123,99123,10.1.2.3,US").unwrap());
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 6] = [
             (b"not json", "JSON"),
+            (br#"[4,1767225602000,4,"10.0.0.4","US"]"#, "JSON object"),
             (br#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"10.0.0.1"}"#, "country"),
             (br#"{"ad_id":"1","click_ts":2,"user_id":3,"ip":"10.0.0.1","country":"US"}"#, "JSON"),
             (br#"{"ad_id":1,"click_ts":-2,"user_id":3,"ip":"10.0.0.1","country":"US"}"#, "negative time"),
