@@ -9,6 +9,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use anyhow::Context;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tracing::error;
@@ -19,13 +20,23 @@ use super::model::{
     BadRequest, MAX_AVAILABILITY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date,
     parse_reservation_id,
 };
+use super::id_lookup::IdLookup;
 use super::shards::Shards;
 
 /// Largest request body accepted; a reservation is about 250 bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// The routes of the reservation API over `shards`.
+/// What every handler shares: the shard pools and one batched id look-up per shard.
+#[derive(Clone)]
+struct AppState {
+    shards: Shards,
+    id_lookups: Vec<IdLookup>,
+}
+
+/// The routes of the reservation API over `shards` (spawns the id look-up tasks, so call it
+/// inside a tokio runtime).
 pub fn router(shards: Shards) -> Router {
+    let id_lookups = shards.pools().iter().cloned().map(IdLookup::spawn).collect();
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/reservation-ids", post(new_reservation_id))
@@ -34,7 +45,7 @@ pub fn router(shards: Shards) -> Router {
         .route("/v1/hotels/{hotel_id}/availability", get(availability))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(shards)
+        .with_state(AppState { shards, id_lookups })
 }
 
 /// An error answer: a status code and `{"error": code, "message": ..., ...details}`.
@@ -77,7 +88,7 @@ impl From<anyhow::Error> for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// Liveness and reachability of every shard.
-async fn healthz(State(shards): State<Shards>) -> ApiResult {
+async fn healthz(State(AppState { shards, .. }): State<AppState>) -> ApiResult {
     for index in 0..shards.len() {
         let client = shards.connect(index).await.map_err(|e| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}"))
@@ -95,12 +106,12 @@ async fn new_reservation_id() -> Json<Value> {
     Json(json!({ "reservation_id": Uuid::now_v7() }))
 }
 
-async fn create_reservation(State(shards): State<Shards>, body: Result<Bytes, BytesRejection>) -> ApiResult {
+async fn create_reservation(State(AppState { shards, id_lookups }): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
     let body = body.map_err(|rejection| ApiError::new(rejection.status(), "bad_request", rejection.body_text()))?;
     let request = ReservationRequest::parse(&body)?;
     let home = shards.index_of(request.hotel_id);
     // The id may have been used for a hotel on another shard: that is a different content.
-    if let Some((_, existing)) = find_on_shards(&shards, request.reservation_id, Some(home)).await? {
+    if let Some((_, existing)) = find_on_shards(&id_lookups, request.reservation_id, Some(home)).await? {
         return Err(id_reused(existing));
     }
     let mut client = shards.connect(home).await?;
@@ -128,18 +139,18 @@ async fn create_reservation(State(shards): State<Shards>, body: Result<Bytes, By
     }
 }
 
-async fn get_reservation(State(shards): State<Shards>, Path(id): Path<String>) -> ApiResult {
+async fn get_reservation(State(AppState { id_lookups, .. }): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = parse_reservation_id(&id)?;
-    match find_on_shards(&shards, id, None).await? {
+    match find_on_shards(&id_lookups, id, None).await? {
         Some((_, reservation)) => Ok(Json(reservation).into_response()),
         None => Err(unknown_reservation(id)),
     }
 }
 
 /// Cancels on the shard that holds the reservation; answers it as it now stands.
-async fn cancel_reservation(State(shards): State<Shards>, Path(id): Path<String>) -> ApiResult {
+async fn cancel_reservation(State(AppState { shards, id_lookups }): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = parse_reservation_id(&id)?;
-    let Some((shard, _)) = find_on_shards(&shards, id, None).await? else {
+    let Some((shard, _)) = find_on_shards(&id_lookups, id, None).await? else {
         return Err(unknown_reservation(id));
     };
     let client = shards.connect(shard).await?;
@@ -150,7 +161,7 @@ async fn cancel_reservation(State(shards): State<Shards>, Path(id): Path<String>
 }
 
 async fn availability(
-    State(shards): State<Shards>,
+    State(AppState { shards, .. }): State<AppState>,
     Path(hotel_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
@@ -174,13 +185,12 @@ async fn availability(
 
 /// Looks `id` up on every shard except `skip`; the shard index and reservation if found.
 async fn find_on_shards(
-    shards: &Shards,
+    id_lookups: &[IdLookup],
     id: Uuid,
     skip: Option<usize>,
 ) -> Result<Option<(usize, Reservation)>, ApiError> {
-    for index in (0..shards.len()).filter(|index| Some(*index) != skip) {
-        let client = shards.connect(index).await?;
-        if let Some(reservation) = booking::find(&**client, id).await.map_err(anyhow::Error::from)? {
+    for (index, lookup) in id_lookups.iter().enumerate().filter(|(index, _)| Some(*index) != skip) {
+        if let Some(reservation) = lookup.find(id).await.with_context(|| format!("shard {index}"))? {
             return Ok(Some((index, reservation)));
         }
     }

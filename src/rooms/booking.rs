@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 use tracing::debug;
 use uuid::Uuid;
@@ -78,6 +79,10 @@ const FIND_SQL: &str = "\
 SELECT reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status, created_at, cancelled_at
   FROM reservation WHERE reservation_id = $1";
 
+const FIND_MANY_SQL: &str = "\
+SELECT reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status, created_at, cancelled_at
+  FROM reservation WHERE reservation_id = ANY($1)";
+
 const AVAILABILITY_SQL: &str = "\
 SELECT rt.room_type_id,
        count(i.date)::int AS nights,
@@ -131,44 +136,51 @@ pub async fn reserve(client: &mut ClientWrapper, request: &ReservationRequest) -
 }
 
 /// One attempt; `None` when the diagnosis could not tell what was full.
+///
+/// BEGIN is sent together with the statement (pipelined, one round trip), and the transaction
+/// ends with COMMIT only when the reservation row was inserted.
 async fn try_reserve(
     client: &mut ClientWrapper,
     request: &ReservationRequest,
 ) -> Result<Option<Outcome>, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    let statement = tx.prepare_cached(RESERVE_SQL).await?;
-    let result = tx
-        .query_one(
-            &statement,
-            &[
-                &request.reservation_id,
-                &request.hotel_id,
-                &request.room_type_id,
-                &request.start_date,
-                &request.end_date,
-                &request.guest_id,
-            ],
-        )
-        .await;
+    let statement = client.prepare_cached(RESERVE_SQL).await?;
+    let parameters: [&(dyn ToSql + Sync); 6] = [
+        &request.reservation_id,
+        &request.hotel_id,
+        &request.room_type_id,
+        &request.start_date,
+        &request.end_date,
+        &request.guest_id,
+    ];
+    let (begun, result) = tokio::join!(client.batch_execute("BEGIN"), client.query_one(&statement, &parameters));
+    if let Err(error) = begun {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(error);
+    }
     match result {
         Ok(row) => {
             if let Some(created_at) = row.get::<_, Option<DateTime<Utc>>>("created_at") {
-                tx.commit().await?;
+                client.batch_execute("COMMIT").await?;
                 return Ok(Some(Outcome::Confirmed(confirmed(request, created_at))));
             }
-            tx.rollback().await?;
+            // Some night was full: give back the nights already taken.
+            client.batch_execute("ROLLBACK").await?;
         }
+        // The id exists (a repeat, or a reuse): the diagnosis tells which.
         Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            tx.rollback().await?;
+            client.batch_execute("ROLLBACK").await?;
         }
         // The CHECK refused a night: cannot happen with the guarded UPDATE, but if it does,
         // the diagnosis below names the night.
         Err(error) if error.code() == Some(&SqlState::CHECK_VIOLATION) => {
-            tx.rollback().await?;
+            client.batch_execute("ROLLBACK").await?;
         }
-        Err(error) => return Err(error),
+        Err(error) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(error);
+        }
     }
-    diagnose(&**client, request).await
+    diagnose(client, request).await
 }
 
 /// After a failed attempt: is it a repeated id, an unknown hotel or room type, or a full night?
@@ -231,6 +243,14 @@ pub async fn find(
     reservation_id: Uuid,
 ) -> Result<Option<Reservation>, tokio_postgres::Error> {
     Ok(client.query_opt(FIND_SQL, &[&reservation_id]).await?.map(|row| reservation_from_row(&row)))
+}
+
+/// The reservations with these ids on this shard (one query for many ids).
+pub async fn find_many(
+    client: &impl GenericClient,
+    reservation_ids: &[Uuid],
+) -> Result<Vec<Reservation>, tokio_postgres::Error> {
+    Ok(client.query(FIND_MANY_SQL, &[&reservation_ids]).await?.iter().map(reservation_from_row).collect())
 }
 
 fn reservation_from_row(row: &Row) -> Reservation {

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 pub mod booking;
 pub mod cli;
+pub mod id_lookup;
 pub mod migrate;
 pub mod model;
 pub mod seed;

@@ -1,10 +1,198 @@
-//! `clickstay rooms bench` (placeholder while the booking path is built).
-use anyhow::Result;
-use clap::Args;
+//! `clickstay rooms bench`: drives the booking path over HTTP with many concurrent clients on a
+//! seeded inventory, beside the same SQL transaction run by pgbench straight against
+//! PostgreSQL (the ceiling), for a uniform and a hot-hotel workload; prints reservations/s and
+//! p50/p99 latency of each, then audits the invariants (zero overbooking).
+
+mod http_load;
+mod pgbench;
+mod stats;
+mod workload;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use chrono::NaiveDate;
+use clap::{Args, ValueEnum};
+use tokio::net::TcpListener;
+
+use super::cli::ConfigArg;
+use super::shards::{DEFAULT_POOL_SIZE, Shards};
+use super::{audit, server};
+use stats::RunStats;
+use workload::Workload;
+
+pub use pgbench::script as pgbench_script;
+
+/// Request mixes the benchmark knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Skew {
+    /// Every hotel equally likely.
+    Uniform,
+    /// Half of each shard's requests go to one hotel of that shard.
+    Hot,
+}
 
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// A running `clickstay rooms serve` to drive (host:port); default: serve in this process.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Concurrent clients (HTTP connections; pgbench connections, split over the shards).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 15)]
+    pub seconds: u64,
+    /// Seconds of HTTP load before the first measurement (fills caches and pools).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Workloads to run, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "uniform,hot")]
+    pub skew: Vec<Skew>,
+    /// Longest stay booked (stays are 1 to this many nights).
+    #[arg(long, default_value_t = 3)]
+    pub max_nights: u32,
+    /// Database connections per shard of the in-process server.
+    #[arg(long, default_value_t = DEFAULT_POOL_SIZE)]
+    pub pool_size: usize,
+    /// Skip the pgbench ceiling.
+    #[arg(long)]
+    pub no_pgbench: bool,
+    /// Skip the final audit of every night against the reservations (slow on a full inventory).
+    #[arg(long)]
+    pub no_audit: bool,
+}
 
-pub async fn run(_args: BenchArgs) -> Result<()> {
+/// Runs the benchmark and prints its figures on stdout.
+pub async fn run(args: BenchArgs) -> Result<()> {
+    let shards = Shards::from_config(args.config.config.as_deref(), args.pool_size)?;
+    let (hotels, first_night, days) = discover(&shards).await?;
+    if days <= args.max_nights {
+        bail!("the seeded inventory has {days} nights; --max-nights must be smaller");
+    }
+    let address = match &args.url {
+        Some(url) => resolve(url)?,
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let address = listener.local_addr()?;
+            tokio::spawn(server::serve_on(listener, shards.clone(), std::future::pending()));
+            address
+        }
+    };
+    let pgbench = if args.no_pgbench { None } else { Some(pgbench::find_pgbench()?) };
+    let work_dir = std::env::temp_dir().join(format!("clickstay-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir)?;
+    let duration = Duration::from_secs(args.seconds);
+    println!(
+        "inventory: {hotels} hotels on {} shard(s), {days} nights from {first_night}; stays of 1-{} nights; {} clients",
+        shards.len(),
+        args.max_nights,
+        args.clients
+    );
+
+    let make_workload = |skew: Skew| Workload {
+        name: match skew {
+            Skew::Uniform => "uniform",
+            Skew::Hot => "hot",
+        },
+        hotels,
+        shards: shards.len(),
+        first_night,
+        days,
+        max_nights: args.max_nights,
+        hot_percent: if skew == Skew::Hot { 50 } else { 0 },
+    };
+    if args.warmup > 0 {
+        http_load::run(address, &make_workload(Skew::Uniform), args.clients, Duration::from_secs(args.warmup)).await?;
+    }
+    let mut summary = Vec::new();
+    println!("{}", stats::header());
+    for skew in &args.skew {
+        let workload = make_workload(*skew);
+        let before = reservation_count(&shards).await?;
+        let mut http = http_load::run(address, &workload, args.clients, duration).await?;
+        let created = reservation_count(&shards).await? - before;
+        if created != http.reservations {
+            bail!("HTTP answered 201 {} times but {created} reservations were created", http.reservations);
+        }
+        println!("{}", stats::row(workload.name, "http", args.clients, &mut http));
+        if let Some(pgbench) = &pgbench {
+            let before = reservation_count(&shards).await?;
+            let mut ceiling = pgbench::run(pgbench, shards.urls(), &workload, args.clients, duration, &work_dir).await?;
+            ceiling.reservations = reservation_count(&shards).await? - before;
+            println!("{}", stats::row(workload.name, "pgbench", args.clients, &mut ceiling));
+            summary.push(ratio_line(workload.name, &http, &ceiling));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work_dir);
+    for line in summary {
+        println!("{line}");
+    }
+    if !args.no_audit {
+        let mut broken = 0;
+        for index in 0..shards.len() {
+            broken += audit::audit(&*shards.connect(index).await?).await?.len();
+        }
+        println!(
+            "audit: {broken} night(s) oversold or out of step with their confirmed reservations{}",
+            if broken == 0 { " (zero overbooking)" } else { "" }
+        );
+        if broken > 0 {
+            bail!("the audit found broken invariants; run `clickstay rooms check`");
+        }
+    }
     Ok(())
 }
+
+fn ratio_line(workload: &str, http: &RunStats, ceiling: &RunStats) -> String {
+    format!(
+        "{workload}: HTTP reaches {:.0}% of the pgbench ceiling in reservations/s ({:.0}% in attempts/s)",
+        100.0 * http.reservations_per_second() / ceiling.reservations_per_second(),
+        100.0 * http.attempts_per_second() / ceiling.attempts_per_second()
+    )
+}
+
+/// Highest hotel id over the shards, and the nights seeded for hotel 1's room type 1.
+async fn discover(shards: &Shards) -> Result<(i64, NaiveDate, u32)> {
+    let mut hotels = 0i64;
+    for index in 0..shards.len() {
+        let client = shards.connect(index).await?;
+        let max: Option<i64> = client.query_one("SELECT max(hotel_id) FROM hotel", &[]).await?.get(0);
+        hotels = hotels.max(max.unwrap_or(0));
+    }
+    let client = shards.connect(shards.index_of(1)).await?;
+    let row = client
+        .query_one(
+            "SELECT min(date), (max(date) - min(date) + 1)::int FROM room_type_inventory
+              WHERE hotel_id = 1 AND room_type_id = 1",
+            &[],
+        )
+        .await?;
+    let (Some(first), Some(days)) = (row.get::<_, Option<NaiveDate>>(0), row.get::<_, Option<i32>>(1)) else {
+        bail!("no seeded inventory for hotel 1; run `clickstay rooms seed` first");
+    };
+    Ok((hotels, first, days as u32))
+}
+
+async fn reservation_count(shards: &Shards) -> Result<u64> {
+    let mut total = 0;
+    for index in 0..shards.len() {
+        let count: i64 =
+            shards.connect(index).await?.query_one("SELECT count(*) FROM reservation", &[]).await?.get(0);
+        total += count as u64;
+    }
+    Ok(total)
+}
+
+fn resolve(url: &str) -> Result<SocketAddr> {
+    let host_port = url.trim_start_matches("http://").trim_end_matches('/');
+    host_port
+        .to_socket_addrs()
+        .with_context(|| format!("--url: `{url}` is not host:port"))?
+        .next()
+        .with_context(|| format!("--url: `{url}` resolves to no address"))
+}
+

@@ -1,0 +1,123 @@
+//! The HTTP driver: `clients` kept-alive connections, each booking random stays back to back
+//! for a fixed time. It speaks just enough HTTP/1.1 by hand to stay cheap, so that on a small
+//! machine the load generator takes as little CPU as possible from the server and PostgreSQL.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use uuid::Uuid;
+
+use super::stats::RunStats;
+use super::workload::Workload;
+
+/// One kept-alive HTTP/1.1 connection.
+struct Connection {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Connection {
+    async fn open(address: SocketAddr) -> Result<Self> {
+        let stream = TcpStream::connect(address).await.with_context(|| format!("cannot connect to {address}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream, buffer: Vec::with_capacity(4096) })
+    }
+
+    /// Sends a JSON POST and returns the status code (the body is read and dropped).
+    async fn post(&mut self, path: &str, body: &str) -> Result<u16> {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        self.stream.write_all(request.as_bytes()).await?;
+        self.read_response().await
+    }
+
+    async fn read_response(&mut self) -> Result<u16> {
+        self.buffer.clear();
+        let header_end = loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            self.fill().await?;
+        };
+        let head = std::str::from_utf8(&self.buffer[..header_end]).context("response head is not UTF-8")?;
+        let status: u16 = head.get(9..12).and_then(|code| code.parse().ok()).context("malformed status line")?;
+        let length: usize = head
+            .lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+            })
+            .context("response without content-length")?;
+        while self.buffer.len() < header_end + length {
+            self.fill().await?;
+        }
+        Ok(status)
+    }
+
+    async fn fill(&mut self) -> Result<()> {
+        let mut chunk = [0u8; 4096];
+        let read = self.stream.read(&mut chunk).await?;
+        if read == 0 {
+            bail!("server closed the connection");
+        }
+        self.buffer.extend_from_slice(&chunk[..read]);
+        Ok(())
+    }
+}
+
+/// Books random stays from `workload` over HTTP with `clients` connections for `duration`.
+/// `reservations` in the result counts the 201 answers.
+pub async fn run(address: SocketAddr, workload: &Workload, clients: usize, duration: Duration) -> Result<RunStats> {
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let workload = workload.clone();
+        tasks.spawn(async move {
+            let mut connection = Connection::open(address).await?;
+            let mut rng = ChaCha8Rng::seed_from_u64(client as u64 + 1);
+            let mut stats = RunStats::default();
+            while Instant::now() < deadline {
+                let stay = workload.pick(&mut rng);
+                let body = format!(
+                    r#"{{"reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}","guest_id":{}}}"#,
+                    Uuid::now_v7(),
+                    stay.hotel_id,
+                    stay.room_type_id,
+                    stay.start,
+                    stay.end,
+                    client + 1
+                );
+                let sent = Instant::now();
+                let status = connection.post("/v1/reservations", &body).await?;
+                stats.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                match status {
+                    201 => {
+                        stats.attempts += 1;
+                        stats.reservations += 1;
+                    }
+                    409 => stats.attempts += 1,
+                    _ => stats.errors += 1,
+                }
+            }
+            anyhow::Ok(stats)
+        });
+    }
+    let mut total = RunStats::default();
+    while let Some(result) = tasks.join_next().await {
+        let stats = result.context("HTTP client task panicked")??;
+        total.attempts += stats.attempts;
+        total.reservations += stats.reservations;
+        total.errors += stats.errors;
+        total.latencies_us.extend(stats.latencies_us);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
