@@ -17,6 +17,10 @@ enum Command {
     Gen(clickstay::clicks::generate::GenArgs),
     /// Replay a file of raw click events through the ad-click dataflow and write the results.
     Replay(clickstay::clicks::replay::ReplayArgs),
+    /// Write click events to the Kafka topic of `workers.toml`, keyed by ad_id.
+    Produce(clickstay::clicks::produce::ProduceArgs),
+    /// The streaming job: click events from Kafka through the dataflow into PostgreSQL, exactly once.
+    Run(clickstay::clicks::stream::RunArgs),
     /// Start the local processes of the cluster in `workers.toml` and wait for them.
     Launch(clickstay::cluster::LaunchArgs),
     /// Hotel reservations: database migration, seeding and the HTTP API.
@@ -34,6 +38,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Gen(args) => clickstay::clicks::generate::run(&args),
         Command::Replay(args) => clickstay::clicks::replay::run(args),
+        Command::Produce(args) => clickstay::clicks::produce::run(&args),
+        Command::Run(args) => clickstay::clicks::stream::run(args),
         Command::Launch(args) => clickstay::cluster::launch(&args),
         Command::Rooms(command) => clickstay::rooms::cli::run(command),
     }

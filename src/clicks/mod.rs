@@ -4,5 +4,7 @@ pub mod dataflow;
 pub mod driver;
 pub mod event;
 pub mod generate;
+pub mod produce;
 pub mod replay;
+pub mod stream;
 pub mod time;
