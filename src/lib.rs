@@ -5,6 +5,7 @@
 pub mod clicks;
 pub mod cluster;
 pub mod config;
+pub mod kafka;
 pub mod rooms;
 pub mod sinks;
 pub mod sources;

@@ -24,15 +24,14 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::Zipf;
 
+use crate::clicks::event::{ClickEvent, Country};
+
 /// Options of `clickstay gen`.
 #[derive(Args, Debug)]
 pub struct GenArgs {
     /// How many lines to write (not counting the CSV header); malformed lines count.
     #[arg(long)]
     pub events: u64,
-    /// Seed of the random generator: the same seed gives a byte-identical file.
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
     /// Output format; by default from the extension of `--out` (`.jsonl` or else CSV).
     #[arg(long, value_enum)]
     pub format: Option<EventFormat>,
@@ -42,6 +41,17 @@ pub struct GenArgs {
     /// Events per simulated second: event `i` nominally happens at `start + i*1000/rate` ms.
     #[arg(long, default_value_t = 10_000.0, value_parser = parse_rate)]
     pub rate: f64,
+    #[command(flatten)]
+    pub generator: GeneratorOptions,
+}
+
+/// What the generated events look like; shared by `clickstay gen` and `clickstay produce`, so
+/// that a file and a topic made with the same options hold the same events.
+#[derive(Args, Debug, Clone)]
+pub struct GeneratorOptions {
+    /// Seed of the random generator: the same seed gives the same events, byte for byte.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
     /// Bounded disorder: each on-time event is moved back by up to this many ms.
     #[arg(long, default_value_t = 2_000)]
     pub max_disorder_ms: u64,
@@ -111,7 +121,7 @@ fn parse_fraction(text: &str) -> Result<f64, String> {
     Ok(value)
 }
 
-fn parse_rate(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|e| format!("{text:?} is not a number: {e}"))?;
     if !(value.is_finite() && value > 0.0) {
         return Err(format!("{value} is not a positive number of events per second"));
@@ -143,15 +153,6 @@ const COUNTRIES: [(&str, u32); 20] = [
     ("SG", 5),
 ];
 
-/// One generated click before it is written.
-struct Click {
-    ad_id: u64,
-    click_ts: u64,
-    user_id: u64,
-    ip: Ipv4Addr,
-    country: &'static str,
-}
-
 /// Draws the clicks of the stream in order.
 struct ClickSource {
     rng: ChaCha8Rng,
@@ -164,6 +165,8 @@ struct ClickSource {
     user: Uniform<u64>,
     country: Uniform<u32>,
     country_upper_bounds: [u32; COUNTRIES.len()],
+    /// `COUNTRIES` parsed once.
+    country_codes: [Country; COUNTRIES.len()],
     late: Bernoulli,
     disorder: Uniform<u64>,
     lateness: Uniform<u64>,
@@ -172,7 +175,7 @@ struct ClickSource {
 }
 
 impl ClickSource {
-    fn new(args: &GenArgs) -> Result<ClickSource> {
+    fn new(args: &GeneratorOptions, rate: f64) -> Result<ClickSource> {
         let mut country_upper_bounds = [0u32; COUNTRIES.len()];
         let mut total = 0;
         for (bound, (_, weight)) in country_upper_bounds.iter_mut().zip(COUNTRIES) {
@@ -187,28 +190,29 @@ impl ClickSource {
             user: Uniform::new_inclusive(1, args.users).context("--users")?,
             country: Uniform::new(0, total).context("country weights")?,
             country_upper_bounds,
+            country_codes: COUNTRIES.map(|(code, _)| Country::parse(code.as_bytes()).expect("COUNTRIES are assigned codes")),
             late: Bernoulli::new(args.late_fraction).context("--late-fraction")?,
             disorder: Uniform::new_inclusive(0, args.max_disorder_ms).context("--max-disorder-ms")?,
             lateness: Uniform::new_inclusive(args.late_ms.min, args.late_ms.max).context("--late-ms")?,
             start_ms: args.start_ms,
-            ms_per_event: 1000.0 / args.rate,
+            ms_per_event: 1000.0 / rate,
         })
     }
 
     /// The `i`-th click and whether it was made very late.
-    fn click(&mut self, i: u64) -> (Click, bool) {
+    fn click(&mut self, i: u64) -> (ClickEvent, bool) {
         let nominal = self.start_ms.saturating_add((i as f64 * self.ms_per_event) as u64);
         let late = self.late.sample(&mut self.rng);
         let shift = if late { &self.lateness } else { &self.disorder }.sample(&mut self.rng);
         let rank = (self.ad_rank.sample(&mut self.rng) as u64).clamp(1, self.ad_count);
         let ad_id = ((u128::from(rank) * u128::from(self.ad_stride)) % u128::from(self.ad_count)) as u64 + 1;
         let pick = self.country.sample(&mut self.rng);
-        let country = COUNTRIES[self.country_upper_bounds.partition_point(|&b| b <= pick)].0;
-        let click = Click {
+        let country = self.country_codes[self.country_upper_bounds.partition_point(|&b| b <= pick)];
+        let click = ClickEvent {
             ad_id,
             click_ts: nominal.saturating_sub(shift),
             user_id: self.user.sample(&mut self.rng),
-            ip: self.plausible_ip(),
+            ip: self.plausible_ip().into(),
             country,
         };
         (click, late)
@@ -343,31 +347,27 @@ impl<W: Write> LineWriter<W> {
         self.out.write_all(b"\n")
     }
 
-    fn click(&mut self, click: &Click) -> std::io::Result<()> {
+    fn click(&mut self, click: &ClickEvent) -> std::io::Result<()> {
         let mut ip = IpText::default();
-        self.line(
-            [
-                Value::Int(click.ad_id),
-                Value::Int(click.click_ts),
-                Value::Int(click.user_id),
-                Value::Str(ip.format(click.ip)),
-                Value::Str(click.country),
-            ],
-            false,
-        )
+        self.line(Self::values(click, &mut ip), false)
+    }
+
+    /// The fields of a valid line.
+    fn values<'a>(click: &ClickEvent, ip: &'a mut IpText) -> [Value<'a>; 5] {
+        [
+            Value::Int(click.ad_id),
+            Value::Int(click.click_ts),
+            Value::Int(click.user_id),
+            Value::Str(ip.format(Ipv4Addr::from(click.ip))),
+            Value::Str(click.country.as_str()),
+        ]
     }
 
     /// Writes `click` broken in the way `kind` says; `variant` picks among the
     /// concrete forms of that kind so that the file covers all of them.
-    fn malformed(&mut self, click: &Click, kind: Malformation, variant: u32) -> std::io::Result<()> {
+    fn malformed(&mut self, click: &ClickEvent, kind: Malformation, variant: u32) -> std::io::Result<()> {
         let mut ip = IpText::default();
-        let mut values = [
-            Value::Int(click.ad_id),
-            Value::Int(click.click_ts),
-            Value::Int(click.user_id),
-            Value::Str(ip.format(click.ip)),
-            Value::Str(click.country),
-        ];
+        let mut values = Self::values(click, &mut ip);
         let negative_time = format!("-{}", click.click_ts.max(1));
         let padded_ad_id = match self.format {
             // Leading zeros keep a CSV number valid; JSON allows whitespace instead.
@@ -417,6 +417,72 @@ impl IpText {
     }
 }
 
+/// The JSON Lines form of a valid event, without a newline, appended to `out`: the same bytes
+/// `clickstay gen --format jsonl` writes, and the value of a Kafka message
+/// ([`crate::kafka::wire_event`]).
+pub fn write_json(event: &ClickEvent, out: &mut Vec<u8>) {
+    let mut writer = LineWriter { out, format: EventFormat::Jsonl, digits: itoa::Buffer::new() };
+    writer.click(event).expect("writing to a Vec cannot fail");
+    writer.out.pop();
+}
+
+/// One item of the generated stream.
+pub enum Generated<'a> {
+    /// A valid event; `late` says it was made very late (after its window closed).
+    Valid { event: ClickEvent, late: bool },
+    /// A malformed line in the generator's format, without its newline.
+    Malformed(&'a [u8]),
+}
+
+/// The deterministic stream of generated events behind `clickstay gen` and `clickstay produce`.
+pub struct Generator {
+    source: ClickSource,
+    malformed: Bernoulli,
+    kinds: &'static [Malformation],
+    /// Where a malformed line is written before it is handed out.
+    scratch: LineWriter<Vec<u8>>,
+    next: u64,
+    events: u64,
+}
+
+impl Generator {
+    /// `events` items whose nominal times are `events_per_second` apart; malformed lines are of
+    /// the kinds `format` can have.
+    pub fn new(options: &GeneratorOptions, events: u64, events_per_second: f64, format: EventFormat) -> Result<Self> {
+        Ok(Generator {
+            source: ClickSource::new(options, events_per_second)?,
+            malformed: Bernoulli::new(options.malformed_fraction).context("--malformed-fraction")?,
+            kinds: match format {
+                EventFormat::Csv => CSV_MALFORMATIONS,
+                EventFormat::Jsonl => JSONL_MALFORMATIONS,
+            },
+            scratch: LineWriter { out: Vec::new(), format, digits: itoa::Buffer::new() },
+            next: 0,
+            events,
+        })
+    }
+
+    /// The next item, or `None` after the last (a lending iterator: a malformed line borrows the
+    /// generator's buffer).
+    pub fn next_item(&mut self) -> Option<Generated<'_>> {
+        if self.next == self.events {
+            return None;
+        }
+        let (click, late) = self.source.click(self.next);
+        self.next += 1;
+        // Drawn from the same stream so that the output stays a function of the seed.
+        if !self.malformed.sample(&mut self.source.rng) {
+            return Some(Generated::Valid { event: click, late });
+        }
+        let kind = self.kinds[self.source.rng.random_range(0..self.kinds.len())];
+        let variant = self.source.rng.random_range(0..10);
+        self.scratch.out.clear();
+        self.scratch.malformed(&click, kind, variant).expect("writing to a Vec cannot fail");
+        self.scratch.out.pop();
+        Some(Generated::Malformed(&self.scratch.out))
+    }
+}
+
 /// What was written, for the summary line.
 #[derive(Default)]
 struct Tally {
@@ -451,27 +517,22 @@ pub fn run(args: &GenArgs) -> Result<()> {
 }
 
 fn generate(args: &GenArgs, format: EventFormat, out: impl Write) -> Result<Tally> {
-    let mut source = ClickSource::new(args)?;
-    let malformed = Bernoulli::new(args.malformed_fraction).context("--malformed-fraction")?;
-    let kinds = match format {
-        EventFormat::Csv => CSV_MALFORMATIONS,
-        EventFormat::Jsonl => JSONL_MALFORMATIONS,
-    };
+    let mut generator = Generator::new(&args.generator, args.events, args.rate, format)?;
     let mut writer = LineWriter { out: BufWriter::with_capacity(1 << 20, out), format, digits: itoa::Buffer::new() };
     let mut tally = Tally::default();
     writer.header()?;
-    for i in 0..args.events {
-        let (click, late) = source.click(i);
-        // Drawn from the same stream so that the file stays a function of the seed.
-        if malformed.sample(&mut source.rng) {
-            let kind = kinds[source.rng.random_range(0..kinds.len())];
-            let variant = source.rng.random_range(0..10);
-            writer.malformed(&click, kind, variant)?;
-            tally.malformed += 1;
-        } else {
-            writer.click(&click)?;
-            tally.valid += 1;
-            tally.late += u64::from(late);
+    while let Some(item) = generator.next_item() {
+        match item {
+            Generated::Valid { event, late } => {
+                writer.click(&event)?;
+                tally.valid += 1;
+                tally.late += u64::from(late);
+            }
+            Generated::Malformed(line) => {
+                writer.out.write_all(line)?;
+                writer.out.write_all(b"\n")?;
+                tally.malformed += 1;
+            }
         }
     }
     writer.out.flush()?;
