@@ -4,6 +4,7 @@
 //! [`Sink`]; which connector (CSV file, Postgres table, Parquet file) is the command's choice.
 
 pub mod csv;
+pub mod parquet;
 
 use anyhow::Result;
 
