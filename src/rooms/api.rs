@@ -114,8 +114,8 @@ async fn create_reservation(State(AppState { shards, id_lookups }): State<AppSta
     if let Some((_, existing)) = find_on_shards(&id_lookups, request.reservation_id, Some(home)).await? {
         return Err(id_reused(existing));
     }
-    let mut client = shards.connect(home).await?;
-    let outcome = booking::reserve(&mut client, &request).await?;
+    let client = shards.connect(home).await?;
+    let outcome = booking::reserve(&client, &request).await?;
     drop(client);
     match outcome {
         Outcome::Confirmed(reservation) => Ok((StatusCode::CREATED, Json(reservation)).into_response()),

@@ -15,7 +15,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::Row;
 use tracing::debug;
 use uuid::Uuid;
 
@@ -115,7 +115,7 @@ pub enum Outcome {
 }
 
 /// Books `request` on the shard `client` is connected to (the hotel's shard).
-pub async fn reserve(client: &mut ClientWrapper, request: &ReservationRequest) -> Result<Outcome> {
+pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest) -> Result<Outcome> {
     for attempt in 1.. {
         match try_reserve(client, request).await {
             Ok(Some(outcome)) => return Ok(outcome),
@@ -140,7 +140,7 @@ pub async fn reserve(client: &mut ClientWrapper, request: &ReservationRequest) -
 /// BEGIN is sent together with the statement (pipelined, one round trip), and the transaction
 /// ends with COMMIT only when the reservation row was inserted.
 async fn try_reserve(
-    client: &mut ClientWrapper,
+    client: &ClientWrapper,
     request: &ReservationRequest,
 ) -> Result<Option<Outcome>, tokio_postgres::Error> {
     let statement = client.prepare_cached(RESERVE_SQL).await?;
@@ -163,41 +163,41 @@ async fn try_reserve(
                 client.batch_execute("COMMIT").await?;
                 return Ok(Some(Outcome::Confirmed(confirmed(request, created_at))));
             }
-            // Some night was full: give back the nights already taken.
-            client.batch_execute("ROLLBACK").await?;
+            // Some night was full: the ROLLBACK below gives back the nights already taken.
         }
         // The id exists (a repeat, or a reuse): the diagnosis tells which.
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            client.batch_execute("ROLLBACK").await?;
-        }
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
         // The CHECK refused a night: cannot happen with the guarded UPDATE, but if it does,
-        // the diagnosis below names the night.
-        Err(error) if error.code() == Some(&SqlState::CHECK_VIOLATION) => {
-            client.batch_execute("ROLLBACK").await?;
-        }
+        // the diagnosis names the night.
+        Err(error) if error.code() == Some(&SqlState::CHECK_VIOLATION) => {}
         Err(error) => {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(error);
         }
     }
-    diagnose(client, request).await
+    // ROLLBACK goes out first, the diagnosis right behind it: one round trip.
+    let (rolled_back, diagnosis) = tokio::join!(client.batch_execute("ROLLBACK"), diagnose(client, request));
+    rolled_back?;
+    diagnosis
 }
 
 /// After a failed attempt: is it a repeated id, an unknown hotel or room type, or a full night?
-async fn diagnose(
-    client: &tokio_postgres::Client,
-    request: &ReservationRequest,
-) -> Result<Option<Outcome>, tokio_postgres::Error> {
-    if let Some(existing) = find(client, request.reservation_id).await? {
+async fn diagnose(client: &ClientWrapper, request: &ReservationRequest) -> Result<Option<Outcome>, tokio_postgres::Error> {
+    let checks = async {
+        let statement = client.prepare_cached(DIAGNOSE_SQL).await?;
+        client
+            .query_one(&statement, &[&request.hotel_id, &request.room_type_id, &request.start_date, &request.end_date])
+            .await
+    };
+    let (existing, checks) = tokio::join!(find(client, request.reservation_id), checks);
+    if let Some(existing) = existing? {
         return Ok(Some(if request.matches(&existing) {
             Outcome::Repeated(existing)
         } else {
             Outcome::IdReused(existing)
         }));
     }
-    let row = client
-        .query_one(DIAGNOSE_SQL, &[&request.hotel_id, &request.room_type_id, &request.start_date, &request.end_date])
-        .await?;
+    let row = checks?;
     Ok(if !row.get::<_, bool>("hotel_known") {
         Some(Outcome::UnknownHotel)
     } else if !row.get::<_, bool>("room_type_known") {
@@ -224,7 +224,7 @@ fn confirmed(request: &ReservationRequest, created_at: DateTime<Utc>) -> Reserva
 /// Cancels a reservation and gives its nights back. Idempotent: cancelling a cancelled
 /// reservation changes nothing. Returns the reservation as it now stands, `None` if this shard
 /// does not know the id.
-pub async fn cancel(client: &tokio_postgres::Client, reservation_id: Uuid) -> Result<Option<Reservation>> {
+pub async fn cancel(client: &ClientWrapper, reservation_id: Uuid) -> Result<Option<Reservation>> {
     for attempt in 1..=MAX_ATTEMPTS {
         match client.query_one(CANCEL_SQL, &[&reservation_id]).await {
             Ok(_) => break,
@@ -238,19 +238,18 @@ pub async fn cancel(client: &tokio_postgres::Client, reservation_id: Uuid) -> Re
 }
 
 /// The reservation with this id on this shard.
-pub async fn find(
-    client: &impl GenericClient,
-    reservation_id: Uuid,
-) -> Result<Option<Reservation>, tokio_postgres::Error> {
-    Ok(client.query_opt(FIND_SQL, &[&reservation_id]).await?.map(|row| reservation_from_row(&row)))
+pub async fn find(client: &ClientWrapper, reservation_id: Uuid) -> Result<Option<Reservation>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(FIND_SQL).await?;
+    Ok(client.query_opt(&statement, &[&reservation_id]).await?.map(|row| reservation_from_row(&row)))
 }
 
 /// The reservations with these ids on this shard (one query for many ids).
 pub async fn find_many(
-    client: &impl GenericClient,
+    client: &ClientWrapper,
     reservation_ids: &[Uuid],
 ) -> Result<Vec<Reservation>, tokio_postgres::Error> {
-    Ok(client.query(FIND_MANY_SQL, &[&reservation_ids]).await?.iter().map(reservation_from_row).collect())
+    let statement = client.prepare_cached(FIND_MANY_SQL).await?;
+    Ok(client.query(&statement, &[&reservation_ids]).await?.iter().map(reservation_from_row).collect())
 }
 
 fn reservation_from_row(row: &Row) -> Reservation {
@@ -269,7 +268,7 @@ fn reservation_from_row(row: &Row) -> Reservation {
 
 /// Rooms sellable for every night of `start..end`, per room type; `None` for an unknown hotel.
 pub async fn availability(
-    client: &tokio_postgres::Client,
+    client: &ClientWrapper,
     hotel_id: i64,
     start: NaiveDate,
     end: NaiveDate,

@@ -48,7 +48,7 @@ async fn serve(pool: Pool, mut receiver: mpsc::Receiver<(Uuid, Reply)>) {
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let ids: Vec<Uuid> = batch.iter().map(|(id, _)| *id).collect();
         let found = match pool.get().await {
-            Ok(client) => booking::find_many(&**client, &ids).await.map_err(|e| format!("id look-up failed: {e}")),
+            Ok(client) => booking::find_many(&client, &ids).await.map_err(|e| format!("id look-up failed: {e}")),
             Err(e) => Err(format!("id look-up cannot connect: {e}")),
         };
         match found {

@@ -6,6 +6,7 @@
 mod http_load;
 mod pgbench;
 mod stats;
+mod strategies;
 mod workload;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -22,7 +23,6 @@ use super::{audit, server};
 use stats::RunStats;
 use workload::Workload;
 
-pub use pgbench::script as pgbench_script;
 
 /// Request mixes the benchmark knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Skip the pgbench ceiling.
     #[arg(long)]
     pub no_pgbench: bool,
+    /// Also compare the concurrency-control strategies (conditional UPDATE, SELECT ... FOR
+    /// UPDATE, optimistic versions) with pgbench on each workload.
+    #[arg(long)]
+    pub strategies: bool,
     /// Skip the final audit of every night against the reservations (slow on a full inventory).
     #[arg(long)]
     pub no_audit: bool,
@@ -121,10 +125,25 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         println!("{}", stats::row(workload.name, "http", args.clients, &mut http));
         if let Some(pgbench) = &pgbench {
             let before = reservation_count(&shards).await?;
-            let mut ceiling = pgbench::run(pgbench, shards.urls(), &workload, args.clients, duration, &work_dir).await?;
+            let runner = pgbench::Pgbench { program: pgbench, urls: shards.urls(), work_dir: &work_dir };
+            let mut ceiling = pgbench::run(&runner, &pgbench::script(), &workload, args.clients, duration).await?;
             ceiling.reservations = reservation_count(&shards).await? - before;
             println!("{}", stats::row(workload.name, "pgbench", args.clients, &mut ceiling));
             summary.push(ratio_line(workload.name, &http, &ceiling));
+        }
+    }
+    if args.strategies {
+        let pgbench = pgbench.as_ref().context("--strategies needs pgbench")?;
+        let runner = pgbench::Pgbench { program: pgbench, urls: shards.urls(), work_dir: &work_dir };
+        println!("concurrency control, pgbench straight against PostgreSQL:");
+        for skew in &args.skew {
+            let workload = make_workload(*skew);
+            for (name, script) in strategies::all() {
+                let before = reservation_count(&shards).await?;
+                let mut run = pgbench::run(&runner, &script, &workload, args.clients, duration).await?;
+                run.reservations = reservation_count(&shards).await? - before;
+                println!("{}", stats::row(workload.name, name, args.clients, &mut run));
+            }
         }
     }
     let _ = std::fs::remove_dir_all(&work_dir);

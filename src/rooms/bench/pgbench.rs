@@ -26,22 +26,25 @@ const PARAMETERS: [(&str, &str); 6] = [
     ("$6", ":client_id::bigint"),
 ];
 
-/// The pgbench script: draws a stay like [`Workload::pick`] (the shard is fixed per process),
-/// then runs the booking transaction.
-pub fn script() -> String {
-    let mut statement = RESERVE_SQL.to_string();
-    for (placeholder, expression) in PARAMETERS {
-        statement = statement.replace(placeholder, expression);
-    }
-    format!(
-        "\\set hotel :first_hotel + :shards * random(0, :hotels_on_shard - 1)
+/// Draws a stay like [`Workload::pick`] (the shard is fixed per pgbench process) into the
+/// variables `hotel`, `room_type`, `nights` and `offset`; every script starts with it.
+pub const DRAW_STAY: &str = "\\set hotel :first_hotel + :shards * random(0, :hotels_on_shard - 1)
 \\if random(1, 100) <= :hot_percent
 \\set hotel :first_hotel
 \\endif
 \\set room_type random(1, 2 + :hotel % 4)
 \\set nights random(1, :max_nights)
 \\set offset random(0, :days - :max_nights)
-BEGIN;
+";
+
+/// The booking transaction of the application as a pgbench script.
+pub fn script() -> String {
+    let mut statement = RESERVE_SQL.to_string();
+    for (placeholder, expression) in PARAMETERS {
+        statement = statement.replace(placeholder, expression);
+    }
+    format!(
+        "{DRAW_STAY}BEGIN;
 {statement}
 \\gset
 \\if :nights_taken = :nights
@@ -65,18 +68,25 @@ pub fn find_pgbench() -> Result<PathBuf> {
         .context("pgbench not found in PATH nor /usr/lib/postgresql/15/bin (apt-get install postgresql-client)")
 }
 
-/// Runs pgbench on every shard at once for `duration`, `clients` connections in all.
-/// `reservations` is left 0: the caller counts new rows in the database.
+/// What pgbench runs where: the program, the shard URLs and a scratch folder.
+pub struct Pgbench<'a> {
+    pub program: &'a Path,
+    pub urls: &'a [String],
+    pub work_dir: &'a Path,
+}
+
+/// Runs `script` with pgbench on every shard at once for `duration`, `clients` connections in
+/// all. `reservations` is left 0: the caller counts new rows in the database.
 pub async fn run(
-    pgbench: &Path,
-    urls: &[String],
+    pgbench: &Pgbench<'_>,
+    script: &str,
     workload: &Workload,
     clients: usize,
     duration: Duration,
-    work_dir: &Path,
 ) -> Result<RunStats> {
+    let Pgbench { program: pgbench, urls, work_dir } = *pgbench;
     let script_path = work_dir.join("reserve.pgbench");
-    std::fs::write(&script_path, script()).with_context(|| format!("cannot write {}", script_path.display()))?;
+    std::fs::write(&script_path, script).with_context(|| format!("cannot write {}", script_path.display()))?;
     let started = Instant::now();
     let mut children = Vec::new();
     for (shard, url) in urls.iter().enumerate() {

@@ -39,7 +39,7 @@ impl RunStats {
 /// The header of the results table.
 pub fn header() -> String {
     format!(
-        "{:<9} {:<8} {:>7} {:>7} {:>11} {:>14} {:>8} {:>8} {:>6}",
+        "{:<9} {:<11} {:>7} {:>7} {:>11} {:>14} {:>8} {:>8} {:>6}",
         "workload", "driver", "clients", "seconds", "attempts/s", "reservations/s", "p50 ms", "p99 ms", "errors"
     )
 }
@@ -47,7 +47,7 @@ pub fn header() -> String {
 /// One row of the results table.
 pub fn row(workload: &str, driver: &str, clients: usize, stats: &mut RunStats) -> String {
     format!(
-        "{:<9} {:<8} {:>7} {:>7.1} {:>11.0} {:>14.0} {:>8.2} {:>8.2} {:>6}",
+        "{:<9} {:<11} {:>7} {:>7.1} {:>11.0} {:>14.0} {:>8.2} {:>8.2} {:>6}",
         workload,
         driver,
         clients,
