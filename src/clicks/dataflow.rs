@@ -1,7 +1,11 @@
 //! The ad-click dataflow, built from a spec: counts per pane, top-N over sliding windows, and
 //! the late and rejected side outputs, each ending in a sink on worker 0.
 //!
-//! The logical time is watermark time (see [`crate::clicks::time`]). Accepted clicks enter as
+//! The results dataflow runs in watermark time; a second, small dataflow runs in rounds (see
+//! `driver.rs`) and carries the round reports and the late and rejected records, so that these
+//! reach worker 0 by the next round whatever the watermark does.
+//!
+//! The logical time of the results is watermark time (see [`crate::clicks::time`]). Accepted clicks enter as
 //! records projected to the fields the spec uses, with the event time replaced by the pane
 //! start, and with a multiplicity: the number of such clicks. So a `count` is the collection
 //! itself, consolidated; differential's `reduce` does the ranking.
@@ -19,10 +23,12 @@ use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::core::Inspect;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Capability, Input as TimelyInput, Probe};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Filter, Map};
-use timely::dataflow::{ProbeHandle, StreamVec};
+use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 use timely::worker::Worker;
 
 use super::event::ClickEvent;
@@ -54,36 +60,45 @@ pub struct LateClick {
     pub event: ClickEvent,
 }
 
-/// Where the driver feeds the dataflow.
-pub struct ClickInputs {
-    /// Accepted clicks, projected (see the module docs), with their multiplicity.
-    pub accepted: InputSession<u64, ClickEvent, isize>,
-    pub late: InputSession<u64, LateClick, isize>,
-    pub rejected: InputSession<u64, RejectedLine, isize>,
+/// How the records of a source are located: a file's line numbers, or a topic's partitions and
+/// offsets. It shapes the late and rejected tables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Positions {
+    Lines,
+    Offsets { topic: String },
 }
 
-impl ClickInputs {
-    pub fn advance_to(&mut self, time: u64) {
-        self.accepted.advance_to(time);
-        self.late.advance_to(time);
-        self.rejected.advance_to(time);
-    }
-
-    pub fn flush(&mut self) {
-        self.accepted.flush();
-        self.late.flush();
-        self.rejected.flush();
-    }
+/// When a sink receives the rows of a pane or window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Emit {
+    /// Once, when final (`end + allowed_lateness`): for files written in order.
+    Final,
+    /// When complete (the watermark passes its end), then every correction until final: for
+    /// tables that take upserts.
+    Changes,
 }
 
 /// Makes the sink of a spec sink; called on worker 0 only.
 pub type SinkFactory<'a> = &'a dyn Fn(&crate::spec::SinkSpec, &TableSchema) -> anyhow::Result<Box<dyn Sink>>;
 
-/// What the driver needs to run the dataflow: its inputs, a probe on every sink, and the
-/// first error a sink met (sinks run inside operators, which cannot return errors).
-pub struct ClickDataflow {
-    pub inputs: ClickInputs,
+/// The round-timed inputs: reports to every worker, late and rejected records to the sinks.
+pub struct RoundInputs<R: timely::ExchangeData + Clone> {
+    pub reports: InputHandle<u64, CapacityContainerBuilder<Vec<R>>>,
+    pub late: InputHandle<u64, CapacityContainerBuilder<Vec<LateClick>>>,
+    pub rejected: InputHandle<u64, CapacityContainerBuilder<Vec<RejectedLine>>>,
+    /// Passed for a round once every worker's report and records of that round have arrived.
     pub probe: ProbeHandle<u64>,
+    /// Reports received and not yet taken by the driver.
+    pub received: Rc<RefCell<Vec<R>>>,
+}
+
+/// What the driver needs to run the dataflows: their inputs, a probe on every results sink,
+/// and the sinks of worker 0 (sinks run inside operators, which cannot return errors).
+pub struct ClickDataflow<R: timely::ExchangeData + Clone> {
+    /// Accepted clicks, projected (see the module docs), with their multiplicity.
+    pub accepted: InputSession<u64, ClickEvent, isize>,
+    pub probe: ProbeHandle<u64>,
+    pub rounds: RoundInputs<R>,
     pub sinks: Rc<RefCell<SinkSet>>,
 }
 
@@ -95,11 +110,14 @@ pub struct SinkSet {
 }
 
 impl SinkSet {
+    /// The first error a sink met, if any, taken out.
+    pub fn take_error(&mut self) -> anyhow::Result<()> {
+        self.error.take().map_or(Ok(()), Err)
+    }
+
     /// Finishes every sink, returning the first error met at any point.
     pub fn finish(&mut self) -> anyhow::Result<()> {
-        if let Some(error) = self.error.take() {
-            return Err(error);
-        }
+        self.take_error()?;
         for sink in &mut self.sinks {
             sink.finish()?;
         }
@@ -114,16 +132,67 @@ enum NodeOutput<'s> {
     Ranked { window: SlidingWindow, ranked: VecCollection<'s, u64, RankedAd, isize> },
 }
 
-/// Builds the dataflow of `spec` on this worker.
-pub fn build(worker: &mut Worker, spec: &DataflowSpec, make_sink: Option<SinkFactory>) -> anyhow::Result<ClickDataflow> {
+/// Builds the dataflows of `spec` on this worker; `R` is the driver's round report.
+pub fn build<R: timely::ExchangeData + Clone>(
+    worker: &mut Worker,
+    spec: &DataflowSpec,
+    positions: &Positions,
+    emit: Emit,
+    make_sink: Option<SinkFactory>,
+) -> anyhow::Result<ClickDataflow<R>> {
     let clock = Clock::new(spec.time);
     let probe = ProbeHandle::new();
     let sink_set = Rc::new(RefCell::new(SinkSet::default()));
-    let inputs = worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<ClickInputs> {
-        let (accepted_input, accepted) = scope.new_collection::<ClickEvent, isize>();
-        let (late_input, late) = scope.new_collection::<LateClick, isize>();
-        let (rejected_input, rejected) = scope.new_collection::<RejectedLine, isize>();
+    let attach = |sink_spec: &crate::spec::SinkSpec, schema: TableSchema| -> anyhow::Result<Option<usize>> {
+        let Some(make) = make_sink else { return Ok(None) };
+        let mut sinks = sink_set.borrow_mut();
+        sinks.sinks.push(make(sink_spec, &schema)?);
+        Ok(Some(sinks.sinks.len() - 1))
+    };
 
+    let rounds = worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<RoundInputs<R>> {
+        let round_probe = ProbeHandle::new();
+        let received: Rc<RefCell<Vec<R>>> = Default::default();
+        let (reports, report_stream) = scope.new_input::<Vec<R>>();
+        let store = Rc::clone(&received);
+        report_stream.broadcast().inspect(move |report: &R| store.borrow_mut().push(report.clone())).probe_with(&round_probe);
+        let (late, late_stream) = scope.new_input::<Vec<LateClick>>();
+        let (rejected, rejected_stream) = scope.new_input::<Vec<RejectedLine>>();
+        let late_stream = late_stream.probe_with(&round_probe);
+        let rejected_stream = rejected_stream.probe_with(&round_probe);
+        for sink_spec in &spec.sinks {
+            let name = sink_spec.name.as_str();
+            match &sink_spec.input {
+                SinkInput::Late => {
+                    let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
+                    let positions = positions.clone();
+                    append_sink(late_stream.clone(), name, &sink_set, slot, move |late, rows| {
+                        // A file's late clicks are just the events; Kafka's are keyed by offset.
+                        let mut row = match positions {
+                            Positions::Lines => Vec::new(),
+                            Positions::Offsets { .. } => position_values(&positions, late.partition, late.position),
+                        };
+                        row.extend(event_values(&late.event));
+                        rows.push_row(row);
+                    });
+                }
+                SinkInput::Rejected => {
+                    let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
+                    let positions = positions.clone();
+                    append_sink(rejected_stream.clone(), name, &sink_set, slot, move |line, rows| {
+                        let mut row = position_values(&positions, line.partition, line.position);
+                        row.extend([Value::Text(line.reason.clone()), Value::Text(line.raw.clone())]);
+                        rows.push_row(row);
+                    });
+                }
+                SinkInput::Node(_) => {}
+            }
+        }
+        Ok(RoundInputs { reports, late, rejected, probe: round_probe, received })
+    })?;
+
+    let accepted = worker.dataflow::<u64, _, _>(|scope| -> anyhow::Result<InputSession<u64, ClickEvent, isize>> {
+        let (accepted_input, accepted) = scope.new_collection::<ClickEvent, isize>();
         let mut outputs: BTreeMap<&str, NodeOutput> = BTreeMap::new();
         outputs.insert(spec.source.name.as_str(), NodeOutput::Clicks(accepted));
         for node in &spec.nodes {
@@ -163,83 +232,46 @@ pub fn build(worker: &mut Worker, spec: &DataflowSpec, make_sink: Option<SinkFac
 
         for sink_spec in &spec.sinks {
             let name = sink_spec.name.as_str();
-            let mut sinks = sink_set.borrow_mut();
-            let mut attach = |schema: TableSchema| -> anyhow::Result<Option<usize>> {
-                match make_sink {
-                    Some(make) => {
-                        sinks.sinks.push(make(sink_spec, &schema)?);
-                        Ok(Some(sinks.sinks.len() - 1))
-                    }
-                    None => Ok(None),
-                }
-            };
-            match &sink_spec.input {
-                SinkInput::Late => {
-                    let slot = attach(late_schema(name))?;
-                    let stream = late.clone().inner;
-                    sink_when_final(stream, name, &probe, &sink_set, slot, |_| (0, 0), |_, updates, rows| {
-                        for (late, diff) in updates {
-                            for _ in 0..diff {
-                                rows.push_row(event_values(&late.event));
-                            }
+            let SinkInput::Node(node) = &sink_spec.input else { continue };
+            match &outputs[node.as_str()] {
+                NodeOutput::Counts { second, keys } => {
+                    let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
+                    let second = *second;
+                    let pane_ms = spec.time.pane_ms;
+                    let group = move |key: &GroupKey| Group { id: key.0, complete: key.0 + pane_ms, close: clock.pane_close(key.0) };
+                    sink_by_group(keys.clone().inner, name, &probe, &sink_set, slot, emit, group, move |&(pane, ad_id, value), clicks, rows| {
+                        let mut row = vec![Value::Timestamp(pane), Value::Integer(ad_id)];
+                        if let Some(field) = second {
+                            row.push(field_value(field, value));
                         }
+                        row.push(Value::Integer(clicks as u64));
+                        rows.push_row(row);
                     });
                 }
-                SinkInput::Rejected => {
-                    let slot = attach(rejected_schema(name))?;
-                    let stream = rejected.clone().inner;
-                    sink_when_final(stream, name, &probe, &sink_set, slot, |_| (0, 0), |_, updates, rows| {
-                        for (line, diff) in updates {
-                            for _ in 0..diff {
-                                rows.push_row([
-                                    Value::Integer(line.position),
-                                    Value::Text(line.reason.clone()),
-                                    Value::Text(line.raw.clone()),
-                                ]);
-                            }
-                        }
+                NodeOutput::Ranked { window, ranked } => {
+                    let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
+                    let window = *window;
+                    let group = move |ranked: &RankedAd| Group {
+                        id: ranked.0,
+                        complete: ranked.0 + window.size_ms,
+                        close: clock.window_close(window, ranked.0),
+                    };
+                    sink_by_group(ranked.clone().inner, name, &probe, &sink_set, slot, emit, group, move |&(start, (rank, ad_id, clicks)), _, rows| {
+                        rows.push_row([
+                            Value::Timestamp(start),
+                            Value::Timestamp(start + window.size_ms),
+                            Value::Integer(rank as u64),
+                            Value::Integer(ad_id),
+                            Value::Integer(clicks),
+                        ]);
                     });
                 }
-                SinkInput::Node(node) => match &outputs[node.as_str()] {
-                    NodeOutput::Counts { second, keys } => {
-                        let slot = attach(count_schema(name, *second))?;
-                        let second = *second;
-                        let stream = keys.clone().inner;
-                        let group = move |key: &GroupKey| (key.0, clock.pane_close(key.0));
-                        sink_when_final(stream, name, &probe, &sink_set, slot, group, move |pane, updates, rows| {
-                            for ((_, ad_id, value), clicks) in updates {
-                                let mut row = vec![Value::Timestamp(pane), Value::Integer(ad_id)];
-                                if let Some(field) = second {
-                                    row.push(field_value(field, value));
-                                }
-                                row.push(Value::Integer(clicks as u64));
-                                rows.push_row(row);
-                            }
-                        });
-                    }
-                    NodeOutput::Ranked { window, ranked } => {
-                        let slot = attach(top_schema(name))?;
-                        let window = *window;
-                        let group = move |ranked: &RankedAd| (ranked.0, clock.window_close(window, ranked.0));
-                        sink_when_final(ranked.clone().inner, name, &probe, &sink_set, slot, group, move |start, updates, rows| {
-                            for ((_, (rank, ad_id, clicks)), _) in updates {
-                                rows.push_row([
-                                    Value::Timestamp(start),
-                                    Value::Timestamp(start + window.size_ms),
-                                    Value::Integer(rank as u64),
-                                    Value::Integer(ad_id),
-                                    Value::Integer(clicks),
-                                ]);
-                            }
-                        });
-                    }
-                    NodeOutput::Clicks(_) => unreachable!("validated: sinks read counts or top_n"),
-                },
+                NodeOutput::Clicks(_) => unreachable!("validated: sinks read counts or top_n"),
             }
         }
-        Ok(ClickInputs { accepted: accepted_input, late: late_input, rejected: rejected_input })
+        Ok(accepted_input)
     })?;
-    Ok(ClickDataflow { inputs, probe, sinks: sink_set })
+    Ok(ClickDataflow { accepted, probe, rounds, sinks: sink_set })
 }
 
 /// How many groups of ads the first ranking stage works on, so that a change re-ranks one
@@ -391,49 +423,133 @@ where
     })
 }
 
-/// Gathers a stream's updates on worker 0, groups them (by pane or window), and writes each
-/// group's consolidated rows to the sink once the frontier passes the group's close time, when
-/// no update for it can come any more. Groups are written in (close time, group) order.
+/// The pane or window a result row belongs to, and the watermark times that matter for it.
+#[derive(Debug, Clone, Copy)]
+struct Group {
+    id: u64,
+    /// When the watermark reaches this, the group's first result is out (`Emit::Changes`).
+    complete: u64,
+    /// When the watermark reaches this, the group is final and its state dropped.
+    close: u64,
+}
+
+/// Gathers a stream's updates on worker 0 by group (pane or window) and writes rows to the
+/// sink: with `Emit::Final`, each group's rows once, in (close, group) order, when the frontier
+/// passes its close time and no update for it can come any more; with `Emit::Changes`, the rows
+/// whose value changed, whenever the frontier has passed the group's completion time.
 #[allow(clippy::too_many_arguments)]
-fn sink_when_final<'s, D>(
+fn sink_by_group<'s, D>(
     stream: StreamVec<'s, u64, (D, u64, isize)>,
     name: &str,
     probe: &ProbeHandle<u64>,
     sinks: &Rc<RefCell<SinkSet>>,
     slot: Option<usize>,
-    group_of: impl Fn(&D) -> (u64, u64) + 'static,
-    mut to_rows: impl FnMut(u64, Vec<(D, isize)>, &mut Rows) + 'static,
+    emit: Emit,
+    group_of: impl Fn(&D) -> Group + 'static,
+    mut to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
 ) where
     D: differential_dataflow::ExchangeData,
 {
+    /// A group's accumulated updates, and the records changed since its rows were last written.
+    struct State<D> {
+        group: Group,
+        totals: BTreeMap<D, isize>,
+        changed: Vec<D>,
+    }
     let sinks = Rc::clone(sinks);
-    let mut pending: BTreeMap<(u64, u64), Vec<(D, isize)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(u64, u64), State<D>> = BTreeMap::new();
     let stream = timely::dataflow::operators::Probe::probe_with(stream, probe);
     stream.sink(Exchange::new(|_| 0u64), &format!("Sink: {name}"), move |(input, frontier)| {
         input.for_each(|_capability, data| {
             for (record, _time, diff) in data.drain(..) {
-                let (group, close) = group_of(&record);
-                pending.entry((close, group)).or_default().push((record, diff));
+                let group = group_of(&record);
+                let state = groups
+                    .entry((group.close, group.id))
+                    .or_insert_with(|| State { group, totals: BTreeMap::new(), changed: Vec::new() });
+                *state.totals.entry(record.clone()).or_insert(0) += diff;
+                state.changed.push(record);
             }
         });
-        while let Some(entry) = pending.first_entry() {
-            let (close, group) = *entry.key();
-            if frontier.less_than(&close) {
-                break;
+        let mut rows = Rows::default();
+        let mut done = Vec::new();
+        for (key, state) in groups.iter_mut() {
+            let final_now = !frontier.less_than(&state.group.close);
+            if emit == Emit::Final && !final_now {
+                break; // groups are in close-time order: none after this one is final either
             }
-            let mut updates = entry.remove();
-            differential_dataflow::consolidation::consolidate(&mut updates);
-            let Some(slot) = slot else { continue };
-            let mut rows = Rows::default();
-            to_rows(group, updates, &mut rows);
-            let mut sinks = sinks.borrow_mut();
-            if sinks.error.is_none() {
-                if let Err(error) = sinks.sinks[slot].write(rows) {
-                    sinks.error = Some(error);
+            match emit {
+                Emit::Final if final_now => {
+                    for (record, total) in &state.totals {
+                        if *total > 0 {
+                            to_row(record, *total, &mut rows);
+                        }
+                    }
                 }
+                Emit::Changes if !state.changed.is_empty() && !frontier.less_than(&state.group.complete) => {
+                    state.changed.sort();
+                    state.changed.dedup();
+                    for record in state.changed.drain(..) {
+                        if let Some(total) = state.totals.get(&record).filter(|t| **t > 0) {
+                            to_row(&record, *total, &mut rows);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if final_now {
+                done.push(*key);
             }
         }
+        for key in done {
+            groups.remove(&key);
+        }
+        write_rows(&sinks, slot, rows);
     });
+}
+
+/// Writes rows to the sink in `slot` (worker 0), keeping the first error for the driver.
+fn write_rows(sinks: &Rc<RefCell<SinkSet>>, slot: Option<usize>, rows: Rows) {
+    let Some(slot) = slot else { return };
+    if rows.is_empty() {
+        return;
+    }
+    let mut sinks = sinks.borrow_mut();
+    if sinks.error.is_none() {
+        if let Err(error) = sinks.sinks[slot].write(rows) {
+            sinks.error = Some(error);
+        }
+    }
+}
+
+/// Gathers records on worker 0 and appends a row for each to the sink as they come.
+fn append_sink<'s, D>(
+    stream: StreamVec<'s, u64, D>,
+    name: &str,
+    sinks: &Rc<RefCell<SinkSet>>,
+    slot: Option<usize>,
+    mut to_row: impl FnMut(&D, &mut Rows) + 'static,
+) where
+    D: differential_dataflow::ExchangeData,
+{
+    let sinks = Rc::clone(sinks);
+    stream.sink(Exchange::new(|_| 0u64), &format!("Sink: {name}"), move |(input, _frontier)| {
+        let mut rows = Rows::default();
+        input.for_each(|_capability, data| {
+            for record in data.iter() {
+                to_row(record, &mut rows);
+            }
+        });
+        write_rows(&sinks, slot, rows);
+    });
+}
+
+fn position_values(positions: &Positions, partition: u32, position: u64) -> Vec<Value> {
+    match positions {
+        Positions::Lines => vec![Value::Integer(position)],
+        Positions::Offsets { topic } => {
+            vec![Value::Text(topic.clone()), Value::Integer(partition as u64), Value::Integer(position)]
+        }
+    }
 }
 
 fn field_value(field: Field, value: u64) -> Value {
@@ -482,20 +598,52 @@ pub fn top_schema(name: &str) -> TableSchema {
     )
 }
 
-/// The raw event's fields.
-pub fn late_schema(name: &str) -> TableSchema {
-    use ColumnKind::*;
-    TableSchema::new(
-        name,
-        &[("ad_id", Integer), ("click_ts", Integer), ("user_id", Integer), ("ip", Text), ("country", Text)],
-        0,
-    )
+/// The table a spec sink writes.
+pub fn sink_schema(spec: &DataflowSpec, sink: &crate::spec::SinkSpec, positions: &Positions) -> TableSchema {
+    let name = sink.name.as_str();
+    match &sink.input {
+        SinkInput::Late => late_schema(name, positions),
+        SinkInput::Rejected => rejected_schema(name, positions),
+        SinkInput::Node(node) => match spec.node(node).map(|n| &n.op) {
+            Some(Op::Count { group_by, .. }) => count_schema(name, group_by.get(1).copied()),
+            Some(Op::TopN { .. }) => top_schema(name),
+            _ => unreachable!("validated: sinks read counts or top_n"),
+        },
+    }
 }
 
-/// `line, reason, raw`.
-pub fn rejected_schema(name: &str) -> TableSchema {
+/// Where a record came from: `line` in a file; `topic, partition, offset` in Kafka.
+fn position_columns(positions: &Positions) -> Vec<(&'static str, ColumnKind)> {
     use ColumnKind::*;
-    TableSchema::new(name, &[("line", Integer), ("reason", Text), ("raw", Text)], 0)
+    match positions {
+        Positions::Lines => vec![("line", Integer)],
+        Positions::Offsets { .. } => vec![("topic", Text), ("partition", Integer), ("offset", Integer)],
+    }
+}
+
+/// The raw event's fields; from Kafka, keyed by where the event came from. A file's late clicks
+/// carry only the event's fields (`late_clicks.csv`).
+pub fn late_schema(name: &str, positions: &Positions) -> TableSchema {
+    use ColumnKind::*;
+    let event = [("ad_id", Integer), ("click_ts", Integer), ("user_id", Integer), ("ip", Text), ("country", Text)];
+    match positions {
+        Positions::Lines => TableSchema::new(name, &event, 0),
+        Positions::Offsets { .. } => {
+            let mut columns = position_columns(positions);
+            let keys = columns.len();
+            columns.extend(event);
+            TableSchema::new(name, &columns, keys)
+        }
+    }
+}
+
+/// Where the line came from, `reason, raw`.
+pub fn rejected_schema(name: &str, positions: &Positions) -> TableSchema {
+    use ColumnKind::*;
+    let mut columns = position_columns(positions);
+    let keys = columns.len();
+    columns.extend([("reason", Text), ("raw", Text)]);
+    TableSchema::new(name, &columns, keys)
 }
 
 #[cfg(test)]
@@ -508,7 +656,10 @@ mod tests {
         assert_eq!(names(count_schema("c", None)), "window_start,ad_id,clicks");
         assert_eq!(names(count_schema("c", Some(Field::Country))), "window_start,ad_id,country,clicks");
         assert_eq!(names(top_schema("t")), "window_start,window_end,rank,ad_id,clicks");
-        assert_eq!(names(late_schema("l")), "ad_id,click_ts,user_id,ip,country");
-        assert_eq!(names(rejected_schema("r")), "line,reason,raw");
+        assert_eq!(names(late_schema("l", &Positions::Lines)), "ad_id,click_ts,user_id,ip,country");
+        assert_eq!(names(rejected_schema("r", &Positions::Lines)), "line,reason,raw");
+        let kafka = Positions::Offsets { topic: "clicks".into() };
+        assert_eq!(names(late_schema("l", &kafka)), "topic,partition,offset,ad_id,click_ts,user_id,ip,country");
+        assert_eq!(names(rejected_schema("r", &kafka)), "topic,partition,offset,reason,raw");
     }
 }

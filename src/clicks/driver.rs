@@ -1,26 +1,30 @@
 //! Runs a source through the click dataflow on one worker, in rounds.
 //!
-//! In each round every worker reads one batch from its source and parses it, then all workers
-//! exchange a one-line report per batch (partition, sequence, largest event time, line count)
-//! through a small timely dataflow, and wait for the round's reports (a barrier, carried by
-//! timely's frontier). With every report in hand, each worker knows for its own batch the
-//! largest event time seen earlier in the partition and the number of lines before it, so it
-//! judges lateness and numbers lines exactly as a sequential reader would; and all workers
-//! agree on the job watermark, to which they advance the dataflow's inputs together.
+//! In each round every worker reads a batch per partition it owns and parses it; then all
+//! workers exchange a report (per batch: partition, sequence, largest event time, line count)
+//! through the round dataflow and wait for every report of the round (a barrier carried by
+//! timely's frontier). With the reports in hand, each worker knows for its own batches the
+//! largest event time seen earlier in the partition and the lines before them, so it judges
+//! lateness and numbers lines exactly as a sequential reader would; and all workers agree on
+//! the job watermark, to which they advance the results dataflow together.
+//!
+//! Worker 0 also takes decisions that everybody follows from its report: when to checkpoint,
+//! which partitions are idle, when to drain. A checkpoint decided in round `r` is cut after
+//! round `r`: each worker archives its partitions' raw events and reports where each
+//! partition would have to be re-read from; at the barrier of round `r + 1`, when every result
+//! of round `r` has reached the sinks, worker 0 commits it all in one transaction.
+//!
+//! Recovery is a bounded re-read: a partition restarts at the first offset of its oldest pane
+//! that was not final at the checkpoint (with the watermark it had there). Re-read records
+//! below the committed offset are not output again (their late and rejected rows, their final
+//! panes are committed); the open panes they rebuild are upserted with the same absolute values.
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
-
-use rustc_hash::FxHashMap;
-use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
-use timely::dataflow::operators::core::Inspect;
-use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Input, Probe};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::{InputHandle, ProbeHandle};
 use timely::worker::Worker;
 
 use super::dataflow::{ClickDataflow, LateClick, RejectedLine};
@@ -32,7 +36,7 @@ use crate::spec::{DataflowSpec, Field};
 /// Pre-aggregated clicks held back at most, before they go to the dataflow anyway.
 const MAX_PENDING_CLICKS: usize = 1 << 20;
 
-/// What a worker tells every other worker about its batch of a round.
+/// What a worker tells every other worker about one of its batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BatchReport {
     pub partition: u32,
@@ -45,15 +49,95 @@ pub struct BatchReport {
     pub records: u64,
 }
 
-/// A worker's report for a round; the counts are this worker's totals through the previous
+/// Worker 0's decisions for a round, which every worker follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decisions {
+    /// Cut a checkpoint after this round.
+    pub checkpoint: bool,
+    /// Treat the input as ended after this round: flush every pane, checkpoint, stop.
+    pub drain: bool,
+    /// Partitions left out of the job watermark because they have been quiet too long.
+    pub idle: Vec<u32>,
+}
+
+/// Files of the raw archive written for a partition's offsets `[first, next)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedRange {
+    pub first: u64,
+    pub next: u64,
+    pub files: Vec<String>,
+}
+
+/// One partition's part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionCheckpoint {
+    pub partition: u32,
+    /// Everything before this offset is in the committed tables.
+    pub next_offset: u64,
+    /// Where a restart re-reads from: the first record of the oldest pane not yet final.
+    pub restart_offset: u64,
+    /// The partition's largest event time before `restart_offset`.
+    pub restart_max_ts: Option<u64>,
+    pub archived: Option<ArchivedRange>,
+}
+
+/// A worker's report for a round. The counts are this worker's totals through the previous
 /// round, so the last round's reports carry the final totals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoundReport {
     pub round: u64,
     pub worker: usize,
-    pub batch: Option<BatchReport>,
+    pub batches: Vec<BatchReport>,
+    /// This worker's source has ended (a file read to its end).
+    pub ended: bool,
     pub late: u64,
     pub rejected: u64,
+    /// Worker 0 only.
+    pub decisions: Option<Decisions>,
+    /// This worker's parts of the checkpoint cut after the previous round.
+    pub checkpoint: Vec<PartitionCheckpoint>,
+}
+
+/// A consistent cut of the job, committed by worker 0 together with the sinks' rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The job's watermark time at the cut: panes that close by then are final and committed.
+    pub job_time: u64,
+    pub partitions: Vec<PartitionCheckpoint>,
+}
+
+/// Where a restarted job picks up, from its last committed checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Restore {
+    pub job_time: u64,
+    pub partitions: BTreeMap<u32, RestoredPartition>,
+}
+
+/// A partition's state in the last committed checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredPartition {
+    pub committed_next: u64,
+    pub restart_offset: u64,
+    pub restart_max_ts: Option<u64>,
+}
+
+/// What a streaming job does at checkpoints (replay has none).
+pub trait Checkpointer {
+    /// On every worker, per partition it reads: keeps the valid events of offsets
+    /// `[first, next)` durably (the raw archive) and returns the files written.
+    fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>>;
+    /// On worker 0: commits the sinks' buffered rows and the checkpoint in one transaction.
+    fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()>;
+}
+
+/// When a streaming job checkpoints and how it treats quiet partitions.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPolicy {
+    pub checkpoint_every: Duration,
+    /// A partition without records this long stops holding back the job watermark.
+    pub idle_partition: Duration,
+    /// With no record anywhere this long, drain and stop (tests, batch back-fills).
+    pub drain_when_idle: Option<Duration>,
 }
 
 /// Totals of a run, the same on every worker at the end.
@@ -70,11 +154,32 @@ impl RunTotals {
     }
 }
 
-/// What the job knows about a partition after each round.
+/// What the job knows about every partition after each round.
 #[derive(Debug, Clone, Copy, Default)]
 struct PartitionState {
     max_ts: Option<u64>,
     lines: u64,
+}
+
+/// What a worker keeps about a partition it reads by offset (a Kafka partition).
+#[derive(Debug, Default)]
+struct OwnPartition {
+    /// The offset after the last record read.
+    next: u64,
+    /// Valid events read since the last checkpoint, for the archive.
+    archive_from: u64,
+    raw: Vec<(u64, ClickEvent)>,
+    /// For each pane not yet final: its first record's offset and the partition's largest event
+    /// time before it (where a restart must re-read from to rebuild the pane).
+    open_panes: BTreeMap<u64, (u64, Option<u64>)>,
+}
+
+/// Worker 0's clock-based view, from which it takes the decisions.
+struct Leader {
+    policy: StreamPolicy,
+    last_checkpoint: Instant,
+    last_record: BTreeMap<u32, Instant>,
+    last_any_record: Instant,
 }
 
 /// Drives one worker's source into the dataflow.
@@ -82,118 +187,196 @@ pub struct Driver {
     clock: Clock,
     /// Fields the spec uses; the others are zeroed so that clicks differing only there merge.
     keep: [bool; 4],
-    reports_in: InputHandle<u64, CapacityContainerBuilder<Vec<RoundReport>>>,
-    reports_probe: ProbeHandle<u64>,
-    reports: Rc<RefCell<BTreeMap<u64, Vec<RoundReport>>>>,
     partitions: BTreeMap<u32, PartitionState>,
+    own: BTreeMap<u32, OwnPartition>,
+    restore: Restore,
+    leader: Option<Leader>,
     round: u64,
+    /// The results dataflow's input time.
+    input_time: u64,
     /// Accepted clicks not yet given to the dataflow. Clicks that agree on pane and on the
     /// used fields are one record with a multiplicity, summed over rounds until the input time
     /// moves (nothing downstream can see them earlier anyway), which cuts the updates the
     /// dataflow sorts and exchanges by an order of magnitude.
     accepted: FxHashMap<ClickEvent, isize>,
+    /// This worker's parts of a checkpoint, sent with the next report.
+    checkpoint_parts: Vec<PartitionCheckpoint>,
+    /// Worker 0: the job time of the checkpoint whose parts arrive with the next reports.
+    commit_pending: Option<u64>,
+    finishing: bool,
     records_read: u64,
     late: u64,
     rejected: u64,
 }
 
 impl Driver {
-    /// Builds the report exchange on `worker` for the partitions of `source`.
-    pub fn new(worker: &mut Worker, spec: &DataflowSpec, partitions: &[u32]) -> Self {
-        let reports: Rc<RefCell<BTreeMap<u64, Vec<RoundReport>>>> = Default::default();
-        let reports_probe = ProbeHandle::new();
-        let reports_in = worker.dataflow::<u64, _, _>(|scope| {
-            let (handle, stream) = scope.new_input::<Vec<RoundReport>>();
-            let sink = Rc::clone(&reports);
-            stream
-                .broadcast()
-                .inspect(move |report: &RoundReport| sink.borrow_mut().entry(report.round).or_default().push(*report))
-                .probe_with(&reports_probe);
-            handle
-        });
+    /// A driver for the partitions of a source; `policy` for streaming jobs, `restore` after a
+    /// restart.
+    /// `owns` tells the partitions this worker reads.
+    pub fn new(
+        worker: &Worker,
+        spec: &DataflowSpec,
+        partitions: &[u32],
+        policy: Option<StreamPolicy>,
+        restore: Restore,
+        owns: &dyn Fn(u32) -> bool,
+    ) -> Self {
         let used = spec.fields_used();
         let keep = [Field::AdId, Field::Country, Field::UserId, Field::Ip].map(|f| used.contains(&f));
+        let now = Instant::now();
+        let leader = policy.filter(|_| worker.index() == 0).map(|policy| Leader {
+            policy,
+            last_checkpoint: now,
+            last_record: partitions.iter().map(|p| (*p, now)).collect(),
+            last_any_record: now,
+        });
+        let mut state: BTreeMap<u32, PartitionState> = partitions.iter().map(|p| (*p, PartitionState::default())).collect();
+        let mut own = BTreeMap::new();
+        for (partition, restored) in &restore.partitions {
+            // Every worker starts from the same watermarks; each tracks only its partitions.
+            state.entry(*partition).or_default().max_ts = restored.restart_max_ts;
+            if !owns(*partition) {
+                continue;
+            }
+            own.insert(
+                *partition,
+                OwnPartition { next: restored.restart_offset, archive_from: restored.committed_next, ..Default::default() },
+            );
+        }
         Driver {
             clock: Clock::new(spec.time),
             keep,
-            reports_in,
-            reports_probe,
-            reports,
-            partitions: partitions.iter().map(|p| (*p, PartitionState::default())).collect(),
+            partitions: state,
+            own,
+            input_time: restore.job_time,
+            restore,
+            leader,
             round: 0,
             accepted: FxHashMap::default(),
+            checkpoint_parts: Vec::new(),
+            commit_pending: None,
+            finishing: false,
             records_read: 0,
             late: 0,
             rejected: 0,
         }
     }
 
-    /// Runs the source to its end; `on_round` sees the source after each round (progress).
+    /// Runs the source to its end (or until worker 0 decides to drain); `on_round` sees the
+    /// source after each round (progress).
     pub fn run(
         &mut self,
         worker: &mut Worker,
         source: &mut dyn Source,
-        dataflow: &mut ClickDataflow,
+        dataflow: &mut ClickDataflow<RoundReport>,
+        mut checkpointer: Option<&mut dyn Checkpointer>,
         mut on_round: impl FnMut(&dyn Source),
     ) -> Result<RunTotals> {
         let format = source.format();
+        dataflow.accepted.advance_to(self.input_time);
         loop {
-            let batch = source.next_batch()?;
-            let parsed = batch.as_ref().map(|b| parse_batch(format, b));
+            let batches = if self.finishing { Some(Vec::new()) } else { source.read_round()? };
+            let ended = batches.is_none();
+            let batches = batches.unwrap_or_default();
+            let parsed: Vec<ParsedBatch> = batches.iter().map(|b| parse_batch(format, b)).collect();
             let report = RoundReport {
                 round: self.round,
                 worker: worker.index(),
-                batch: batch.as_ref().zip(parsed.as_ref()).map(|(b, p)| BatchReport {
-                    partition: b.partition,
-                    sequence: b.sequence,
-                    max_ts: p.max_ts,
-                    lines: b.line_count(),
-                    records: b.lines.len() as u64,
-                }),
+                batches: batches
+                    .iter()
+                    .zip(&parsed)
+                    .map(|(b, p)| BatchReport {
+                        partition: b.partition,
+                        sequence: b.sequence,
+                        max_ts: p.max_ts,
+                        lines: b.line_count(),
+                        records: b.lines.len() as u64,
+                    })
+                    .collect(),
+                ended: ended || self.finishing,
                 late: self.late,
                 rejected: self.rejected,
+                decisions: self.decide(),
+                checkpoint: std::mem::take(&mut self.checkpoint_parts),
             };
             let reports = self.exchange(worker, report, dataflow)?;
-            if reports.iter().all(|r| r.batch.is_none()) {
-                self.flush_accepted(dataflow);
+            if let Some(job_time) = self.commit_pending.take() {
+                let mut partitions: Vec<PartitionCheckpoint> = reports.iter().flat_map(|r| r.checkpoint.clone()).collect();
+                partitions.sort_by_key(|p| p.partition);
+                if let Some(checkpointer) = checkpointer.as_deref_mut() {
+                    checkpointer.commit(&Checkpoint { job_time, partitions })?;
+                }
+            }
+            if self.finishing {
                 return Ok(RunTotals {
                     read: self.records_read,
                     late: reports.iter().map(|r| r.late).sum(),
                     rejected: reports.iter().map(|r| r.rejected).sum(),
                 });
             }
-            if let (Some(batch), Some(parsed)) = (batch, parsed) {
-                let (max_before, lines_before) = self.before(&batch, &reports);
-                self.feed(&batch, parsed, max_before, lines_before, dataflow);
+            let decisions = reports.iter().find_map(|r| r.decisions.clone()).unwrap_or_default();
+            for (batch, parsed) in batches.iter().zip(parsed) {
+                let (max_before, lines_before) = self.before(batch, &reports);
+                self.feed(batch, parsed, max_before, lines_before, dataflow);
             }
             self.absorb(&reports);
-            let time = self.job_time();
-            if time > *dataflow.inputs.accepted.time() || self.accepted.len() > MAX_PENDING_CLICKS {
+            let job_time = self.job_time(&decisions.idle).max(self.input_time);
+            let all_ended = reports.iter().all(|r| r.ended && r.batches.is_empty());
+            self.finishing = all_ended || decisions.drain;
+            // At the end every pane is flushed: the input moves past every close time.
+            let time = if self.finishing { u64::MAX } else { job_time };
+            if time > self.input_time || self.accepted.len() > MAX_PENDING_CLICKS {
                 self.flush_accepted(dataflow);
-                dataflow.inputs.advance_to(time);
+                dataflow.accepted.advance_to(time);
+                self.input_time = time;
             }
-            dataflow.inputs.flush();
+            dataflow.accepted.flush();
+            if let Some(checkpointer) = checkpointer.as_deref_mut() {
+                if decisions.checkpoint || self.finishing {
+                    self.checkpoint_parts = self.cut(checkpointer, job_time)?;
+                    if worker.index() == 0 {
+                        self.commit_pending = Some(job_time);
+                    }
+                }
+            }
             on_round(source);
         }
     }
 
-    /// Sends this worker's report for the round and steps all dataflows until every worker's
-    /// report has arrived; returns them.
-    fn exchange(&mut self, worker: &mut Worker, report: RoundReport, dataflow: &mut ClickDataflow) -> Result<Vec<RoundReport>> {
-        let round = self.round;
-        self.reports_in.send(report);
-        self.round += 1;
-        self.reports_in.advance_to(self.round);
-        // Also let the click dataflow catch up to the previous tick, so input never piles up.
-        let caught_up_to = *dataflow.inputs.accepted.time();
-        while self.reports_probe.less_than(&self.round) || dataflow.probe.less_than(&caught_up_to) {
-            // Park rather than spin while other workers finish their round.
-            worker.step_or_park(Some(std::time::Duration::from_millis(1)));
-            if let Some(error) = dataflow.sinks.borrow_mut().error.take() {
-                return Err(error);
-            }
+    /// Worker 0's decisions for this round, from what it has seen so far.
+    fn decide(&mut self) -> Option<Decisions> {
+        let leader = self.leader.as_mut()?;
+        let now = Instant::now();
+        let policy = leader.policy;
+        let checkpoint = self.commit_pending.is_none() && now - leader.last_checkpoint >= policy.checkpoint_every;
+        if checkpoint {
+            leader.last_checkpoint = now;
         }
-        let mut reports = self.reports.borrow_mut().remove(&round).unwrap_or_default();
+        let idle = leader.last_record.iter().filter(|(_, seen)| now - **seen >= policy.idle_partition).map(|(p, _)| *p).collect();
+        let drain = policy.drain_when_idle.is_some_and(|quiet| now - leader.last_any_record >= quiet);
+        Some(Decisions { checkpoint, drain, idle })
+    }
+
+    /// Sends this worker's report for the round and steps all dataflows until every worker's
+    /// report and records of the round have arrived; returns the reports.
+    fn exchange(&mut self, worker: &mut Worker, report: RoundReport, dataflow: &mut ClickDataflow<RoundReport>) -> Result<Vec<RoundReport>> {
+        let round = self.round;
+        let rounds = &mut dataflow.rounds;
+        rounds.reports.send(report);
+        self.round += 1;
+        rounds.reports.advance_to(self.round);
+        rounds.late.advance_to(self.round);
+        rounds.rejected.advance_to(self.round);
+        // Also let the results dataflow catch up to its input time, so that input never piles
+        // up and every result of the previous round has reached the sinks.
+        while rounds.probe.less_than(&self.round) || dataflow.probe.less_than(&self.input_time) {
+            // Park rather than spin while other workers finish their round.
+            worker.step_or_park(Some(Duration::from_millis(1)));
+            dataflow.sinks.borrow_mut().take_error()?;
+        }
+        let mut received = rounds.received.borrow_mut();
+        let (mut reports, later): (Vec<RoundReport>, Vec<RoundReport>) = received.drain(..).partition(|r| r.round == round);
+        *received = later;
         reports.sort_by_key(|r| r.worker);
         Ok(reports)
     }
@@ -203,24 +386,31 @@ impl Driver {
         let state = self.partitions.get(&batch.partition).copied().unwrap_or_default();
         let earlier = reports
             .iter()
-            .filter_map(|r| r.batch)
+            .flat_map(|r| &r.batches)
             .filter(|b| b.partition == batch.partition && b.sequence < batch.sequence);
         earlier.fold((state.max_ts, state.lines), |(max, lines), b| (max.max(b.max_ts), lines + b.lines))
     }
 
     /// Folds a round's reports into the partitions' state.
     fn absorb(&mut self, reports: &[RoundReport]) {
-        for batch in reports.iter().filter_map(|r| r.batch) {
+        let now = Instant::now();
+        for batch in reports.iter().flat_map(|r| &r.batches) {
             let state = self.partitions.entry(batch.partition).or_default();
             state.max_ts = state.max_ts.max(batch.max_ts);
             state.lines += batch.lines;
             self.records_read += batch.records;
+            if let Some(leader) = self.leader.as_mut().filter(|_| batch.records > 0) {
+                leader.last_record.insert(batch.partition, now);
+                leader.last_any_record = now;
+            }
         }
     }
 
-    /// The job's watermark as a dataflow time: the least over partitions.
-    fn job_time(&self) -> u64 {
-        self.partitions.values().map(|p| self.clock.tick(p.max_ts)).min().unwrap_or(0)
+    /// The job's watermark as a dataflow time: the least over the partitions that are not idle.
+    fn job_time(&self, idle: &[u32]) -> u64 {
+        let tick = |p: &PartitionState| self.clock.tick(p.max_ts);
+        let active = self.partitions.iter().filter(|(p, _)| !idle.contains(p)).map(|(_, s)| tick(s)).min();
+        active.or_else(|| self.partitions.values().map(tick).min()).unwrap_or(0)
     }
 
     /// Judges each parsed line of `batch` and feeds the dataflow at the current input time.
@@ -230,51 +420,99 @@ impl Driver {
         parsed: ParsedBatch,
         mut max_seen: Option<u64>,
         lines_before: u64,
-        dataflow: &mut ClickDataflow,
+        dataflow: &mut ClickDataflow<RoundReport>,
     ) {
-        let inputs = &mut dataflow.inputs;
-        let first_line = lines_before + batch.skipped_lines + 1;
+        let rounds = &mut dataflow.rounds;
+        let (clock, keep, input_time) = (self.clock, self.keep, self.input_time);
+        let partition = batch.partition;
+        // Records below the committed offset were output before a restart: rebuild state only.
+        let committed = self.restore.partitions.get(&partition).map_or(0, |r| r.committed_next);
+        let position = |index: u32| batch.position(index as usize, lines_before);
+        let mut own = batch.next_position().map(|next| {
+            let own = self.own.entry(partition).or_default();
+            own.next = next;
+            own
+        });
         for (index, reason) in parsed.rejected {
-            self.rejected += 1;
-            inputs.rejected.insert(RejectedLine {
-                partition: batch.partition,
-                position: first_line + index as u64,
-                reason: reason.to_string(),
-                raw: String::from_utf8_lossy(batch.text_of(&batch.lines[index as usize])).into_owned(),
-            });
+            if position(index) >= committed {
+                self.rejected += 1;
+                let raw = String::from_utf8_lossy(batch.text_of(&batch.lines[index as usize])).into_owned();
+                rounds.rejected.send(RejectedLine { partition, position: position(index), reason: reason.to_string(), raw });
+            }
         }
         // Rejected lines do not move the watermark, so valid events alone, in order, decide.
         for (index, event) in parsed.events {
-            if self.clock.is_late(event.click_ts, max_seen) {
-                self.late += 1;
-                let position = first_line + index as u64;
-                inputs.late.insert(LateClick { partition: batch.partition, position, event });
-            } else {
+            let position = position(index);
+            let replayed = position < committed;
+            let pane = clock.pane_start(event.click_ts);
+            let late_in_partition = clock.is_late(event.click_ts, max_seen);
+            let max_before = max_seen;
+            if !late_in_partition {
                 max_seen = max_seen.max(Some(event.click_ts));
-                let click = self.project(&event);
-                *self.accepted.entry(click).or_insert(0) += 1;
             }
+            if let Some(own) = own.as_mut().filter(|_| !replayed) {
+                own.raw.push((position, event));
+            }
+            // A pane can also be final for the job while open in its partition, when the
+            // partition was idle and the others moved the job watermark past its close.
+            let final_for_job = clock.pane_close(pane) <= input_time;
+            if late_in_partition || final_for_job {
+                if !replayed {
+                    self.late += 1;
+                    rounds.late.send(LateClick { partition, position, event });
+                }
+                continue;
+            }
+            if let Some(own) = own.as_mut() {
+                own.open_panes.entry(pane).or_insert((position, max_before));
+            }
+            *self.accepted.entry(project(keep, clock, &event)).or_insert(0) += 1;
         }
     }
 
     /// Hands the pre-aggregated clicks to the dataflow.
-    fn flush_accepted(&mut self, dataflow: &mut ClickDataflow) {
+    fn flush_accepted(&mut self, dataflow: &mut ClickDataflow<RoundReport>) {
         for (click, count) in self.accepted.drain() {
-            dataflow.inputs.accepted.update(click, count);
+            dataflow.accepted.update(click, count);
         }
     }
 
-    /// The record an accepted click enters the dataflow as: its pane instead of its time, and
-    /// only the fields the spec uses.
-    fn project(&self, event: &ClickEvent) -> ClickEvent {
-        let [_, country, user_id, ip] = self.keep;
-        ClickEvent {
-            ad_id: event.ad_id,
-            click_ts: self.clock.pane_start(event.click_ts),
-            user_id: if user_id { event.user_id } else { 0 },
-            ip: if ip { event.ip } else { 0 },
-            country: if country { event.country } else { Country(0) },
+    /// This worker's parts of a checkpoint at `job_time`: archives what its partitions read
+    /// since the last one and works out where each would restart.
+    fn cut(&mut self, checkpointer: &mut dyn Checkpointer, job_time: u64) -> Result<Vec<PartitionCheckpoint>> {
+        let mut parts = Vec::new();
+        for (partition, own) in self.own.iter_mut() {
+            let archived = if own.next > own.archive_from {
+                let files = checkpointer.archive(*partition, own.archive_from, own.next, &own.raw)?;
+                let range = ArchivedRange { first: own.archive_from, next: own.next, files };
+                own.raw.clear();
+                own.archive_from = own.next;
+                Some(range)
+            } else {
+                None
+            };
+            let clock = self.clock;
+            own.open_panes.retain(|pane, _| clock.pane_close(*pane) > job_time);
+            let max_ts = self.partitions.get(partition).and_then(|p| p.max_ts);
+            let (restart_offset, restart_max_ts) =
+                own.open_panes.values().min_by_key(|(offset, _)| *offset).copied().unwrap_or((own.next, max_ts));
+            parts.push(PartitionCheckpoint { partition: *partition, next_offset: own.next, restart_offset, restart_max_ts, archived });
         }
+        Ok(parts)
+    }
+
+}
+
+/// The record an accepted click enters the dataflow as: its pane instead of its time, and only
+/// the fields the spec uses (`keep`: ad_id, country, user_id, ip).
+fn project(keep: [bool; 4], clock: Clock, event: &ClickEvent) -> ClickEvent {
+    let [_, country, user_id, ip] = keep;
+    ClickEvent {
+        ad_id: event.ad_id,
+        click_ts: clock.pane_start(event.click_ts),
+        user_id: if user_id { event.user_id } else { 0 },
+        ip: if ip { event.ip } else { 0 },
+        country: if country { event.country } else { Country(0) },
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::dataflow;
-use super::driver::{Driver, RunTotals};
+use super::dataflow::{self, Emit, Positions};
+use super::driver::{Driver, Restore, RunTotals};
 use super::event::Format;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::sinks::csv::CsvSink;
@@ -101,8 +101,9 @@ fn replay_worker(
         Ok(Box::new(CsvSink::create(out, &sink.file, schema)?))
     };
     let first_worker = worker.index() == 0;
-    let mut dataflow = dataflow::build(worker, spec, first_worker.then_some(&make_sink as dataflow::SinkFactory))?;
-    let mut driver = Driver::new(worker, spec, &source.partitions());
+    let make_sink = first_worker.then_some(&make_sink as dataflow::SinkFactory);
+    let mut dataflow = dataflow::build(worker, spec, &Positions::Lines, Emit::Final, make_sink)?;
+    let mut driver = Driver::new(worker, spec, &source.partitions(), None, Restore::default(), &|_| true);
     let progress = (first_worker && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(source.progress().1);
         bar.set_style(
@@ -111,20 +112,20 @@ fn replay_worker(
         );
         bar
     });
-    let totals = driver.run(worker, &mut source, &mut dataflow, |source| {
+    let totals = driver.run(worker, &mut source, &mut dataflow, None, |source| {
         if let Some(bar) = &progress {
             bar.set_position(source.progress().0);
         }
     })?;
-    drop(driver);
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    // Every pane was flushed by the driver; close the inputs and let the dataflows wind down.
     let probe = dataflow.probe.clone();
     let sinks = std::rc::Rc::clone(&dataflow.sinks);
     drop(dataflow);
     while !probe.done() {
         worker.step_or_park(Some(std::time::Duration::from_millis(1)));
-    }
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
     }
     sinks.borrow_mut().finish()?;
     Ok(totals)

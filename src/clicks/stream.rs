@@ -1,16 +1,174 @@
-//! `clickstay run`: the streaming job, Kafka in, Postgres out, exactly once.
+//! `clickstay run`: the streaming job. Click events from a Kafka topic, the dataflow of a spec,
+//! results and consumed offsets committed to PostgreSQL in one transaction per checkpoint, raw
+//! events archived as Parquet files; a crash at any moment costs neither a lost nor a doubled
+//! click (see `driver.rs` for the checkpoint and recovery protocol).
 
-use anyhow::Result;
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
 use clap::Args;
+
+use super::dataflow::{self, Emit, Positions};
+use super::driver::{Checkpoint, Checkpointer, Driver, Restore, StreamPolicy};
+use super::event::ClickEvent;
+use crate::cluster::{WorkerArgs, Workers};
+use crate::config::{KafkaConfig, WorkersConfig};
+use crate::sinks::Sink;
+use crate::sinks::postgres::PgWriter;
+use crate::sources::Source;
+use crate::sources::kafka::KafkaSource;
+use crate::spec::DataflowSpec;
 
 /// Options of `clickstay run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// The dataflow spec.
+    /// The dataflow spec (e.g. dataflows/ad_clicks.toml).
     #[arg(long)]
-    pub dataflow: std::path::PathBuf,
+    pub dataflow: PathBuf,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
+    /// The job's name: its checkpoint in Postgres is kept under it (default: the spec's name).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Where the raw events are archived as Parquet files.
+    #[arg(long, default_value = "archive")]
+    pub archive: PathBuf,
+    /// Seconds between checkpoints (a Postgres transaction each).
+    #[arg(long, default_value_t = 1.0)]
+    pub checkpoint_interval: f64,
+    /// Seconds without a record after which a partition stops holding back the watermark.
+    #[arg(long, default_value_t = 10.0)]
+    pub idle_timeout: f64,
+    /// Seconds without any record after which the job treats the input as ended: it flushes
+    /// every pane, commits and exits (for tests and back-fills; by default it runs forever).
+    #[arg(long)]
+    pub exit_when_idle: Option<f64>,
 }
 
-pub fn run(_args: RunArgs) -> Result<()> {
-    anyhow::bail!("not yet implemented")
+/// Everything a worker needs, shared by the threads of a process.
+struct Job {
+    spec: DataflowSpec,
+    kafka: KafkaConfig,
+    clicks_db: String,
+    job: String,
+    archive: PathBuf,
+    policy: StreamPolicy,
+    restore: Restore,
+}
+
+pub fn run(args: RunArgs) -> Result<()> {
+    let spec = DataflowSpec::load(&args.dataflow)?;
+    let config_path = args.workers.config.clone().unwrap_or_else(|| PathBuf::from("workers.toml"));
+    let config = if config_path.exists() { WorkersConfig::load(&config_path)? } else { WorkersConfig::from_env_only() };
+    let kafka = config.kafka()?.clone();
+    let clicks_db = config.clicks_db()?.to_string();
+    let workers = Workers::from_args(&args.workers)?;
+    let job = args.job.clone().unwrap_or_else(|| spec.name.clone());
+    let seconds = |what: &str, s: f64| -> Result<Duration> {
+        Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{what}: `{s}` is not a number of seconds"))
+    };
+    let policy = StreamPolicy {
+        checkpoint_every: seconds("checkpoint-interval", args.checkpoint_interval)?,
+        idle_partition: seconds("idle-timeout", args.idle_timeout)?,
+        drain_when_idle: args.exit_when_idle.map(|s| seconds("exit-when-idle", s)).transpose()?,
+    };
+    crate::kafka::ensure_topic(&kafka)?;
+    let tables: Vec<_> = table_schemas(&spec, &kafka.topic);
+    let mut writer = PgWriter::open(&clicks_db, &job, &kafka.topic, &tables)?;
+    let restore = writer.restore()?;
+    if workers.is_first_process() {
+        remove_uncommitted_archive_files(&args.archive, &writer.archived_files()?)?;
+    }
+    drop(writer);
+    tracing::info!(%job, topic = %kafka.topic, restored_partitions = restore.partitions.len(), job_time = restore.job_time, "starting");
+    let shared = Arc::new(Job { spec, kafka, clicks_db, job, archive: args.archive.clone(), policy, restore });
+    let guards = timely::execute(workers.timely_config(), move |worker| {
+        if let Err(error) = stream_worker(worker, &shared) {
+            // The other workers wait for this one at every round: stop the whole process.
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
+    for result in guards.join() {
+        result.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(())
+}
+
+/// The output tables of a spec, as the streaming job writes them.
+fn table_schemas(spec: &DataflowSpec, topic: &str) -> Vec<(String, crate::sinks::TableSchema)> {
+    let positions = Positions::Offsets { topic: topic.to_string() };
+    spec.sinks.iter().map(|sink| (sink.table.clone(), dataflow::sink_schema(spec, sink, &positions))).collect()
+}
+
+/// Files a crash left behind before their checkpoint committed: the ranges will be written
+/// again, so the archive holds every event exactly once.
+fn remove_uncommitted_archive_files(root: &Path, committed: &[String]) -> Result<()> {
+    if !root.exists() {
+        return Ok(());
+    }
+    let committed: std::collections::HashSet<&str> = committed.iter().map(String::as_str).collect();
+    for (path, ..) in crate::sinks::parquet::list_archive(root)? {
+        let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+        if !committed.contains(relative.as_str()) {
+            tracing::info!(file = %path.display(), "removing an archive file no checkpoint committed");
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// One worker of the streaming job.
+fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
+    let (index, peers) = (worker.index(), worker.peers());
+    let owns = |partition: &u32| *partition as usize % peers == index;
+    let start = job.restore.partitions.iter().filter(|(p, _)| owns(p)).map(|(p, r)| (*p, r.restart_offset)).collect();
+    let mut source = KafkaSource::open(&job.kafka, index, peers, &start)?;
+    let writer = if index == 0 {
+        let tables = table_schemas(&job.spec, &job.kafka.topic);
+        Some(Rc::new(RefCell::new(PgWriter::open(&job.clicks_db, &job.job, &job.kafka.topic, &tables)?)))
+    } else {
+        None
+    };
+    let make_sink = |sink: &crate::spec::SinkSpec, schema: &crate::sinks::TableSchema| -> Result<Box<dyn Sink>> {
+        let writer = writer.as_ref().context("sinks live on worker 0")?;
+        Ok(Box::new(PgWriter::table(writer, &sink.table, schema)))
+    };
+    let positions = Positions::Offsets { topic: job.kafka.topic.clone() };
+    let make_sink = writer.is_some().then_some(&make_sink as dataflow::SinkFactory);
+    let mut dataflow = dataflow::build(worker, &job.spec, &positions, Emit::Changes, make_sink)?;
+    let owned = |partition: u32| owns(&partition);
+    let mut driver = Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
+    let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
+    let totals = driver.run(worker, &mut source, &mut dataflow, Some(&mut checkpointer), |_| {})?;
+    if index == 0 {
+        tracing::info!(read = totals.read, late = totals.late, rejected = totals.rejected, "drained and committed");
+    }
+    Ok(())
+}
+
+/// The streaming job's checkpoints: Parquet files for the archive, one Postgres transaction for
+/// the rest.
+struct StreamCheckpointer {
+    archive: PathBuf,
+    topic: String,
+    writer: Option<Rc<RefCell<PgWriter>>>,
+}
+
+impl Checkpointer for StreamCheckpointer {
+    fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>> {
+        let events: Vec<(i64, ClickEvent)> = events.iter().map(|(offset, event)| (*offset as i64, *event)).collect();
+        let files =
+            crate::sinks::parquet::write_archive(&self.archive, &self.topic, partition as i32, first as i64, next as i64, &events)?;
+        Ok(files.iter().map(|f| f.strip_prefix(&self.archive).unwrap_or(f).to_string_lossy().into_owned()).collect())
+    }
+
+    fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        self.writer.as_ref().context("commits happen on worker 0")?.borrow_mut().commit(checkpoint)
+    }
 }

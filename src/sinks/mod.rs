@@ -5,6 +5,7 @@
 
 pub mod csv;
 pub mod parquet;
+pub mod postgres;
 
 use anyhow::Result;
 
@@ -44,7 +45,7 @@ impl TableSchema {
 }
 
 /// One value of a row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Value {
     Integer(u64),
     Timestamp(u64),

@@ -150,14 +150,14 @@ impl Source for FileSource {
         self.format
     }
 
-    fn next_batch(&mut self) -> Result<Option<Batch>> {
+    fn read_round(&mut self) -> Result<Option<Vec<Batch>>> {
         let chunks = self.len.div_ceil(self.chunk_bytes);
         if self.next_chunk >= chunks {
             return Ok(None);
         }
         let batch = self.read_chunk(self.next_chunk)?;
         self.next_chunk += self.workers;
-        Ok(Some(batch))
+        Ok(Some(vec![batch]))
     }
 
     fn progress(&self) -> (u64, u64) {
@@ -205,7 +205,7 @@ mod tests {
         let mut by_chunk = Vec::new();
         for worker in 0..workers {
             let mut source = FileSource::open(file.path(), format, chunk, worker, workers).unwrap();
-            while let Some(batch) = source.next_batch().unwrap() {
+            while let Some(batch) = source.read_round().unwrap().and_then(|mut b| b.pop()) {
                 let lines: Vec<_> = batch
                     .lines
                     .iter()

@@ -5,6 +5,7 @@
 //! per-partition watermark, lateness, and feeding the dataflow.
 
 pub mod file;
+pub mod kafka;
 
 use anyhow::Result;
 
@@ -23,6 +24,8 @@ pub struct Batch {
     /// The text of the lines, back to back.
     pub text: Vec<u8>,
     pub lines: Vec<Line>,
+    /// Each line's position (Kafka offset); empty where lines are numbered by counting (files).
+    pub positions: Vec<u64>,
 }
 
 /// One line of a batch.
@@ -41,6 +44,19 @@ impl Batch {
         &self.text[line.start..line.end]
     }
 
+    /// The position of line `index`: its offset, or its line number given the lines before.
+    pub fn position(&self, index: usize, lines_before: u64) -> u64 {
+        match self.positions.get(index) {
+            Some(offset) => *offset,
+            None => lines_before + self.skipped_lines + index as u64 + 1,
+        }
+    }
+
+    /// The position after the batch's last line, where positions are offsets.
+    pub fn next_position(&self) -> Option<u64> {
+        self.positions.last().map(|last| last + 1)
+    }
+
     /// How many source lines this batch covers, records or not.
     pub fn line_count(&self) -> u64 {
         self.skipped_lines + self.lines.len() as u64
@@ -54,8 +70,9 @@ pub trait Source {
     fn partitions(&self) -> Vec<u32>;
     /// The text format of the lines.
     fn format(&self) -> Format;
-    /// This worker's next batch; `None` when this worker has nothing (more) to read.
-    fn next_batch(&mut self) -> Result<Option<Batch>>;
+    /// This worker's batches for one round, at most one per partition; `None` once the source
+    /// has ended for good (a file; a stream never ends).
+    fn read_round(&mut self) -> Result<Option<Vec<Batch>>>;
     /// (work done, work in all) for a progress bar, in the source's own unit.
     fn progress(&self) -> (u64, u64);
 }

@@ -1,0 +1,229 @@
+//! Helpers for the streaming-job tests: a job's config, running and killing it, producing
+//! events, replaying the same file, and reading back its tables and archive.
+//!
+//! Include with `#[path = "common/stream.rs"] mod stream;` next to `broker` and `pg`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::broker;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
+
+fn spec() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/ad_clicks.toml")
+}
+
+fn check(output: Output, what: &str) -> Output {
+    assert!(
+        output.status.success(),
+        "{what} failed ({})\n--- stdout\n{}\n--- stderr\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// One streaming job: its topic, database, archive and config file.
+pub struct Job {
+    pub dir: PathBuf,
+    pub name: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub db: String,
+    pub config: PathBuf,
+    pub archive: PathBuf,
+}
+
+impl Job {
+    /// A job named `name` on a new topic of `partitions` partitions, writing to `db`.
+    pub fn new(dir: &Path, name: &str, partitions: u32, db: &str) -> Job {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000_000;
+        let topic = format!("clicks_{name}_{}_{nanos}", std::process::id());
+        Job::on_topic(dir, name, &topic, partitions, db)
+    }
+
+    /// Another job reading the same topic into another database and archive.
+    pub fn sibling(&self, name: &str, db: &str) -> Job {
+        Job::on_topic(&self.dir, name, &self.topic, self.partitions, db)
+    }
+
+    fn on_topic(dir: &Path, name: &str, topic: &str, partitions: u32, db: &str) -> Job {
+        let config = dir.join(format!("{name}.toml"));
+        let text = format!(
+            "[kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\npartitions = {partitions}\n\n[postgres]\nclicks = \"{db}\"\n",
+            broker::bootstrap_servers()
+        );
+        std::fs::write(&config, text).unwrap();
+        Job {
+            dir: dir.to_path_buf(),
+            name: name.to_string(),
+            topic: topic.to_string(),
+            partitions,
+            db: db.to_string(),
+            config,
+            archive: dir.join(format!("archive_{name}")),
+        }
+    }
+
+    /// `clickstay run` for this job, on two workers, draining once the topic is quiet.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command
+            .arg("run")
+            .arg("--dataflow")
+            .arg(spec())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--job", &self.name, "-w", "2", "--checkpoint-interval", "0.1", "--exit-when-idle", "2"])
+            .arg("--archive")
+            .arg(&self.archive)
+            .env_remove("CLICKSTAY_KAFKA_BROKERS")
+            .env_remove("CLICKSTAY_CLICKS_DB");
+        command
+    }
+
+    /// Runs the job until it drains and exits successfully.
+    pub fn run_to_end(&self, env: &[(&str, &str)]) {
+        let mut command = self.command();
+        command.envs(env.iter().copied());
+        check(command.output().unwrap(), &format!("clickstay run (job {})", self.name));
+    }
+
+    /// Runs the job with fault injection that must make it die.
+    pub fn run_expecting_crash(&self, env: &[(&str, &str)]) {
+        let output = self.command().envs(env.iter().copied()).output().unwrap();
+        assert!(!output.status.success(), "the job was expected to crash:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+
+    /// Starts the job and kills it (SIGKILL) after `delay`; false if it had already ended.
+    pub fn run_and_kill(&self, delay: Duration) -> bool {
+        let mut child = self.command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        std::thread::sleep(delay);
+        let running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        running
+    }
+
+    /// (partition, offset) of every event in the archive files.
+    pub fn archived_offsets(&self) -> Vec<(i32, i64)> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let mut offsets = Vec::new();
+        let mut pending = vec![self.archive.clone()];
+        while let Some(path) = pending.pop() {
+            if path.is_dir() {
+                pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+                for row in reader.get_row_iter(None).unwrap() {
+                    let row = row.unwrap();
+                    let mut partition = None;
+                    let mut offset = None;
+                    for (name, field) in row.get_column_iter() {
+                        match (name.as_str(), field) {
+                            ("partition", parquet::record::Field::Int(p)) => partition = Some(*p),
+                            ("offset", parquet::record::Field::Long(o)) => offset = Some(*o),
+                            _ => {}
+                        }
+                    }
+                    offsets.push((partition.expect("partition column"), offset.expect("offset column")));
+                }
+            }
+        }
+        offsets
+    }
+
+    /// Each partition's committed archive ranges follow each other from 0 to its next offset.
+    pub fn check_archive_ranges_contiguous(&self) {
+        let mut client = postgres::Client::connect(&self.db, postgres::NoTls).unwrap();
+        let next: BTreeMap<i32, i64> = client
+            .query("SELECT partition, next_offset FROM source_offsets WHERE job = $1", &[&self.name])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (partition, next_offset) in next {
+            let ranges = client
+                .query(
+                    "SELECT first_offset, next_offset FROM raw_archive WHERE job = $1 AND partition = $2 ORDER BY first_offset",
+                    &[&self.name, &partition],
+                )
+                .unwrap();
+            let mut expected_first = 0i64;
+            for range in ranges {
+                let (first, next): (i64, i64) = (range.get(0), range.get(1));
+                assert_eq!(first, expected_first, "partition {partition}: archive ranges leave a gap or overlap");
+                expected_first = next;
+            }
+            assert_eq!(expected_first, next_offset, "partition {partition}: archive stops short of the committed offset");
+        }
+    }
+}
+
+/// Writes `events` events with `clickstay gen` (JSON Lines: the wire format).
+pub fn generate(dir: &Path, name: &str, events: u64, options: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    let mut command = Command::new(BIN);
+    command.args(["gen", "--events", &events.to_string(), "--format", "jsonl", "--out"]).arg(&path).args(options);
+    check(command.output().unwrap(), "clickstay gen");
+    path
+}
+
+/// Sends every line of `file` to the job's topic, as is.
+pub fn produce(job: &Job, file: &Path) {
+    let mut command = Command::new(BIN);
+    command.arg("produce").arg("--config").arg(&job.config).arg("--input").arg(file).env_remove("CLICKSTAY_KAFKA_BROKERS");
+    check(command.output().unwrap(), "clickstay produce");
+}
+
+/// `clickstay replay` of `events`: each result file's rows (header dropped), by table name.
+pub fn replay_csv(dir: &Path, events: &Path) -> BTreeMap<String, Vec<Vec<String>>> {
+    let out = dir.join("replay");
+    let mut command = Command::new(BIN);
+    command.arg("replay").arg("--dataflow").arg(spec()).arg("--input").arg(events).arg("--out").arg(&out);
+    check(command.output().unwrap(), "clickstay replay");
+    let mut tables = BTreeMap::new();
+    for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected"] {
+        let mut reader = csv::Reader::from_path(out.join(format!("{table}.csv"))).unwrap();
+        let rows = reader.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
+        tables.insert(table.to_string(), rows);
+    }
+    tables
+}
+
+/// The job's result tables as text rows, in a fixed order, times as epoch milliseconds (as in
+/// the replay files).
+pub fn dump_tables(db: &str) -> BTreeMap<String, Vec<Vec<String>>> {
+    let ms = |column: &str| format!("(extract(epoch from {column}) * 1000)::bigint");
+    let queries = [
+        ("ad_click_counts", format!("SELECT {}, ad_id, clicks FROM ad_click_counts ORDER BY 1, 2", ms("window_start"))),
+        (
+            "ad_click_counts_by_country",
+            format!("SELECT {}, ad_id, country, clicks FROM ad_click_counts_by_country ORDER BY 1, 2, 3", ms("window_start")),
+        ),
+        (
+            "top_ads",
+            format!("SELECT {}, {}, rank, ad_id, clicks FROM top_ads ORDER BY 1, 3", ms("window_start"), ms("window_end")),
+        ),
+        ("late_clicks", "SELECT * FROM late_clicks ORDER BY partition, \"offset\"".to_string()),
+        ("rejected_events", "SELECT * FROM rejected_events ORDER BY partition, \"offset\"".to_string()),
+        ("source_offsets", "SELECT job, topic, partition, next_offset FROM source_offsets ORDER BY partition".to_string()),
+    ];
+    let mut client = postgres::Client::connect(db, postgres::NoTls).unwrap();
+    let mut tables = BTreeMap::new();
+    for (table, query) in queries {
+        let mut rows = Vec::new();
+        for message in client.simple_query(&query).unwrap() {
+            if let postgres::SimpleQueryMessage::Row(row) = message {
+                rows.push((0..row.len()).map(|i| row.get(i).unwrap_or("").to_string()).collect());
+            }
+        }
+        tables.insert(table.to_string(), rows);
+    }
+    tables
+}

@@ -1,0 +1,106 @@
+//! `clickstay run` against the real broker and PostgreSQL: the streaming job's tables equal
+//! `clickstay replay` over the same events, and a job killed again and again (with `kill -9`,
+//! and inside a checkpoint transaction) ends with exactly the tables of an undisturbed run,
+//! every offset committed and every event archived once.
+
+#[path = "common/broker.rs"]
+mod broker;
+#[path = "common/pg.rs"]
+mod pg;
+#[path = "common/stream.rs"]
+mod stream;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use stream::{Job, dump_tables, generate, produce, replay_csv};
+
+/// A fresh database, created on a throwaway runtime.
+fn fresh_database(prefix: &str) -> String {
+    tokio::runtime::Runtime::new().unwrap().block_on(pg::fresh_database(prefix))
+}
+
+#[test]
+fn one_partition_run_equals_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generate(dir.path(), "events.jsonl", 40_000, &["--rate", "100", "--late-fraction", "0.01", "--malformed-fraction", "0.01"]);
+    let job = Job::new(dir.path(), "replayed", 1, &fresh_database("stream_replay"));
+    produce(&job, &events);
+    job.run_to_end(&[]);
+
+    let replayed = replay_csv(dir.path(), &events);
+    let tables = dump_tables(&job.db);
+    for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads"] {
+        assert_eq!(tables[table], replayed[table], "{table} differs from replay");
+        assert!(!tables[table].is_empty(), "{table} is empty: the test proves nothing");
+    }
+    // Late clicks: the same events (Kafka adds where they came from: topic, partition, offset).
+    let late_events = |rows: &Vec<Vec<String>>, skip: usize| -> Vec<Vec<String>> {
+        let mut events: Vec<Vec<String>> = rows.iter().map(|r| r[skip..].to_vec()).collect();
+        events.sort();
+        events
+    };
+    assert_eq!(late_events(&tables["late_clicks"], 3), late_events(&replayed["late_clicks"], 0));
+    assert!(!tables["late_clicks"].is_empty());
+    // Rejected: offset + 1 is the line number of a JSON Lines file; same raw text.
+    let rejected: BTreeSet<(u64, String)> =
+        tables["rejected_events"].iter().map(|r| (r[2].parse::<u64>().unwrap() + 1, r[4].clone())).collect();
+    let replay_rejected: BTreeSet<(u64, String)> =
+        replayed["rejected"].iter().map(|r| (r[0].parse().unwrap(), r[2].clone())).collect();
+    assert_eq!(rejected, replay_rejected);
+    assert!(!rejected.is_empty());
+}
+
+#[test]
+fn killed_again_and_again_ends_as_if_never_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generate(dir.path(), "events.jsonl", 150_000, &["--rate", "1000", "--late-fraction", "0.01", "--malformed-fraction", "0.002"]);
+    let undisturbed = Job::new(dir.path(), "calm", 4, &fresh_database("stream_calm"));
+    produce(&undisturbed, &events);
+    undisturbed.run_to_end(&[]);
+
+    // The same topic, another job name, database and archive.
+    let disturbed = undisturbed.sibling("crashy", &fresh_database("stream_crashy"));
+    // First a crash inside the third checkpoint transaction, then kill -9 at moments spread
+    // over the run, each restart resuming from the last committed checkpoint.
+    disturbed.run_expecting_crash(&[("CLICKSTAY_CRASH_IN_COMMIT", "3")]);
+    let mut kills = 0;
+    for delay_ms in [400, 900, 250, 1300, 700, 1100] {
+        if disturbed.run_and_kill(Duration::from_millis(delay_ms)) {
+            kills += 1;
+        }
+    }
+    assert!(kills >= 5, "only {kills} runs were still going when killed: make the input larger");
+    disturbed.run_to_end(&[]);
+
+    let calm = dump_tables(&undisturbed.db);
+    let crashy = dump_tables(&disturbed.db);
+    for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"] {
+        assert_eq!(crashy[table].len(), calm[table].len(), "{table}: row counts differ");
+        assert_eq!(crashy[table], calm[table], "{table} differs from the undisturbed run");
+    }
+    let offsets = |tables: &BTreeMap<String, Vec<Vec<String>>>| -> Vec<(String, String)> {
+        tables["source_offsets"].iter().map(|r| (r[2].clone(), r[3].clone())).collect()
+    };
+    assert_eq!(offsets(&crashy), offsets(&calm), "committed offsets differ");
+
+    // Conservation: every message is counted, late or rejected, once.
+    let produced = std::fs::read_to_string(&events).unwrap().lines().count() as u64;
+    let next_offsets: u64 = offsets(&crashy).iter().map(|(_, next)| next.parse::<u64>().unwrap()).sum();
+    assert_eq!(next_offsets, produced, "offsets skipped or beyond what was produced");
+    let counted: u64 = crashy["ad_click_counts"].iter().map(|r| r[2].parse::<u64>().unwrap()).sum();
+    let late = crashy["late_clicks"].len() as u64;
+    let rejected = crashy["rejected_events"].len() as u64;
+    assert_eq!(counted + late + rejected, produced);
+
+    // The archive: each partition's committed ranges are contiguous from 0 to its next offset,
+    // and the files hold every valid event exactly once.
+    let archive = disturbed.archived_offsets();
+    let valid = produced - rejected;
+    let mut seen = BTreeSet::new();
+    for (partition, offset) in &archive {
+        assert!(seen.insert((*partition, *offset)), "offset {offset} of partition {partition} archived twice");
+    }
+    assert_eq!(seen.len() as u64, valid, "archive does not hold every valid event once");
+    disturbed.check_archive_ranges_contiguous();
+}
