@@ -6,7 +6,10 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need_apt+=(postgresql)
-command -v cc >/dev/null || need_apt+=(build-essential)
+# cc and make: rdkafka builds its bundled librdkafka from source (configure + make, ~3 minutes).
+{ command -v cc && command -v make; } >/dev/null || need_apt+=(build-essential)
+# The Kafka broker of tests and benchmarks (scripts/broker.sh) runs from a Python virtualenv.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v runuser >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
