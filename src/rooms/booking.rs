@@ -24,10 +24,11 @@ use super::model::{Availability, Reservation, ReservationRequest, RoomTypeAvaila
 /// Takes one room on every night of the stay and inserts the reservation, all or nothing.
 ///
 /// Parameters: `$1` reservation_id, `$2` hotel_id, `$3` room_type_id, `$4` start_date,
-/// `$5` end_date (exclusive), `$6` guest_id. Returns one row: the nights it could take, and
+/// `$5` end_date (exclusive), `$6` guest_id. Returns one row: the nights it could take,
 /// `created_at` when the reservation was inserted (NULL when some night was full, in which
-/// case the caller must roll back the nights it did take). A repeated `reservation_id` fails
-/// with a unique violation. The benchmark runs this very text through pgbench.
+/// case the caller must roll back the nights it did take), and the first night it could not
+/// take. A repeated `reservation_id` fails with a unique violation. The benchmark runs this
+/// very text through pgbench.
 pub const RESERVE_SQL: &str = "\
 WITH nights AS (
     UPDATE room_type_inventory
@@ -44,18 +45,20 @@ WITH nights AS (
     RETURNING created_at
 )
 SELECT (SELECT count(*) FROM nights)::int AS nights_taken,
-       (SELECT created_at FROM booked) AS created_at";
+       (SELECT created_at FROM booked) AS created_at,
+       (SELECT min(night)::date
+          FROM generate_series($4::date, $5::date - 1, interval '1 day') AS night
+         WHERE night::date NOT IN (SELECT date FROM nights)) AS full_night";
 
-/// Why a booking failed, found after the fact: which of hotel, room type and nights is missing.
+/// Why a booking failed, asked after the fact in one statement: does the reservation id exist
+/// already (`$3`), and do the hotel and room type exist?
 const DIAGNOSE_SQL: &str = "\
 SELECT EXISTS (SELECT 1 FROM hotel WHERE hotel_id = $1) AS hotel_known,
        EXISTS (SELECT 1 FROM room_type WHERE hotel_id = $1 AND room_type_id = $2) AS room_type_known,
-       (SELECT min(night)::date
-          FROM generate_series($3::date, $4::date - 1, interval '1 day') AS night
-         WHERE NOT EXISTS (
-               SELECT 1 FROM room_type_inventory i
-                WHERE i.hotel_id = $1 AND i.room_type_id = $2 AND i.date = night::date
-                  AND i.total_reserved < floor(i.total_inventory * i.overbooking_ratio))) AS full_night";
+       r.reservation_id, r.hotel_id, r.room_type_id, r.start_date, r.end_date, r.guest_id, r.status,
+       r.created_at, r.cancelled_at
+  FROM (SELECT) AS one
+  LEFT JOIN reservation r ON r.reservation_id = $3";
 
 /// Marks a confirmed reservation cancelled and gives its nights back, in one statement.
 const CANCEL_SQL: &str = "\
@@ -119,9 +122,9 @@ pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest) -> Re
     for attempt in 1.. {
         match try_reserve(client, request).await {
             Ok(Some(outcome)) => return Ok(outcome),
-            // A night was full during the booking but not any more (a cancellation came in
-            // between): book again.
-            Ok(None) => debug!(attempt, "sold-out night freed meanwhile; retrying"),
+            // The id clashed but its reservation is gone, or the CHECK refused a night the
+            // UPDATE saw as free: both are races with another transaction; book again.
+            Ok(None) => debug!(attempt, "could not tell why the booking failed; retrying"),
             Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
                 debug!(attempt, %error, "transient failure; retrying")
             }
@@ -131,8 +134,7 @@ pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest) -> Re
             break;
         }
     }
-    // Every attempt saw a full night that was free again when we looked: report the first night.
-    Ok(Outcome::SoldOut { night: request.start_date })
+    anyhow::bail!("booking {} failed {MAX_ATTEMPTS} times without a reason", request.reservation_id)
 }
 
 /// One attempt; `None` when the diagnosis could not tell what was full.
@@ -157,53 +159,54 @@ async fn try_reserve(
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(error);
     }
-    match result {
+    let full_night = match result {
         Ok(row) => {
             if let Some(created_at) = row.get::<_, Option<DateTime<Utc>>>("created_at") {
                 client.batch_execute("COMMIT").await?;
                 return Ok(Some(Outcome::Confirmed(confirmed(request, created_at))));
             }
             // Some night was full: the ROLLBACK below gives back the nights already taken.
+            row.get::<_, Option<NaiveDate>>("full_night")
         }
         // The id exists (a repeat, or a reuse): the diagnosis tells which.
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {}
-        // The CHECK refused a night: cannot happen with the guarded UPDATE, but if it does,
-        // the diagnosis names the night.
-        Err(error) if error.code() == Some(&SqlState::CHECK_VIOLATION) => {}
+        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => None,
+        // The CHECK refused a night: cannot happen with the guarded UPDATE; try again.
+        Err(error) if error.code() == Some(&SqlState::CHECK_VIOLATION) => None,
         Err(error) => {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(error);
         }
-    }
+    };
     // ROLLBACK goes out first, the diagnosis right behind it: one round trip.
-    let (rolled_back, diagnosis) = tokio::join!(client.batch_execute("ROLLBACK"), diagnose(client, request));
+    let (rolled_back, diagnosis) =
+        tokio::join!(client.batch_execute("ROLLBACK"), diagnose(client, request, full_night));
     rolled_back?;
     diagnosis
 }
 
-/// After a failed attempt: is it a repeated id, an unknown hotel or room type, or a full night?
-async fn diagnose(client: &ClientWrapper, request: &ReservationRequest) -> Result<Option<Outcome>, tokio_postgres::Error> {
-    let checks = async {
-        let statement = client.prepare_cached(DIAGNOSE_SQL).await?;
-        client
-            .query_one(&statement, &[&request.hotel_id, &request.room_type_id, &request.start_date, &request.end_date])
-            .await
-    };
-    let (existing, checks) = tokio::join!(find(client, request.reservation_id), checks);
-    if let Some(existing) = existing? {
+/// After a failed attempt: is it a repeated id, an unknown hotel or room type, or the full
+/// night the booking statement found? `None` when it cannot tell (try again).
+async fn diagnose(
+    client: &ClientWrapper,
+    request: &ReservationRequest,
+    full_night: Option<NaiveDate>,
+) -> Result<Option<Outcome>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(DIAGNOSE_SQL).await?;
+    let row = client.query_one(&statement, &[&request.hotel_id, &request.room_type_id, &request.reservation_id]).await?;
+    if row.get::<_, Option<Uuid>>("reservation_id").is_some() {
+        let existing = reservation_from_row(&row);
         return Ok(Some(if request.matches(&existing) {
             Outcome::Repeated(existing)
         } else {
             Outcome::IdReused(existing)
         }));
     }
-    let row = checks?;
     Ok(if !row.get::<_, bool>("hotel_known") {
         Some(Outcome::UnknownHotel)
     } else if !row.get::<_, bool>("room_type_known") {
         Some(Outcome::UnknownRoomType)
     } else {
-        row.get::<_, Option<NaiveDate>>("full_night").map(|night| Outcome::SoldOut { night })
+        full_night.map(|night| Outcome::SoldOut { night })
     })
 }
 
