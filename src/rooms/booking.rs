@@ -21,16 +21,24 @@ use uuid::Uuid;
 
 use super::model::{Availability, Reservation, ReservationRequest, RoomTypeAvailability, Status};
 
-/// Takes one room on every night of the stay and inserts the reservation, all or nothing.
+/// Inserts the reservation and takes one room on every night of the stay where one is left.
 ///
 /// Parameters: `$1` reservation_id, `$2` hotel_id, `$3` room_type_id, `$4` start_date,
-/// `$5` end_date (exclusive), `$6` guest_id. Returns one row: the nights it could take,
-/// `created_at` when the reservation was inserted (NULL when some night was full, in which
-/// case the caller must roll back the nights it did take), and the first night it could not
-/// take. A repeated `reservation_id` fails with a unique violation. The benchmark runs this
-/// very text through pgbench.
+/// `$5` end_date (exclusive), `$6` guest_id. Returns one row: the nights it could take, the
+/// reservation's `created_at`, and the first night it could not take. The caller commits only
+/// when every night was taken, and rolls back otherwise (which also removes the reservation).
+///
+/// The INSERT is unconditional on purpose: a `reservation_id` that exists, or is being
+/// inserted by a concurrent transaction, always ends in a unique violation (after waiting for
+/// that transaction), so a sold-out answer never hides a repeated click, and no look-up is
+/// needed on the sold-out path. An unknown hotel or room type fails the foreign key. The
+/// benchmark runs this very text through pgbench.
 pub const RESERVE_SQL: &str = "\
-WITH nights AS (
+WITH booked AS (
+    INSERT INTO reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)
+    VALUES ($1, $2, $3, $4, $5, $6, 'confirmed')
+    RETURNING created_at
+), nights AS (
     UPDATE room_type_inventory
        SET total_reserved = total_reserved + 1,
            version = version + 1
@@ -38,11 +46,6 @@ WITH nights AS (
        AND date >= $4 AND date < $5
        AND total_reserved < floor(total_inventory * overbooking_ratio)
     RETURNING date
-), booked AS (
-    INSERT INTO reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)
-    SELECT $1, $2, $3, $4, $5, $6, 'confirmed'
-     WHERE (SELECT count(*) FROM nights) = $5::date - $4::date
-    RETURNING created_at
 )
 SELECT (SELECT count(*) FROM nights)::int AS nights_taken,
        (SELECT created_at FROM booked) AS created_at,
@@ -122,8 +125,8 @@ pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest) -> Re
     for attempt in 1.. {
         match try_reserve(client, request).await {
             Ok(Some(outcome)) => return Ok(outcome),
-            // The id clashed but its reservation is gone, or the CHECK refused a night the
-            // UPDATE saw as free: both are races with another transaction; book again.
+            // A constraint failed but the diagnosis found no reason: a race with another
+            // transaction; book again.
             Ok(None) => debug!(attempt, "could not tell why the booking failed; retrying"),
             Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
                 debug!(attempt, %error, "transient failure; retrying")
@@ -137,10 +140,10 @@ pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest) -> Re
     anyhow::bail!("booking {} failed {MAX_ATTEMPTS} times without a reason", request.reservation_id)
 }
 
-/// One attempt; `None` when the diagnosis could not tell what was full.
+/// One attempt; `None` when a constraint failed for no reason the diagnosis can see.
 ///
 /// BEGIN is sent together with the statement (pipelined, one round trip), and the transaction
-/// ends with COMMIT only when the reservation row was inserted.
+/// ends with COMMIT only when every night was taken.
 async fn try_reserve(
     client: &ClientWrapper,
     request: &ReservationRequest,
@@ -159,38 +162,38 @@ async fn try_reserve(
         let _ = client.batch_execute("ROLLBACK").await;
         return Err(error);
     }
-    let full_night = match result {
-        Ok(row) => {
-            if let Some(created_at) = row.get::<_, Option<DateTime<Utc>>>("created_at") {
-                client.batch_execute("COMMIT").await?;
-                return Ok(Some(Outcome::Confirmed(confirmed(request, created_at))));
-            }
-            // Some night was full: the ROLLBACK below gives back the nights already taken.
-            row.get::<_, Option<NaiveDate>>("full_night")
+    match result {
+        Ok(row) if row.get::<_, i32>("nights_taken") == request.nights() => {
+            client.batch_execute("COMMIT").await?;
+            Ok(Some(Outcome::Confirmed(confirmed(request, row.get("created_at")))))
         }
-        // The id exists (a repeat, or a reuse): the diagnosis tells which.
-        Err(error) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => None,
-        // The CHECK refused a night: cannot happen with the guarded UPDATE; try again.
-        Err(error) if error.code() == Some(&SqlState::CHECK_VIOLATION) => None,
+        // Some night was full: roll back the reservation and the nights already taken.
+        Ok(row) => {
+            client.batch_execute("ROLLBACK").await?;
+            Ok(row.get::<_, Option<NaiveDate>>("full_night").map(|night| Outcome::SoldOut { night }))
+        }
+        // The id exists (a repeat, or a reuse), or the hotel or room type does not, or (which
+        // the guarded UPDATE never lets happen) the CHECK refused a night: the diagnosis tells.
+        Err(error)
+            if [SqlState::UNIQUE_VIOLATION, SqlState::FOREIGN_KEY_VIOLATION, SqlState::CHECK_VIOLATION]
+                .iter()
+                .any(|code| error.code() == Some(code)) =>
+        {
+            // ROLLBACK goes out first, the diagnosis right behind it: one round trip.
+            let (rolled_back, diagnosis) = tokio::join!(client.batch_execute("ROLLBACK"), diagnose(client, request));
+            rolled_back?;
+            diagnosis
+        }
         Err(error) => {
             let _ = client.batch_execute("ROLLBACK").await;
-            return Err(error);
+            Err(error)
         }
-    };
-    // ROLLBACK goes out first, the diagnosis right behind it: one round trip.
-    let (rolled_back, diagnosis) =
-        tokio::join!(client.batch_execute("ROLLBACK"), diagnose(client, request, full_night));
-    rolled_back?;
-    diagnosis
+    }
 }
 
-/// After a failed attempt: is it a repeated id, an unknown hotel or room type, or the full
-/// night the booking statement found? `None` when it cannot tell (try again).
-async fn diagnose(
-    client: &ClientWrapper,
-    request: &ReservationRequest,
-    full_night: Option<NaiveDate>,
-) -> Result<Option<Outcome>, tokio_postgres::Error> {
+/// After a failed attempt: is it a repeated id, a reused id, or an unknown hotel or room
+/// type? `None` when it is none of these (a race: try again).
+async fn diagnose(client: &ClientWrapper, request: &ReservationRequest) -> Result<Option<Outcome>, tokio_postgres::Error> {
     let statement = client.prepare_cached(DIAGNOSE_SQL).await?;
     let row = client.query_one(&statement, &[&request.hotel_id, &request.room_type_id, &request.reservation_id]).await?;
     if row.get::<_, Option<Uuid>>("reservation_id").is_some() {
@@ -206,7 +209,7 @@ async fn diagnose(
     } else if !row.get::<_, bool>("room_type_known") {
         Some(Outcome::UnknownRoomType)
     } else {
-        full_night.map(|night| Outcome::SoldOut { night })
+        None
     })
 }
 

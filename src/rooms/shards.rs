@@ -12,7 +12,7 @@ use crate::config::WorkersConfig;
 
 /// Default connections per shard: enough to keep two cores busy while some transactions wait
 /// on row locks of a hot room type, few enough that PostgreSQL does not thrash.
-pub const DEFAULT_POOL_SIZE: usize = 16;
+pub const DEFAULT_POOL_SIZE: usize = 32;
 
 /// Connection pools to the hotel databases, in the order of `postgres.shards`.
 #[derive(Clone)]
