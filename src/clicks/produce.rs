@@ -184,10 +184,9 @@ impl Sender {
     fn send(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
         if self.interval > 0.0 {
             let due = self.started + Duration::from_secs_f64(self.sent as f64 * self.interval);
-            let now = Instant::now();
-            if due > now {
-                // Serve delivery reports while waiting instead of sleeping blindly.
-                self.producer.poll(due - now);
+            // Serve delivery reports while waiting (poll returns early when it served one).
+            while let Some(wait) = due.checked_duration_since(Instant::now()).filter(|w| !w.is_zero()) {
+                self.producer.poll(wait);
             }
         }
         loop {
