@@ -37,6 +37,15 @@ pub const DRAW_STAY: &str = "\\set hotel :first_hotel + :shards * random(0, :hot
 \\set offset random(0, :days - :max_nights)
 ";
 
+/// Ends a booking whose statement set `nights_taken`: COMMIT when it took every night.
+pub const COMMIT_IF_ALL_NIGHTS: &str = "\\gset
+\\if :nights_taken = :nights
+COMMIT;
+\\else
+ROLLBACK;
+\\endif
+";
+
 /// The booking transaction of the application as a pgbench script.
 pub fn script() -> String {
     let mut statement = RESERVE_SQL.to_string();
@@ -46,13 +55,7 @@ pub fn script() -> String {
     format!(
         "{DRAW_STAY}BEGIN;
 {statement}
-\\gset
-\\if :nights_taken = :nights
-COMMIT;
-\\else
-ROLLBACK;
-\\endif
-"
+{COMMIT_IF_ALL_NIGHTS}"
     )
 }
 

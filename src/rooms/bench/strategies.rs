@@ -11,7 +11,7 @@
 //!   whose version is unchanged; a concurrent change makes the attempt fail (a real client
 //!   would retry).
 
-use super::pgbench::{DRAW_STAY, script as conditional_script};
+use super::pgbench::{COMMIT_IF_ALL_NIGHTS, DRAW_STAY, script as conditional_script};
 
 /// The nights of the drawn stay, for the scripts below.
 const STAY_NIGHTS: &str = "hotel_id = :hotel::bigint AND room_type_id = :room_type::integer
@@ -62,13 +62,7 @@ WITH nights AS (
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM nights)::int AS nights_taken, (SELECT count(*) FROM booked)::int AS inserted
-\\gset
-\\if :nights_taken = :nights
-COMMIT;
-\\else
-ROLLBACK;
-\\endif
-\\endif
+{COMMIT_IF_ALL_NIGHTS}\\endif
 "
     )
 }
