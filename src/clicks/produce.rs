@@ -55,7 +55,7 @@ pub struct ProduceArgs {
 
 fn parse_send_rate(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
-        Ok(rate) if rate == 0.0 => Ok(0.0),
+        Ok(0.0) => Ok(0.0),
         _ => crate::clicks::generate::parse_rate(text).map_err(|e| format!("{e} (or 0 for as fast as possible)")),
     }
 }

@@ -207,7 +207,7 @@ mod tests {
             click_ts,
             user_id: u64::MAX - ad_id,
             ip: u32::from(std::net::Ipv4Addr::new(203, 0, 113, (ad_id % 250) as u8 + 1)),
-            country: Country::parse(if ad_id % 2 == 0 { b"US" } else { b"DE" }).unwrap(),
+            country: Country::parse(if ad_id.is_multiple_of(2) { b"US" } else { b"DE" }).unwrap(),
         }
     }
 
