@@ -331,6 +331,35 @@ async fn a_cancelled_reservation_frees_its_nights_and_cancelling_twice_is_harmle
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cancels_give_the_nights_back_once() {
+    let api = start_api().await;
+    let (status, health) = api.get("/healthz").await;
+    assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
+    api.add_hotel(9, "1.00", &[3], 5).await;
+    let mut ids = Vec::new();
+    for guest in 0..3 {
+        let id = api.new_id().await;
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+        assert_eq!(api.book(&stay(&id, 9, 1, 0, 4, guest)).await.0, StatusCode::CREATED);
+        ids.push(id);
+    }
+    // Twenty concurrent DELETEs of the same reservation: one cancellation, one room back.
+    let mut clients = JoinSet::new();
+    for _ in 0..20 {
+        let (http, url, id) = (api.http.clone(), api.url.clone(), ids[0].clone());
+        clients.spawn(async move { http.delete(format!("{url}/v1/reservations/{id}")).send().await.unwrap().status() });
+    }
+    while let Some(status) = clients.join_next().await {
+        assert_eq!(status.unwrap(), StatusCode::OK);
+    }
+    for offset in 0..4 {
+        assert_eq!(api.total_reserved(9, 1, offset).await, 2, "night {offset}");
+    }
+    assert_eq!(api.available(9, 1, 0, 4).await, 1);
+    api.assert_invariants().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_requests_get_their_status_and_a_message_and_change_nothing() {
     let api = start_api().await;
     api.add_hotel(5, "1.00", &[5], 5).await; // shard 1

@@ -53,10 +53,11 @@ async fn serve(pool: Pool, mut receiver: mpsc::Receiver<(Uuid, Reply)>) {
         };
         match found {
             Ok(reservations) => {
-                let mut by_id: HashMap<Uuid, Reservation> =
+                let by_id: HashMap<Uuid, Reservation> =
                     reservations.into_iter().map(|r| (r.reservation_id, r)).collect();
+                // The same id may be asked for several times in one batch (concurrent GETs).
                 for (id, reply) in batch.drain(..) {
-                    let _ = reply.send(Ok(by_id.remove(&id)));
+                    let _ = reply.send(Ok(by_id.get(&id).cloned()));
                 }
             }
             Err(message) => {
