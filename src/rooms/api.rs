@@ -201,7 +201,7 @@ fn id_reused(existing: Reservation) -> ApiError {
     ApiError::new(
         StatusCode::UNPROCESSABLE_ENTITY,
         "reservation_id_reused",
-        format!("reservation_id {} was already used for a different reservation", existing.reservation_id),
+        format!("reservation_id {} was already used for a different reservation", existing.request.reservation_id),
     )
     .with("existing", json!(existing))
 }

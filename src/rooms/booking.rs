@@ -214,17 +214,7 @@ async fn diagnose(client: &ClientWrapper, request: &ReservationRequest) -> Resul
 }
 
 fn confirmed(request: &ReservationRequest, created_at: DateTime<Utc>) -> Reservation {
-    Reservation {
-        reservation_id: request.reservation_id,
-        hotel_id: request.hotel_id,
-        room_type_id: request.room_type_id,
-        start_date: request.start_date,
-        end_date: request.end_date,
-        guest_id: request.guest_id,
-        status: Status::Confirmed,
-        created_at,
-        cancelled_at: None,
-    }
+    Reservation { request: request.clone(), status: Status::Confirmed, created_at, cancelled_at: None }
 }
 
 /// Cancels a reservation and gives its nights back. Idempotent: cancelling a cancelled
@@ -260,12 +250,14 @@ pub async fn find_many(
 
 fn reservation_from_row(row: &Row) -> Reservation {
     Reservation {
-        reservation_id: row.get("reservation_id"),
-        hotel_id: row.get("hotel_id"),
-        room_type_id: row.get("room_type_id"),
-        start_date: row.get("start_date"),
-        end_date: row.get("end_date"),
-        guest_id: row.get("guest_id"),
+        request: ReservationRequest {
+            reservation_id: row.get("reservation_id"),
+            hotel_id: row.get("hotel_id"),
+            room_type_id: row.get("room_type_id"),
+            start_date: row.get("start_date"),
+            end_date: row.get("end_date"),
+            guest_id: row.get("guest_id"),
+        },
         status: Status::from_db(row.get("status")),
         created_at: row.get("created_at"),
         cancelled_at: row.get("cancelled_at"),

@@ -54,7 +54,7 @@ async fn serve(pool: Pool, mut receiver: mpsc::Receiver<(Uuid, Reply)>) {
         match found {
             Ok(reservations) => {
                 let by_id: HashMap<Uuid, Reservation> =
-                    reservations.into_iter().map(|r| (r.reservation_id, r)).collect();
+                    reservations.into_iter().map(|r| (r.request.reservation_id, r)).collect();
                 // The same id may be asked for several times in one batch (concurrent GETs).
                 for (id, reply) in batch.drain(..) {
                     let _ = reply.send(Ok(by_id.get(&id).cloned()));

@@ -29,7 +29,8 @@ struct RawReservationRequest {
 }
 
 /// A checked booking request: the stay is 1 to [`MAX_STAY_NIGHTS`] nights, end exclusive.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A stored [`Reservation`] carries the request it was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReservationRequest {
     pub reservation_id: Uuid,
     pub hotel_id: i64,
@@ -74,12 +75,7 @@ impl ReservationRequest {
 
     /// True when `reservation` books exactly this stay for this guest (a repeated click).
     pub fn matches(&self, reservation: &Reservation) -> bool {
-        self.reservation_id == reservation.reservation_id
-            && self.hotel_id == reservation.hotel_id
-            && self.room_type_id == reservation.room_type_id
-            && self.start_date == reservation.start_date
-            && self.end_date == reservation.end_date
-            && self.guest_id == reservation.guest_id
+        *self == reservation.request
     }
 }
 
@@ -106,15 +102,11 @@ impl Status {
     }
 }
 
-/// A stored reservation, as the API answers it.
+/// A stored reservation, as the API answers it (the request's fields, flattened, then these).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reservation {
-    pub reservation_id: Uuid,
-    pub hotel_id: i64,
-    pub room_type_id: i32,
-    pub start_date: NaiveDate,
-    pub end_date: NaiveDate,
-    pub guest_id: i64,
+    #[serde(flatten)]
+    pub request: ReservationRequest,
     pub status: Status,
     pub created_at: DateTime<Utc>,
     pub cancelled_at: Option<DateTime<Utc>>,
