@@ -54,23 +54,24 @@ fn one_partition_run_equals_replay() {
 #[test]
 fn killed_again_and_again_ends_as_if_never_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let events = generate(dir.path(), "events.jsonl", 150_000, &["--rate", "1000", "--late-fraction", "0.01", "--malformed-fraction", "0.002"]);
+    let events = generate(dir.path(), "events.jsonl", 1_000_000, &["--rate", "2000", "--late-fraction", "0.01", "--malformed-fraction", "0.002"]);
     let undisturbed = Job::new(dir.path(), "calm", 4, &fresh_database("stream_calm"));
     produce(&undisturbed, &events);
     undisturbed.run_to_end(&[]);
 
     // The same topic, another job name, database and archive.
     let disturbed = undisturbed.sibling("crashy", &fresh_database("stream_crashy"));
-    // First a crash inside the third checkpoint transaction, then kill -9 at moments spread
-    // over the run, each restart resuming from the last committed checkpoint.
+    // First a crash inside the third checkpoint transaction, then kill -9 mid-stream at
+    // varying moments, each restart resuming from the last committed checkpoint.
     disturbed.run_expecting_crash(&[("CLICKSTAY_CRASH_IN_COMMIT", "3")]);
     let mut kills = 0;
-    for delay_ms in [400, 900, 250, 1300, 700, 1100] {
+    for delay_ms in [0, 30, 7, 60, 15, 45] {
         if disturbed.run_and_kill(Duration::from_millis(delay_ms)) {
             kills += 1;
         }
     }
     assert!(kills >= 5, "only {kills} runs were still going when killed: make the input larger");
+    assert!(disturbed.committed_offsets() > 0);
     disturbed.run_to_end(&[]);
 
     let calm = dump_tables(&undisturbed.db);

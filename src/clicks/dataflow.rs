@@ -158,15 +158,13 @@ pub fn build<R: timely::ExchangeData + Clone>(
         report_stream.broadcast().inspect(move |report: &R| store.borrow_mut().push(report.clone())).probe_with(&round_probe);
         let (late, late_stream) = scope.new_input::<Vec<LateClick>>();
         let (rejected, rejected_stream) = scope.new_input::<Vec<RejectedLine>>();
-        let late_stream = late_stream.probe_with(&round_probe);
-        let rejected_stream = rejected_stream.probe_with(&round_probe);
         for sink_spec in &spec.sinks {
             let name = sink_spec.name.as_str();
             match &sink_spec.input {
                 SinkInput::Late => {
                     let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
                     let positions = positions.clone();
-                    append_sink(late_stream.clone(), name, &sink_set, slot, move |late, rows| {
+                    append_sink(late_stream.clone(), name, &round_probe, &sink_set, slot, move |late, rows| {
                         // A file's late clicks are just the events; Kafka's are keyed by offset.
                         let mut row = match positions {
                             Positions::Lines => Vec::new(),
@@ -179,7 +177,7 @@ pub fn build<R: timely::ExchangeData + Clone>(
                 SinkInput::Rejected => {
                     let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
                     let positions = positions.clone();
-                    append_sink(rejected_stream.clone(), name, &sink_set, slot, move |line, rows| {
+                    append_sink(rejected_stream.clone(), name, &round_probe, &sink_set, slot, move |line, rows| {
                         let mut row = position_values(&positions, line.partition, line.position);
                         row.extend([Value::Text(line.reason.clone()), Value::Text(line.raw.clone())]);
                         rows.push_row(row);
@@ -458,18 +456,15 @@ fn sink_by_group<'s, D>(
     }
     let sinks = Rc::clone(sinks);
     let mut groups: BTreeMap<(u64, u64), State<D>> = BTreeMap::new();
-    let stream = timely::dataflow::operators::Probe::probe_with(stream, probe);
-    stream.sink(Exchange::new(|_| 0u64), &format!("Sink: {name}"), move |(input, frontier)| {
-        input.for_each(|_capability, data| {
-            for (record, _time, diff) in data.drain(..) {
-                let group = group_of(&record);
-                let state = groups
-                    .entry((group.close, group.id))
-                    .or_insert_with(|| State { group, totals: BTreeMap::new(), changed: Vec::new() });
-                *state.totals.entry(record.clone()).or_insert(0) += diff;
-                state.changed.push(record);
-            }
-        });
+    written_below_frontier(stream, name, probe, move |arrived, frontier| {
+        for (record, _time, diff) in arrived.drain(..) {
+            let group = group_of(&record);
+            let state = groups
+                .entry((group.close, group.id))
+                .or_insert_with(|| State { group, totals: BTreeMap::new(), changed: Vec::new() });
+            *state.totals.entry(record.clone()).or_insert(0) += diff;
+            state.changed.push(record);
+        }
         let mut rows = Rows::default();
         let mut done = Vec::new();
         for (key, state) in groups.iter_mut() {
@@ -507,6 +502,41 @@ fn sink_by_group<'s, D>(
     });
 }
 
+/// Runs `logic` (on what arrived, and the input frontier) as a sink on worker 0 whose (empty) output, probed by `probe`, advances only
+/// once `logic` has run with the input frontier there: a probe that has passed a time means
+/// that everything the sink writes for earlier times has been written, not merely sent.
+fn written_below_frontier<'s, D>(
+    stream: StreamVec<'s, u64, D>,
+    name: &str,
+    probe: &ProbeHandle<u64>,
+    mut logic: impl FnMut(&mut Vec<D>, &timely::progress::frontier::MutableAntichain<u64>) + 'static,
+) where
+    D: timely::ExchangeData,
+{
+    let output = stream.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+        Exchange::new(|_| 0u64),
+        &format!("Sink: {name}"),
+        |capability, _| {
+            let mut held = Some(capability);
+            let mut arrived = Vec::new();
+            move |(input, frontier), _output| {
+                input.for_each(|_capability, data| arrived.append(data));
+                logic(&mut arrived, frontier);
+                arrived.clear();
+                match frontier.frontier().iter().min() {
+                    Some(time) => {
+                        if let Some(held) = held.as_mut().filter(|h| h.time() < time) {
+                            held.downgrade(time);
+                        }
+                    }
+                    None => held = None,
+                }
+            }
+        },
+    );
+    output.probe_with(probe);
+}
+
 /// Writes rows to the sink in `slot` (worker 0), keeping the first error for the driver.
 fn write_rows(sinks: &Rc<RefCell<SinkSet>>, slot: Option<usize>, rows: Rows) {
     let Some(slot) = slot else { return };
@@ -525,6 +555,7 @@ fn write_rows(sinks: &Rc<RefCell<SinkSet>>, slot: Option<usize>, rows: Rows) {
 fn append_sink<'s, D>(
     stream: StreamVec<'s, u64, D>,
     name: &str,
+    probe: &ProbeHandle<u64>,
     sinks: &Rc<RefCell<SinkSet>>,
     slot: Option<usize>,
     mut to_row: impl FnMut(&D, &mut Rows) + 'static,
@@ -532,13 +563,11 @@ fn append_sink<'s, D>(
     D: differential_dataflow::ExchangeData,
 {
     let sinks = Rc::clone(sinks);
-    stream.sink(Exchange::new(|_| 0u64), &format!("Sink: {name}"), move |(input, _frontier)| {
+    written_below_frontier(stream, name, probe, move |arrived, _frontier| {
         let mut rows = Rows::default();
-        input.for_each(|_capability, data| {
-            for record in data.iter() {
-                to_row(record, &mut rows);
-            }
-        });
+        for record in arrived.iter() {
+            to_row(record, &mut rows);
+        }
         write_rows(&sinks, slot, rows);
     });
 }

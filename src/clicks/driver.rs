@@ -31,7 +31,7 @@ use super::dataflow::{ClickDataflow, LateClick, RejectedLine};
 use super::event::{self, ClickEvent, Country};
 use super::time::Clock;
 use crate::sources::{Batch, Source};
-use crate::spec::{DataflowSpec, Field};
+use crate::spec::{DataflowSpec, Field, Op, SlidingWindow};
 
 /// Pre-aggregated clicks held back at most, before they go to the dataflow anyway.
 const MAX_PENDING_CLICKS: usize = 1 << 20;
@@ -185,6 +185,9 @@ struct Leader {
 /// Drives one worker's source into the dataflow.
 pub struct Driver {
     clock: Clock,
+    /// The sliding windows of the spec's rankings: a pane is needed until the last window
+    /// containing it is final.
+    windows: Vec<SlidingWindow>,
     /// Fields the spec uses; the others are zeroed so that clicks differing only there merge.
     keep: [bool; 4],
     partitions: BTreeMap<u32, PartitionState>,
@@ -243,8 +246,10 @@ impl Driver {
                 OwnPartition { next: restored.restart_offset, archive_from: restored.committed_next, ..Default::default() },
             );
         }
+        let windows = spec.nodes.iter().filter_map(|n| if let Op::TopN { window, .. } = n.op { Some(window) } else { None }).collect();
         Driver {
             clock: Clock::new(spec.time),
+            windows,
             keep,
             partitions: state,
             own,
@@ -273,7 +278,9 @@ impl Driver {
         mut on_round: impl FnMut(&dyn Source),
     ) -> Result<RunTotals> {
         let format = source.format();
+        // A restarted job resumes at its checkpoint's time (the session only moves on flush).
         dataflow.accepted.advance_to(self.input_time);
+        dataflow.accepted.flush();
         loop {
             let batches = if self.finishing { Some(Vec::new()) } else { source.read_round()? };
             let ended = batches.is_none();
@@ -424,6 +431,8 @@ impl Driver {
     ) {
         let rounds = &mut dataflow.rounds;
         let (clock, keep, input_time) = (self.clock, self.keep, self.input_time);
+        let windows = self.windows.clone();
+        let retire_time = |pane: u64| retire_time(clock, &windows, pane);
         let partition = batch.partition;
         // Records below the committed offset were output before a restart: rebuild state only.
         let committed = self.restore.partitions.get(&partition).map_or(0, |r| r.committed_next);
@@ -453,14 +462,17 @@ impl Driver {
             if let Some(own) = own.as_mut().filter(|_| !replayed) {
                 own.raw.push((position, event));
             }
-            // A pane can also be final for the job while open in its partition, when the
-            // partition was idle and the others moved the job watermark past its close.
-            let final_for_job = clock.pane_close(pane) <= input_time;
-            if late_in_partition || final_for_job {
-                if !replayed {
-                    self.late += 1;
-                    rounds.late.send(LateClick { partition, position, event });
+            if replayed {
+                // Already output before the restart, except as state: rebuild the panes that
+                // some result still needs (a re-derived final count is upserted unchanged).
+                if late_in_partition || retire_time(pane) <= input_time {
+                    continue;
                 }
+            } else if late_in_partition || clock.pane_close(pane) <= input_time {
+                // A pane can also be final for the job while open in its partition, when the
+                // partition was idle and the others moved the job watermark past its close.
+                self.late += 1;
+                rounds.late.send(LateClick { partition, position, event });
                 continue;
             }
             if let Some(own) = own.as_mut() {
@@ -481,6 +493,7 @@ impl Driver {
     /// since the last one and works out where each would restart.
     fn cut(&mut self, checkpointer: &mut dyn Checkpointer, job_time: u64) -> Result<Vec<PartitionCheckpoint>> {
         let mut parts = Vec::new();
+        let (clock, windows) = (self.clock, &self.windows);
         for (partition, own) in self.own.iter_mut() {
             let archived = if own.next > own.archive_from {
                 let files = checkpointer.archive(*partition, own.archive_from, own.next, &own.raw)?;
@@ -491,16 +504,35 @@ impl Driver {
             } else {
                 None
             };
-            let clock = self.clock;
-            own.open_panes.retain(|pane, _| clock.pane_close(*pane) > job_time);
-            let max_ts = self.partitions.get(partition).and_then(|p| p.max_ts);
-            let (restart_offset, restart_max_ts) =
-                own.open_panes.values().min_by_key(|(offset, _)| *offset).copied().unwrap_or((own.next, max_ts));
-            parts.push(PartitionCheckpoint { partition: *partition, next_offset: own.next, restart_offset, restart_max_ts, archived });
+            own.open_panes.retain(|pane, _| retire_time(clock, windows, *pane) > job_time);
+            let part = match self.restore.partitions.get(partition) {
+                // Still re-reading what the last checkpoint committed: nothing moves yet.
+                Some(restored) if own.next < restored.committed_next => PartitionCheckpoint {
+                    partition: *partition,
+                    next_offset: restored.committed_next,
+                    restart_offset: restored.restart_offset,
+                    restart_max_ts: restored.restart_max_ts,
+                    archived,
+                },
+                _ => {
+                    let max_ts = self.partitions.get(partition).and_then(|p| p.max_ts);
+                    let (restart_offset, restart_max_ts) =
+                        own.open_panes.values().min_by_key(|(offset, _)| *offset).copied().unwrap_or((own.next, max_ts));
+                    PartitionCheckpoint { partition: *partition, next_offset: own.next, restart_offset, restart_max_ts, archived }
+                }
+            };
+            parts.push(part);
         }
         Ok(parts)
     }
 
+}
+
+/// The watermark time from which a pane is needed by no result any more: its count is final and
+/// so is every sliding window containing it.
+fn retire_time(clock: Clock, windows: &[SlidingWindow], pane: u64) -> u64 {
+    let window_closes = windows.iter().map(|w| clock.window_close(*w, pane - pane % w.slide_ms));
+    window_closes.fold(clock.pane_close(pane), u64::max)
 }
 
 /// The record an accepted click enters the dataflow as: its pane instead of its time, and only

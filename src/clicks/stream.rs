@@ -131,7 +131,9 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     let mut source = KafkaSource::open(&job.kafka, index, peers, &start)?;
     let writer = if index == 0 {
         let tables = table_schemas(&job.spec, &job.kafka.topic);
-        Some(Rc::new(RefCell::new(PgWriter::open(&job.clicks_db, &job.job, &job.kafka.topic, &tables)?)))
+        let mut writer = PgWriter::open(&job.clicks_db, &job.job, &job.kafka.topic, &tables)?;
+        writer.restore()?; // numbers this run's checkpoints after the committed ones
+        Some(Rc::new(RefCell::new(writer)))
     } else {
         None
     };

@@ -83,7 +83,14 @@ CREATE TABLE IF NOT EXISTS raw_archive (
 
 /// Connects, retrying with backoff while the server is not reachable.
 fn connect(url: &str) -> Result<Client> {
-    retry("connect to the clicks database", || Client::connect(url, NoTls).map_err(anyhow::Error::from))
+    retry("connect to the clicks database", || connect_once(url))
+}
+
+/// One connection attempt; the job's idempotent DDL would otherwise log a NOTICE per table.
+fn connect_once(url: &str) -> Result<Client> {
+    let mut client = Client::connect(url, NoTls)?;
+    client.batch_execute("SET client_min_messages TO warning")?;
+    Ok(client)
 }
 
 /// Runs `attempt` until it succeeds, backing off from 100 ms to 5 s, for at most
@@ -187,7 +194,7 @@ impl PgWriter {
         let number = self.checkpoints + 1;
         retry("commit a checkpoint", || {
             if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-                self.client = Some(Client::connect(&self.url, NoTls)?);
+                self.client = Some(connect_once(&self.url)?);
             }
             let result = self.try_commit(checkpoint, number);
             if result.is_err() {

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::broker;
 
@@ -42,9 +42,7 @@ pub struct Job {
 impl Job {
     /// A job named `name` on a new topic of `partitions` partitions, writing to `db`.
     pub fn new(dir: &Path, name: &str, partitions: u32, db: &str) -> Job {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000_000;
-        let topic = format!("clicks_{name}_{}_{nanos}", std::process::id());
-        Job::on_topic(dir, name, &topic, partitions, db)
+        Job::on_topic(dir, name, &broker::fresh_topic(&format!("clicks-{name}")), partitions, db)
     }
 
     /// Another job reading the same topic into another database and archive.
@@ -56,7 +54,7 @@ impl Job {
         let config = dir.join(format!("{name}.toml"));
         let text = format!(
             "[kafka]\nbrokers = \"{}\"\ntopic = \"{topic}\"\npartitions = {partitions}\n\n[postgres]\nclicks = \"{db}\"\n",
-            broker::bootstrap_servers()
+            broker::brokers()
         );
         std::fs::write(&config, text).unwrap();
         Job {
@@ -79,7 +77,7 @@ impl Job {
             .arg(spec())
             .arg("--config")
             .arg(&self.config)
-            .args(["--job", &self.name, "-w", "2", "--checkpoint-interval", "0.1", "--exit-when-idle", "2"])
+            .args(["--job", &self.name, "-w", "2", "--checkpoint-interval", "0.05", "--exit-when-idle", "2"])
             .arg("--archive")
             .arg(&self.archive)
             .env_remove("CLICKSTAY_KAFKA_BROKERS")
@@ -100,10 +98,28 @@ impl Job {
         assert!(!output.status.success(), "the job was expected to crash:\n{}", String::from_utf8_lossy(&output.stderr));
     }
 
-    /// Starts the job and kills it (SIGKILL) after `delay`; false if it had already ended.
-    pub fn run_and_kill(&self, delay: Duration) -> bool {
+    /// Messages this job has committed as consumed (the sum of its partitions' next offsets).
+    pub fn committed_offsets(&self) -> i64 {
+        let Ok(mut client) = postgres::Client::connect(&self.db, postgres::NoTls) else { return 0 };
+        client
+            .query_one("SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets WHERE job = $1", &[&self.name])
+            .map_or(0, |row| row.get(0))
+    }
+
+    /// Starts the job, waits until it has committed progress beyond where it stood (so it is
+    /// mid-stream, not starting up or idle), waits `extra` more and kills it with SIGKILL.
+    /// False if it ended before that.
+    pub fn run_and_kill(&self, extra: Duration) -> bool {
+        let before = self.committed_offsets();
         let mut child = self.command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        std::thread::sleep(delay);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.committed_offsets() <= before && std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(extra);
         let running = child.try_wait().unwrap().is_none();
         let _ = child.kill();
         let _ = child.wait();
