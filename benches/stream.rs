@@ -1,0 +1,434 @@
+//! Streaming job throughput, memory and latency: `cargo bench --bench stream`.
+//!
+//! Prints figures only: speed is not asserted.
+//!
+//! 1. Broker and Postgres: `CLICKSTAY_KAFKA_BROKERS` / `CLICKSTAY_TEST_PG` (a base URL
+//!    `postgres://postgres@127.0.0.1:PORT/postgres`) when set, else started here with
+//!    `scripts/broker.sh` / `scripts/postgres.sh` and stopped at the end.
+//! 2. Throughput: `CLICKSTAY_BENCH_STREAM_EVENTS` events (default 2,000,000) are produced
+//!    unpaced to a fresh 8-partition topic; then a bare consumer (`kafka::bare_consume`) reads
+//!    them all (the ceiling), then `clickstay run -w 2 --exit-when-idle 2` aggregates them. The
+//!    job's time is from its start until `source_offsets` (polled every 50 ms) has committed
+//!    every event, so the 2 s idle wait before it exits is not counted. Peak RSS is the job's
+//!    `ru_maxrss` from `wait4`.
+//! 3. Latency: the spec with 1 s panes, 200 ms out-of-orderness, 1 s lateness and 5 s/1 s
+//!    top-N windows; the job runs first, then `clickstay produce --rate R` sends
+//!    `CLICKSTAY_BENCH_STREAM_SECONDS` (default 20) seconds of events in real time at
+//!    `CLICKSTAY_BENCH_STREAM_RATE` (default 50,000) events/s, event times starting now. Every
+//!    20 ms `ad_click_counts` is polled for new `window_start`s; a pane's latency is the
+//!    wall-clock time it was first seen minus (pane end + max_out_of_orderness), i.e. what the
+//!    job adds beyond the watermark delay (checkpoint interval, 1 s by default, included).
+//!
+//! The default size is 2M events rather than 10M: on the 2-core development machine the
+//! in-memory broker (tansu) holding 10M messages plus producing, consuming twice and the job
+//! take well over the ~5 minute budget. Set `CLICKSTAY_BENCH_STREAM_EVENTS=10000000` on a
+//! bigger machine.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail, ensure};
+use clickstay::config::KafkaConfig;
+use postgres::{Client, NoTls};
+
+const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
+const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
+const PARTITIONS: i32 = 8;
+const WORKERS: &str = "2";
+
+fn main() -> Result<()> {
+    let events = env_u64("CLICKSTAY_BENCH_STREAM_EVENTS", 2_000_000)?;
+    let rate = env_u64("CLICKSTAY_BENCH_STREAM_RATE", 50_000)?;
+    let seconds = env_u64("CLICKSTAY_BENCH_STREAM_SECONDS", 20)?;
+    ensure!(events > 0 && rate > 0 && seconds > 0, "event count, rate and seconds must be positive");
+
+    let services = Services::start()?;
+    eprintln!("broker {}, postgres {}", services.brokers, services.pg_base);
+    let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+
+    let throughput = throughput(&services, work.path(), events)?;
+    let latency = latency(&services, work.path(), rate, seconds)?;
+
+    println!();
+    println!("streaming job benchmark (-w {WORKERS}, {PARTITIONS} partitions; shared, noisy machine: figures are indicative)");
+    println!("{:<44} {:>14}", "figure", "value");
+    println!("{:<44} {:>14}", "events (throughput run)", events);
+    println!("{:<44} {:>14.0}", "produce (unpaced) messages/s", throughput.produce_rate);
+    println!("{:<44} {:>14.0}", "bare consumer messages/s", throughput.bare_rate);
+    println!("{:<44} {:>14.0}", "job events/s (until all committed)", throughput.job_rate);
+    println!("{:<44} {:>14.2}", "ratio job / bare", throughput.job_rate / throughput.bare_rate);
+    println!("{:<44} {:>14.2}", "job seconds until all committed", throughput.job_seconds);
+    println!("{:<44} {:>14.1}", "job peak RSS MiB", throughput.peak_rss_kib as f64 / 1024.0);
+    println!("{:<44} {:>14}", "latency run: events/s x seconds", format!("{rate} x {seconds}"));
+    println!("{:<44} {:>14}", "panes seen", latency.panes);
+    println!("{:<44} {:>14.0}", "pane latency beyond watermark p50 ms", latency.beyond_p50);
+    println!("{:<44} {:>14.0}", "pane latency beyond watermark p99 ms", latency.beyond_p99);
+    println!("{:<44} {:>14.0}", "first seen - pane end p50 ms", latency.plain_p50);
+    println!("{:<44} {:>14.0}", "first seen - pane end p99 ms", latency.plain_p99);
+    drop(services);
+    Ok(())
+}
+
+struct Throughput {
+    produce_rate: f64,
+    bare_rate: f64,
+    job_rate: f64,
+    job_seconds: f64,
+    peak_rss_kib: i64,
+}
+
+fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughput> {
+    let name = fresh_name("bench_stream_tp");
+    let kafka = KafkaConfig { brokers: services.brokers.clone(), topic: name.clone(), partitions: PARTITIONS };
+    let db = services.create_database(&name)?;
+    let config = write_config(work, &name, &kafka, &db)?;
+    clickstay::kafka::ensure_topic(&kafka)?;
+
+    eprintln!("producing {events} events to {name}");
+    let started = Instant::now();
+    let status = services
+        .command()
+        .args(["produce", "--config"])
+        .arg(&config)
+        .args(["--events", &events.to_string(), "--rate", "0", "--seed", "1"])
+        .status()
+        .context("cannot run clickstay produce")?;
+    ensure!(status.success(), "clickstay produce failed: {status}");
+    let produce_rate = events as f64 / started.elapsed().as_secs_f64();
+
+    eprintln!("bare consumer");
+    let (messages, bare_seconds) = clickstay::kafka::bare_consume(&kafka, events, Duration::from_secs(1800))?;
+    let bare_rate = messages as f64 / bare_seconds;
+    eprintln!("bare consumer: {messages} messages in {bare_seconds:.2} s ({bare_rate:.0}/s)");
+
+    let spec = Path::new(MANIFEST_DIR).join("dataflows/ad_clicks.toml");
+    let archive = work.join(format!("{name}-archive"));
+    let log = work.join(format!("{name}-job.log"));
+    let mut pg = connect(&db)?;
+    eprintln!("job (log in {})", log.display());
+    let started = Instant::now();
+    let child = services
+        .command()
+        .args(["run", "--dataflow"])
+        .arg(&spec)
+        .arg("--config")
+        .arg(&config)
+        .args(["-w", WORKERS, "--archive"])
+        .arg(&archive)
+        .args(["--exit-when-idle", "2"])
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).with_context(|| format!("cannot create {}", log.display()))?)
+        .spawn()
+        .context("cannot start clickstay run")?;
+    let pid = child.id() as libc::pid_t;
+    let mut committed_at = None;
+    let mut last_progress = Instant::now();
+    let mut committed = 0;
+    let (status, peak_rss_kib) = loop {
+        if committed_at.is_none() {
+            let now = committed_offsets(&mut pg);
+            if now >= events {
+                committed_at = Some(started.elapsed());
+                eprintln!("job committed {now} events in {:.2} s", started.elapsed().as_secs_f64());
+            } else if now != committed {
+                committed = now;
+                last_progress = Instant::now();
+            } else if last_progress.elapsed() > Duration::from_secs(300) {
+                kill(child)?;
+                bail!("the job made no progress for 300 s at {committed} of {events}; log: {}", log.display());
+            }
+        }
+        if let Some(exited) = try_wait4(pid, committed_at.is_some())? {
+            break exited;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    ensure!(status == 0, "clickstay run exited with wait status {status}; log: {}", log.display());
+    let job_seconds = match committed_at {
+        Some(at) => at.as_secs_f64(),
+        None => bail!(
+            "clickstay run exited with {} of {events} events committed; log: {}",
+            committed_offsets(&mut pg),
+            log.display()
+        ),
+    };
+    Ok(Throughput { produce_rate, bare_rate, job_rate: events as f64 / job_seconds, job_seconds, peak_rss_kib })
+}
+
+struct Latency {
+    panes: usize,
+    beyond_p50: f64,
+    beyond_p99: f64,
+    plain_p50: f64,
+    plain_p99: f64,
+}
+
+/// The spec's `[time]` settings and top-N window, and their short replacements.
+const SHORT_PANES: [(&str, &str); 4] = [
+    ("pane = \"60s\"", "pane = \"1s\""),
+    ("max_out_of_orderness = \"5s\"", "max_out_of_orderness = \"200ms\""),
+    ("allowed_lateness = \"60s\"", "allowed_lateness = \"1s\""),
+    ("size = \"300s\", slide = \"60s\"", "size = \"5s\", slide = \"1s\""),
+];
+const PANE_MS: f64 = 1000.0;
+const OUT_OF_ORDERNESS_MS: f64 = 200.0;
+
+fn latency(services: &Services, work: &Path, rate: u64, seconds: u64) -> Result<Latency> {
+    let name = fresh_name("bench_stream_lat");
+    let kafka = KafkaConfig { brokers: services.brokers.clone(), topic: name.clone(), partitions: PARTITIONS };
+    let db = services.create_database(&name)?;
+    let config = write_config(work, &name, &kafka, &db)?;
+    clickstay::kafka::ensure_topic(&kafka)?;
+
+    let spec_path = Path::new(MANIFEST_DIR).join("dataflows/ad_clicks.toml");
+    let mut spec = std::fs::read_to_string(&spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
+    for (from, to) in SHORT_PANES {
+        ensure!(spec.contains(from), "{} has no `{from}`", spec_path.display());
+        spec = spec.replacen(from, to, 1);
+    }
+    let short_spec = work.join(format!("{name}.toml"));
+    std::fs::write(&short_spec, spec).with_context(|| format!("cannot write {}", short_spec.display()))?;
+
+    let archive = work.join(format!("{name}-archive"));
+    let log = work.join(format!("{name}-job.log"));
+    eprintln!("latency job (log in {})", log.display());
+    let mut job = services
+        .command()
+        .args(["run", "--dataflow"])
+        .arg(&short_spec)
+        .arg("--config")
+        .arg(&config)
+        .args(["-w", WORKERS, "--archive"])
+        .arg(&archive)
+        .stdout(Stdio::null())
+        .stderr(File::create(&log).with_context(|| format!("cannot create {}", log.display()))?)
+        .spawn()
+        .context("cannot start clickstay run")?;
+    let result = measure_latency(services, &mut job, &config, &db, rate, seconds, &log);
+    kill(job)?;
+    result
+}
+
+fn measure_latency(
+    services: &Services,
+    job: &mut Child,
+    config: &Path,
+    db: &str,
+    rate: u64,
+    seconds: u64,
+    log: &Path,
+) -> Result<Latency> {
+    let mut pg = connect(db)?;
+    // Ready when its tables are there (it creates them at start-up), plus a little slack.
+    let waiting = Instant::now();
+    loop {
+        if let Some(status) = job.try_wait()? {
+            bail!("the latency job exited early ({status}); log: {}", log.display());
+        }
+        let ready: bool = pg.query_one("SELECT to_regclass('ad_click_counts') IS NOT NULL", &[])?.get(0);
+        if ready {
+            break;
+        }
+        ensure!(waiting.elapsed() < Duration::from_secs(60), "the latency job did not create its tables in 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+
+    let events = rate * seconds;
+    let start_ms = now_ms() as u64;
+    eprintln!("producing {events} events at {rate}/s in real time");
+    let mut produce = services
+        .command()
+        .args(["produce", "--config"])
+        .arg(config)
+        .args(["--events", &events.to_string(), "--rate", &rate.to_string(), "--seed", "2"])
+        .args(["--start-ms", &start_ms.to_string(), "--max-disorder-ms", "0", "--late-fraction", "0"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot run clickstay produce")?;
+
+    // window_start (ms) -> wall-clock ms when first seen.
+    let mut seen: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut produced_at = None;
+    let query = pg.prepare(
+        "SELECT DISTINCT (extract(epoch from window_start) * 1000)::bigint FROM ad_click_counts \
+         WHERE window_start > to_timestamp($1::float8 / 1000)",
+    )?;
+    loop {
+        let after = seen.keys().next_back().copied().unwrap_or(0) as f64;
+        let rows = pg.query(&query, &[&after])?;
+        let at = now_ms();
+        for row in rows {
+            seen.entry(row.get::<_, i64>(0)).or_insert(at);
+        }
+        if produced_at.is_none() {
+            if let Some(status) = produce.try_wait()? {
+                ensure!(status.success(), "clickstay produce failed: {status}");
+                eprintln!("produce done after {:.2} s", (now_ms() - start_ms as f64) / 1000.0);
+                produced_at = Some(Instant::now());
+            }
+        }
+        // After the last event, the panes up to its watermark close within a checkpoint or two.
+        if produced_at.is_some_and(|at| at.elapsed() > Duration::from_secs(5)) {
+            break;
+        }
+        if let Some(status) = job.try_wait()? {
+            bail!("the latency job exited early ({status}); log: {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ensure!(!seen.is_empty(), "no pane reached ad_click_counts; log: {}", log.display());
+    let mut plain: Vec<f64> = seen.iter().map(|(&start, &at)| at - (start as f64 + PANE_MS)).collect();
+    let mut beyond: Vec<f64> = plain.iter().map(|ms| ms - OUT_OF_ORDERNESS_MS).collect();
+    plain.sort_by(f64::total_cmp);
+    beyond.sort_by(f64::total_cmp);
+    eprintln!("pane latencies beyond the watermark delay (ms, in pane order):");
+    let in_order: Vec<String> =
+        seen.iter().map(|(&start, &at)| format!("{:.0}", at - (start as f64 + PANE_MS + OUT_OF_ORDERNESS_MS))).collect();
+    eprintln!("  {}", in_order.join(" "));
+    Ok(Latency {
+        panes: seen.len(),
+        beyond_p50: percentile(&beyond, 50.0),
+        beyond_p99: percentile(&beyond, 99.0),
+        plain_p50: percentile(&plain, 50.0),
+        plain_p99: percentile(&plain, 99.0),
+    })
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// The broker and the Postgres server; those started here are stopped when this is dropped.
+struct Services {
+    brokers: String,
+    pg_base: String,
+    broker_dir: Option<PathBuf>,
+    pg_dir: Option<PathBuf>,
+}
+
+impl Services {
+    fn start() -> Result<Services> {
+        let mut services = Services { brokers: String::new(), pg_base: String::new(), broker_dir: None, pg_dir: None };
+        let tag = std::process::id();
+        match std::env::var("CLICKSTAY_KAFKA_BROKERS") {
+            Ok(brokers) => services.brokers = brokers.trim().to_string(),
+            Err(_) => {
+                let dir = PathBuf::from(format!("/tmp/clickstay-bench-stream-broker-{tag}"));
+                services.brokers = script("broker.sh", &["start"], &dir)?;
+                services.broker_dir = Some(dir);
+            }
+        }
+        match std::env::var("CLICKSTAY_TEST_PG") {
+            Ok(url) => services.pg_base = url.trim().to_string(),
+            Err(_) => {
+                let dir = PathBuf::from(format!("/tmp/clickstay-bench-stream-pg-{tag}"));
+                services.pg_base = script("postgres.sh", &["start"], &dir)?;
+                services.pg_dir = Some(dir);
+            }
+        }
+        Ok(services)
+    }
+
+    /// Creates database `name` on the server; its URL.
+    fn create_database(&self, name: &str) -> Result<String> {
+        let mut client = connect(&self.pg_base)?;
+        client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).with_context(|| format!("cannot create {name}"))?;
+        let (server, _) = self.pg_base.rsplit_once('/').context("the Postgres URL has no database")?;
+        Ok(format!("{server}/{name}"))
+    }
+
+    /// `clickstay` with this broker, and no stray database override from the environment.
+    fn command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command.env("CLICKSTAY_KAFKA_BROKERS", &self.brokers).env_remove("CLICKSTAY_CLICKS_DB");
+        command
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        if let Some(dir) = self.broker_dir.take() {
+            let _ = script("broker.sh", &["stop"], &dir);
+        }
+        if let Some(dir) = self.pg_dir.take() {
+            let _ = script("postgres.sh", &["stop"], &dir);
+        }
+    }
+}
+
+/// Runs `scripts/NAME ARGS DIR`; its one line of stdout.
+fn script(name: &str, args: &[&str], dir: &Path) -> Result<String> {
+    let path = Path::new(MANIFEST_DIR).join("scripts").join(name);
+    let output = Command::new(&path)
+        .args(args)
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {}", path.display()))?;
+    ensure!(output.status.success(), "{name} {} failed: {}", args.join(" "), output.status);
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+fn write_config(work: &Path, name: &str, kafka: &KafkaConfig, db: &str) -> Result<PathBuf> {
+    let path = work.join(format!("{name}-workers.toml"));
+    let text = format!(
+        "[kafka]\nbrokers = {:?}\ntopic = {:?}\npartitions = {}\n\n[postgres]\nclicks = {db:?}\n",
+        kafka.brokers, kafka.topic, kafka.partitions
+    );
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}
+
+fn connect(url: &str) -> Result<Client> {
+    Client::connect(url, NoTls).with_context(|| format!("cannot connect to {url}"))
+}
+
+/// Events the job has committed: the sum of its partitions' next offsets (0 before its tables exist).
+fn committed_offsets(pg: &mut Client) -> u64 {
+    match pg.query_one("SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets", &[]) {
+        Ok(row) => row.get::<_, i64>(0) as u64,
+        Err(_) => 0,
+    }
+}
+
+/// `wait4` on the child: its wait status and peak RSS (KiB) once it has exited.
+fn try_wait4(pid: libc::pid_t, block: bool) -> Result<Option<(i32, i64)>> {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 writes it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let options = if block { 0 } else { libc::WNOHANG };
+    // SAFETY: pid is our child; status and usage point to live locals.
+    let got = unsafe { libc::wait4(pid, &mut status, options, &mut usage) };
+    match got {
+        0 => Ok(None),
+        -1 => Err(std::io::Error::last_os_error()).context("wait4"),
+        _ => Ok(Some((status, usage.ru_maxrss))),
+    }
+}
+
+fn kill(mut child: Child) -> Result<()> {
+    let _ = child.kill();
+    child.wait().context("cannot wait for a killed child")?;
+    Ok(())
+}
+
+fn fresh_name(prefix: &str) -> String {
+    format!("{prefix}_{}_{}", std::process::id(), now_ms() as u64)
+}
+
+fn now_ms() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_secs_f64() * 1000.0
+}
+
+fn env_u64(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text.trim().replace('_', "").parse().with_context(|| format!("{name}: {text:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
