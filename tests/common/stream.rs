@@ -68,8 +68,13 @@ impl Job {
         }
     }
 
-    /// `clickstay run` for this job, on two workers, draining once the topic is quiet.
+    /// `clickstay run` for this job, on two workers, draining once the topic is quiet for 2 s.
     pub fn command(&self) -> Command {
+        self.command_draining_after(2)
+    }
+
+    /// `clickstay run` for this job, draining once the topic is quiet for `seconds`.
+    pub fn command_draining_after(&self, seconds: u32) -> Command {
         let mut command = Command::new(BIN);
         command
             .arg("run")
@@ -77,7 +82,8 @@ impl Job {
             .arg(spec())
             .arg("--config")
             .arg(&self.config)
-            .args(["--job", &self.name, "-w", "2", "--checkpoint-interval", "0.05", "--exit-when-idle", "2"])
+            .args(["--job", &self.name, "-w", "2", "--checkpoint-interval", "0.05"])
+            .args(["--exit-when-idle", &seconds.to_string()])
             .arg("--archive")
             .arg(&self.archive)
             .env_remove("CLICKSTAY_KAFKA_BROKERS")
