@@ -112,11 +112,25 @@ fn remove_uncommitted_archive_files(root: &Path, committed: &[String]) -> Result
     if !root.exists() {
         return Ok(());
     }
+    remove_temporary_files(root)?;
     let committed: std::collections::HashSet<&str> = committed.iter().map(String::as_str).collect();
     for (path, ..) in crate::sinks::parquet::list_archive(root)? {
         let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
         if !committed.contains(relative.as_str()) {
             tracing::info!(file = %path.display(), "removing an archive file no checkpoint committed");
+            std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Half-written `*.tmp` files of a crashed run (complete files are renamed into place).
+fn remove_temporary_files(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_temporary_files(&path)?;
+        } else if path.extension().is_some_and(|e| e == "tmp") {
             std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
         }
     }
