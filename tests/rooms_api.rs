@@ -94,7 +94,10 @@ impl Api {
 
     async fn post_raw(&self, body: String) -> (StatusCode, Value) {
         self.send(
-            self.http.post(format!("{}/v1/reservations", self.url)).header("content-type", "application/json").body(body),
+            self.http
+                .post(format!("{}/v1/reservations", self.url))
+                .header("content-type", "application/json")
+                .body(body),
         )
         .await
     }
@@ -200,8 +203,10 @@ async fn five_hundred_clients_race_for_the_last_ten_rooms() {
             StatusCode::CONFLICT => {
                 assert_eq!(body["error"], "sold_out", "{body}");
                 let full: NaiveDate = body["night"].as_str().unwrap().parse().unwrap();
-                let (start, end): (NaiveDate, NaiveDate) =
-                    (request["start_date"].as_str().unwrap().parse().unwrap(), request["end_date"].as_str().unwrap().parse().unwrap());
+                let (start, end): (NaiveDate, NaiveDate) = (
+                    request["start_date"].as_str().unwrap().parse().unwrap(),
+                    request["end_date"].as_str().unwrap().parse().unwrap(),
+                );
                 assert!(start <= full && full < end, "{full} is not a night of {request}");
                 sold_out.push(full);
             }

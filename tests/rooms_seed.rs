@@ -40,16 +40,22 @@ async fn migrate_is_idempotent_and_seed_loads_a_consistent_inventory() {
     let mut reservations = 0i64;
     let mut busiest = 0.0f64;
     for (index, db) in dbs.iter().enumerate() {
-        let misplaced: i64 =
-            db.query_one("SELECT count(*) FROM hotel WHERE hotel_id % 2 <> $1", &[&(index as i64)]).await.unwrap().get(0);
+        let misplaced: i64 = db
+            .query_one("SELECT count(*) FROM hotel WHERE hotel_id % 2 <> $1", &[&(index as i64)])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(misplaced, 0, "shard {index} holds hotels of the other shard");
         rooms += db
             .query_one("SELECT sum(total_inventory)::bigint FROM room_type_inventory WHERE date = $1", &[&spec.start])
             .await
             .unwrap()
             .get::<_, i64>(0);
-        reservations +=
-            db.query_one("SELECT count(*) FROM reservation WHERE status = 'confirmed'", &[]).await.unwrap().get::<_, i64>(0);
+        reservations += db
+            .query_one("SELECT count(*) FROM reservation WHERE status = 'confirmed'", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
         let occupancy: f64 = db
             .query_one(
                 "SELECT (sum(total_reserved)::float8 / sum(floor(total_inventory * overbooking_ratio)))

@@ -3,24 +3,23 @@
 
 use std::collections::HashMap;
 
+use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use anyhow::Context;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 use tracing::error;
 use uuid::Uuid;
 
 use super::booking::{self, Outcome};
-use super::model::{
-    BadRequest, MAX_AVAILABILITY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date,
-    parse_reservation_id,
-};
 use super::id_lookup::IdLookup;
+use super::model::{
+    BadRequest, MAX_AVAILABILITY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date, parse_reservation_id,
+};
 use super::shards::Shards;
 
 /// Largest request body accepted; a reservation is about 250 bytes.
@@ -90,9 +89,10 @@ type ApiResult = Result<Response, ApiError>;
 /// Liveness and reachability of every shard.
 async fn healthz(State(AppState { shards, .. }): State<AppState>) -> ApiResult {
     for index in 0..shards.len() {
-        let client = shards.connect(index).await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}"))
-        })?;
+        let client = shards
+            .connect(index)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}")))?;
         client.simple_query("SELECT 1").await.map_err(|e| {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("shard {index}: {e}"))
         })?;
@@ -106,8 +106,15 @@ async fn new_reservation_id() -> Json<Value> {
     Json(json!({ "reservation_id": Uuid::now_v7() }))
 }
 
-async fn create_reservation(State(AppState { shards, id_lookups }): State<AppState>, body: Result<Bytes, BytesRejection>) -> ApiResult {
-    let body = body.map_err(|rejection| ApiError::new(rejection.status(), "bad_request", rejection.body_text()))?;
+async fn create_reservation(
+    State(AppState { shards, id_lookups }): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(|rejection| {
+        let code =
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    })?;
     let request = ReservationRequest::parse(&body)?;
     let home = shards.index_of(request.hotel_id);
     // The id may have been used for a hotel on another shard: that is a different content.
@@ -148,7 +155,10 @@ async fn get_reservation(State(AppState { id_lookups, .. }): State<AppState>, Pa
 }
 
 /// Cancels on the shard that holds the reservation; answers it as it now stands.
-async fn cancel_reservation(State(AppState { shards, id_lookups }): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn cancel_reservation(
+    State(AppState { shards, id_lookups }): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = parse_reservation_id(&id)?;
     let Some((shard, _)) = find_on_shards(&id_lookups, id, None).await? else {
         return Err(unknown_reservation(id));

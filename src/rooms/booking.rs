@@ -13,9 +13,9 @@
 use anyhow::{Context, Result};
 use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::ClientWrapper;
+use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
 use tracing::debug;
 use uuid::Uuid;
 
@@ -115,7 +115,9 @@ pub enum Outcome {
     /// The `reservation_id` already names a different reservation.
     IdReused(Reservation),
     /// No room left on `night` (the first full night of the stay); nothing was taken.
-    SoldOut { night: NaiveDate },
+    SoldOut {
+        night: NaiveDate,
+    },
     UnknownHotel,
     UnknownRoomType,
 }
@@ -193,9 +195,13 @@ async fn try_reserve(
 
 /// After a failed attempt: is it a repeated id, a reused id, or an unknown hotel or room
 /// type? `None` when it is none of these (a race: try again).
-async fn diagnose(client: &ClientWrapper, request: &ReservationRequest) -> Result<Option<Outcome>, tokio_postgres::Error> {
+async fn diagnose(
+    client: &ClientWrapper,
+    request: &ReservationRequest,
+) -> Result<Option<Outcome>, tokio_postgres::Error> {
     let statement = client.prepare_cached(DIAGNOSE_SQL).await?;
-    let row = client.query_one(&statement, &[&request.hotel_id, &request.room_type_id, &request.reservation_id]).await?;
+    let row =
+        client.query_one(&statement, &[&request.hotel_id, &request.room_type_id, &request.reservation_id]).await?;
     if row.get::<_, Option<Uuid>>("reservation_id").is_some() {
         let existing = reservation_from_row(&row);
         return Ok(Some(if request.matches(&existing) {
@@ -272,15 +278,10 @@ pub async fn availability(
     end: NaiveDate,
 ) -> Result<Option<Availability>> {
     let nights = (end - start).num_days() as i32;
-    let rows = client
-        .query(AVAILABILITY_SQL, &[&hotel_id, &start, &end])
-        .await
-        .context("availability query failed")?;
+    let rows = client.query(AVAILABILITY_SQL, &[&hotel_id, &start, &end]).await.context("availability query failed")?;
     if rows.is_empty() {
-        let known: bool = client
-            .query_one("SELECT EXISTS (SELECT 1 FROM hotel WHERE hotel_id = $1)", &[&hotel_id])
-            .await?
-            .get(0);
+        let known: bool =
+            client.query_one("SELECT EXISTS (SELECT 1 FROM hotel WHERE hotel_id = $1)", &[&hotel_id]).await?.get(0);
         if !known {
             return Ok(None);
         }

@@ -10,8 +10,8 @@ use std::pin::pin;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use numeric::Ratio;
 use chrono::{Days, NaiveDate, Utc};
+use numeric::Ratio;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -181,12 +181,9 @@ async fn seed_shard(
     }
     let mut report = SeedReport::default();
 
-    let mut writer = pin!(copy_writer(&tx, "hotel (hotel_id, name, overbooking_ratio)", &[
-        Type::INT8,
-        Type::TEXT,
-        Type::NUMERIC
-    ])
-    .await?);
+    let mut writer = pin!(
+        copy_writer(&tx, "hotel (hotel_id, name, overbooking_ratio)", &[Type::INT8, Type::TEXT, Type::NUMERIC]).await?
+    );
     for hotel in hotels {
         let name = format!("Hotel {}", hotel.hotel_id);
         writer.as_mut().write(&[&hotel.hotel_id, &name, &Ratio(hotel.ratio_hundredths)]).await?;
@@ -194,13 +191,14 @@ async fn seed_shard(
     }
     writer.finish().await?;
 
-    let mut writer = pin!(copy_writer(&tx, "room_type (hotel_id, room_type_id, name, overbooking_ratio)", &[
-        Type::INT8,
-        Type::INT4,
-        Type::TEXT,
-        Type::NUMERIC
-    ])
-    .await?);
+    let mut writer = pin!(
+        copy_writer(
+            &tx,
+            "room_type (hotel_id, room_type_id, name, overbooking_ratio)",
+            &[Type::INT8, Type::INT4, Type::TEXT, Type::NUMERIC]
+        )
+        .await?
+    );
     for hotel in hotels {
         for room_type_id in 1..=hotel.rooms_per_type.len() as i32 {
             let name = ROOM_TYPE_NAMES[(room_type_id as usize - 1) % ROOM_TYPE_NAMES.len()];
@@ -212,7 +210,8 @@ async fn seed_shard(
 
     let dates: Vec<NaiveDate> = (0..spec.days as u64).map(|d| spec.start + Days::new(d)).collect();
     let mut reservations = Vec::new();
-    let mut writer = pin!(copy_writer(
+    let mut writer =
+        pin!(copy_writer(
         &tx,
         "room_type_inventory (hotel_id, room_type_id, date, total_inventory, total_reserved, overbooking_ratio)",
         &[Type::INT8, Type::INT4, Type::DATE, Type::INT4, Type::INT4, Type::NUMERIC],
@@ -233,12 +232,14 @@ async fn seed_shard(
     }
     writer.finish().await?;
 
-    let mut writer = pin!(copy_writer(
-        &tx,
-        "reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)",
-        &[Type::UUID, Type::INT8, Type::INT4, Type::DATE, Type::DATE, Type::INT8, Type::TEXT],
-    )
-    .await?);
+    let mut writer = pin!(
+        copy_writer(
+            &tx,
+            "reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)",
+            &[Type::UUID, Type::INT8, Type::INT4, Type::DATE, Type::DATE, Type::INT8, Type::TEXT],
+        )
+        .await?
+    );
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed.wrapping_add(1));
     let now = Utc::now();
     for (hotel_id, stay) in &reservations {
@@ -285,7 +286,11 @@ mod numeric {
     pub struct Ratio(pub u16);
 
     impl ToSql for Ratio {
-        fn to_sql(&self, _: &Type, out: &mut tokio_postgres::types::private::BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        fn to_sql(
+            &self,
+            _: &Type,
+            out: &mut tokio_postgres::types::private::BytesMut,
+        ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
             // numeric: ndigits, weight, sign, dscale, then base-10000 digits.
             let (whole, hundredths) = (self.0 / 100, self.0 % 100);
             let digits: &[u16] = if hundredths == 0 { &[whole] } else { &[whole, hundredths * 100] };

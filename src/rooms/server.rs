@@ -23,10 +23,7 @@ pub async fn serve_on(
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
-    axum::serve(listener, api::router(shards))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("HTTP server failed")
+    axum::serve(listener, api::router(shards)).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
 }
 
 /// Binds `listen` and serves until Ctrl-C.

@@ -33,11 +33,8 @@ impl Shards {
             .map(|(index, url)| {
                 let config = tokio_postgres::Config::from_str(url)
                     .with_context(|| format!("shard {index}: `{url}` is not a PostgreSQL URL"))?;
-                let manager = Manager::from_config(
-                    config,
-                    NoTls,
-                    ManagerConfig { recycling_method: RecyclingMethod::Fast },
-                );
+                let manager =
+                    Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
                 Pool::builder(manager)
                     .max_size(pool_size.max(1))
                     .build()

@@ -46,11 +46,7 @@ pub async fn fresh_database(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     assert!(prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000_000;
-    let name = format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let name = format!("{prefix}_{}_{}_{nanos}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let (client, connection) = tokio_postgres::connect(&base_url(), tokio_postgres::NoTls)
         .await
         .expect("cannot connect to the test PostgreSQL server");

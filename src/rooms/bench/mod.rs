@@ -23,7 +23,6 @@ use super::{audit, server};
 use stats::RunStats;
 use workload::Workload;
 
-
 /// Request mixes the benchmark knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Skew {
@@ -199,8 +198,7 @@ async fn discover(shards: &Shards) -> Result<(i64, NaiveDate, u32)> {
 async fn reservation_count(shards: &Shards) -> Result<u64> {
     let mut total = 0;
     for index in 0..shards.len() {
-        let count: i64 =
-            shards.connect(index).await?.query_one("SELECT count(*) FROM reservation", &[]).await?.get(0);
+        let count: i64 = shards.connect(index).await?.query_one("SELECT count(*) FROM reservation", &[]).await?.get(0);
         total += count as u64;
     }
     Ok(total)
@@ -214,4 +212,3 @@ fn resolve(url: &str) -> Result<SocketAddr> {
         .next()
         .with_context(|| format!("--url: `{url}` resolves to no address"))
 }
-

@@ -18,7 +18,8 @@ const STAY_NIGHTS: &str = "hotel_id = :hotel::bigint AND room_type_id = :room_ty
    AND date >= (:first_night::date + :offset::integer)
    AND date < (:first_night::date + :offset::integer + :nights::integer)";
 
-const INSERT_RESERVATION: &str = "INSERT INTO reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)
+const INSERT_RESERVATION: &str =
+    "INSERT INTO reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)
 SELECT gen_random_uuid(), :hotel::bigint, :room_type::integer, (:first_night::date + :offset::integer),
        (:first_night::date + :offset::integer + :nights::integer), :client_id::bigint, 'confirmed'";
 
