@@ -13,12 +13,8 @@ mod stream;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use stream::{Job, dump_tables, generate, produce, replay_csv};
+use stream::{Job, dump_tables, fresh_database, generate, produce, replay_csv};
 
-/// A fresh database, created on a throwaway runtime.
-fn fresh_database(prefix: &str) -> String {
-    tokio::runtime::Runtime::new().unwrap().block_on(pg::fresh_database(prefix))
-}
 
 #[test]
 fn one_partition_run_equals_replay() {

@@ -14,11 +14,8 @@ mod stream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use stream::{Job, dump_tables, generate, produce};
+use stream::{Job, dump_tables, fresh_database, generate, produce};
 
-fn fresh_database(prefix: &str) -> String {
-    tokio::runtime::Runtime::new().unwrap().block_on(pg::fresh_database(prefix))
-}
 
 fn script(name: &str, args: &[&str]) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/").to_string() + name;

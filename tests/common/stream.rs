@@ -187,6 +187,11 @@ impl Job {
     }
 }
 
+/// A fresh database on the test server (created on a throwaway runtime: these tests are sync).
+pub fn fresh_database(prefix: &str) -> String {
+    tokio::runtime::Runtime::new().unwrap().block_on(super::pg::fresh_database(prefix))
+}
+
 /// Writes `events` events with `clickstay gen` (JSON Lines: the wire format).
 pub fn generate(dir: &Path, name: &str, events: u64, options: &[&str]) -> PathBuf {
     let path = dir.join(name);
