@@ -5,7 +5,7 @@
 //! 1. Broker and Postgres: `CLICKSTAY_KAFKA_BROKERS` / `CLICKSTAY_TEST_PG` (a base URL
 //!    `postgres://postgres@127.0.0.1:PORT/postgres`) when set, else started here with
 //!    `scripts/broker.sh` / `scripts/postgres.sh` and stopped at the end.
-//! 2. Throughput: `CLICKSTAY_BENCH_STREAM_EVENTS` events (default 2,000,000) are produced
+//! 2. Throughput: `CLICKSTAY_BENCH_STREAM_EVENTS` events (default 10,000,000) are produced
 //!    unpaced to a fresh 8-partition topic; then a bare consumer (`kafka::bare_consume`) reads
 //!    them all (the ceiling), then `clickstay run -w 2 --exit-when-idle 2` aggregates them. The
 //!    job's time is from its start until `source_offsets` (polled every 50 ms) has committed
@@ -19,10 +19,9 @@
 //!    wall-clock time it was first seen minus (pane end + max_out_of_orderness), i.e. what the
 //!    job adds beyond the watermark delay (checkpoint interval, 1 s by default, included).
 //!
-//! The default size is 2M events rather than 10M: on the 2-core development machine the
-//! in-memory broker (tansu) holding 10M messages plus producing, consuming twice and the job
-//! take well over the ~5 minute budget. Set `CLICKSTAY_BENCH_STREAM_EVENTS=10000000` on a
-//! bigger machine.
+//! With the defaults a run takes about 2.5 minutes on the 2-core development machine (plus
+//! starting the broker and Postgres): producing 10M ~20 s, bare consumer ~10 s, job ~75 s,
+//! latency run ~30 s. Smaller sizes (e.g. `CLICKSTAY_BENCH_STREAM_EVENTS=2000000`) work too.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -40,7 +39,7 @@ const PARTITIONS: i32 = 8;
 const WORKERS: &str = "2";
 
 fn main() -> Result<()> {
-    let events = env_u64("CLICKSTAY_BENCH_STREAM_EVENTS", 2_000_000)?;
+    let events = env_u64("CLICKSTAY_BENCH_STREAM_EVENTS", 10_000_000)?;
     let rate = env_u64("CLICKSTAY_BENCH_STREAM_RATE", 50_000)?;
     let seconds = env_u64("CLICKSTAY_BENCH_STREAM_SECONDS", 20)?;
     ensure!(events > 0 && rate > 0 && seconds > 0, "event count, rate and seconds must be positive");
@@ -53,7 +52,9 @@ fn main() -> Result<()> {
     let latency = latency(&services, work.path(), rate, seconds)?;
 
     println!();
-    println!("streaming job benchmark (-w {WORKERS}, {PARTITIONS} partitions; shared, noisy machine: figures are indicative)");
+    println!(
+        "streaming job benchmark (-w {WORKERS}, {PARTITIONS} partitions; shared, noisy machine: figures are indicative)"
+    );
     println!("{:<44} {:>14}", "figure", "value");
     println!("{:<44} {:>14}", "events (throughput run)", events);
     println!("{:<44} {:>14.0}", "produce (unpaced) messages/s", throughput.produce_rate);
@@ -138,7 +139,10 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
                 last_progress = Instant::now();
             } else if last_progress.elapsed() > Duration::from_secs(300) {
                 kill(child)?;
-                bail!("the job made no progress for 300 s at {committed} of {events}; log: {}", log.display());
+                bail!(
+                    "the job made no progress for 300 s at {committed} of {events}; its log ends:\n{}",
+                    log_tail(&log)
+                );
             }
         }
         if let Some(exited) = try_wait4(pid, committed_at.is_some())? {
@@ -146,14 +150,21 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    ensure!(status == 0, "clickstay run exited with wait status {status}; log: {}", log.display());
+    let exited_at = started.elapsed();
+    ensure!(status == 0, "clickstay run exited with wait status {status}; its log ends:\n{}", log_tail(&log));
     let job_seconds = match committed_at {
         Some(at) => at.as_secs_f64(),
-        None => bail!(
-            "clickstay run exited with {} of {events} events committed; log: {}",
-            committed_offsets(&mut pg),
-            log.display()
-        ),
+        None => {
+            // The last commit and the exit can both fall between two polls.
+            let now = committed_offsets(&mut pg);
+            ensure!(
+                now >= events,
+                "clickstay run exited with {now} of {events} events committed; its log ends:\n{}",
+                log_tail(&log)
+            );
+            eprintln!("job committed the last events and exited between two polls: timing to its exit");
+            exited_at.as_secs_f64()
+        }
     };
     Ok(Throughput { produce_rate, bare_rate, job_rate: events as f64 / job_seconds, job_seconds, peak_rss_kib })
 }
@@ -184,7 +195,8 @@ fn latency(services: &Services, work: &Path, rate: u64, seconds: u64) -> Result<
     clickstay::kafka::ensure_topic(&kafka)?;
 
     let spec_path = Path::new(MANIFEST_DIR).join("dataflows/ad_clicks.toml");
-    let mut spec = std::fs::read_to_string(&spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
+    let mut spec =
+        std::fs::read_to_string(&spec_path).with_context(|| format!("cannot read {}", spec_path.display()))?;
     for (from, to) in SHORT_PANES {
         ensure!(spec.contains(from), "{} has no `{from}`", spec_path.display());
         spec = spec.replacen(from, to, 1);
@@ -226,7 +238,7 @@ fn measure_latency(
     let waiting = Instant::now();
     loop {
         if let Some(status) = job.try_wait()? {
-            bail!("the latency job exited early ({status}); log: {}", log.display());
+            bail!("the latency job exited early ({status}); its log ends:\n{}", log_tail(log));
         }
         let ready: bool = pg.query_one("SELECT to_regclass('ad_click_counts') IS NOT NULL", &[])?.get(0);
         if ready {
@@ -264,30 +276,32 @@ fn measure_latency(
         for row in rows {
             seen.entry(row.get::<_, i64>(0)).or_insert(at);
         }
-        if produced_at.is_none() {
-            if let Some(status) = produce.try_wait()? {
-                ensure!(status.success(), "clickstay produce failed: {status}");
-                eprintln!("produce done after {:.2} s", (now_ms() - start_ms as f64) / 1000.0);
-                produced_at = Some(Instant::now());
-            }
+        if produced_at.is_none()
+            && let Some(status) = produce.try_wait()?
+        {
+            ensure!(status.success(), "clickstay produce failed: {status}");
+            eprintln!("produce done after {:.2} s", (now_ms() - start_ms as f64) / 1000.0);
+            produced_at = Some(Instant::now());
         }
         // After the last event, the panes up to its watermark close within a checkpoint or two.
         if produced_at.is_some_and(|at| at.elapsed() > Duration::from_secs(5)) {
             break;
         }
         if let Some(status) = job.try_wait()? {
-            bail!("the latency job exited early ({status}); log: {}", log.display());
+            bail!("the latency job exited early ({status}); its log ends:\n{}", log_tail(log));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    ensure!(!seen.is_empty(), "no pane reached ad_click_counts; log: {}", log.display());
+    ensure!(!seen.is_empty(), "no pane reached ad_click_counts; its log ends:\n{}", log_tail(log));
     let mut plain: Vec<f64> = seen.iter().map(|(&start, &at)| at - (start as f64 + PANE_MS)).collect();
     let mut beyond: Vec<f64> = plain.iter().map(|ms| ms - OUT_OF_ORDERNESS_MS).collect();
     plain.sort_by(f64::total_cmp);
     beyond.sort_by(f64::total_cmp);
     eprintln!("pane latencies beyond the watermark delay (ms, in pane order):");
-    let in_order: Vec<String> =
-        seen.iter().map(|(&start, &at)| format!("{:.0}", at - (start as f64 + PANE_MS + OUT_OF_ORDERNESS_MS))).collect();
+    let in_order: Vec<String> = seen
+        .iter()
+        .map(|(&start, &at)| format!("{:.0}", at - (start as f64 + PANE_MS + OUT_OF_ORDERNESS_MS)))
+        .collect();
     eprintln!("  {}", in_order.join(" "));
     Ok(Latency {
         panes: seen.len(),
@@ -338,7 +352,9 @@ impl Services {
     /// Creates database `name` on the server; its URL.
     fn create_database(&self, name: &str) -> Result<String> {
         let mut client = connect(&self.pg_base)?;
-        client.batch_execute(&format!("CREATE DATABASE \"{name}\"")).with_context(|| format!("cannot create {name}"))?;
+        client
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .with_context(|| format!("cannot create {name}"))?;
         let (server, _) = self.pg_base.rsplit_once('/').context("the Postgres URL has no database")?;
         Ok(format!("{server}/{name}"))
     }
@@ -410,6 +426,13 @@ fn try_wait4(pid: libc::pid_t, block: bool) -> Result<Option<(i32, i64)>> {
         -1 => Err(std::io::Error::last_os_error()).context("wait4"),
         _ => Ok(Some((status, usage.ru_maxrss))),
     }
+}
+
+/// The last lines of a job's log, for an error message (the temporary directory goes with it).
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 fn kill(mut child: Child) -> Result<()> {
