@@ -463,7 +463,9 @@ fn sink_by_group<'s, D>(
                 .entry((group.close, group.id))
                 .or_insert_with(|| State { group, totals: BTreeMap::new(), changed: Vec::new() });
             *state.totals.entry(record.clone()).or_insert(0) += diff;
-            state.changed.push(record);
+            if emit == Emit::Changes {
+                state.changed.push(record);
+            }
         }
         let mut rows = Rows::default();
         let mut done = Vec::new();
