@@ -157,9 +157,27 @@ fn wait_all(mut children: Vec<(usize, Child)>) -> Result<()> {
     }
 }
 
-/// The path a job should use for its config: --config, else `workers.toml` when present.
+/// The config a job reads: `--config`, else `workers.toml` when present, else none (the
+/// environment alone).
 pub fn config_path(args: &WorkerArgs) -> Option<PathBuf> {
     args.config.clone().or_else(|| Path::new("workers.toml").exists().then(|| PathBuf::from("workers.toml")))
+}
+
+/// Runs `work` on every worker of `workers` and returns each local worker's result. A worker
+/// that fails stops the whole process: the others would wait for it at every round.
+pub fn run_workers<T: Send + 'static>(
+    workers: &Workers,
+    work: impl Fn(&mut timely::worker::Worker) -> Result<T> + Send + Sync + 'static,
+) -> Result<Vec<T>> {
+    let guards = timely::execute(workers.timely_config(), move |worker| match work(worker) {
+        Ok(result) => result,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
+    guards.join().into_iter().map(|r| r.map_err(|e| anyhow::anyhow!("{e}"))).collect()
 }
 
 #[cfg(test)]

@@ -546,10 +546,10 @@ fn write_rows(sinks: &Rc<RefCell<SinkSet>>, slot: Option<usize>, rows: Rows) {
         return;
     }
     let mut sinks = sinks.borrow_mut();
-    if sinks.error.is_none() {
-        if let Err(error) = sinks.sinks[slot].write(rows) {
-            sinks.error = Some(error);
-        }
+    if sinks.error.is_none()
+        && let Err(error) = sinks.sinks[slot].write(rows)
+    {
+        sinks.error = Some(error);
     }
 }
 

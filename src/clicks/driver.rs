@@ -338,12 +338,12 @@ impl Driver {
                 self.input_time = time;
             }
             dataflow.accepted.flush();
-            if let Some(checkpointer) = checkpointer.as_deref_mut() {
-                if decisions.checkpoint || self.finishing {
-                    self.checkpoint_parts = self.cut(checkpointer, job_time)?;
-                    if worker.index() == 0 {
-                        self.commit_pending = Some(job_time);
-                    }
+            if let Some(checkpointer) = checkpointer.as_deref_mut()
+                && (decisions.checkpoint || self.finishing)
+            {
+                self.checkpoint_parts = self.cut(checkpointer, job_time)?;
+                if worker.index() == 0 {
+                    self.commit_pending = Some(job_time);
                 }
             }
             on_round(source);

@@ -59,18 +59,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let input = args.input.clone();
     let out = args.out.clone();
     let chunk_bytes = args.chunk_bytes;
-    let guards = timely::execute(workers.timely_config(), move |worker| {
-        match replay_worker(worker, &spec, &input, format, chunk_bytes, &out) {
-            Ok(totals) => totals,
-            Err(error) => {
-                // The other workers wait for this one at every round: stop the whole process.
-                eprintln!("error: {error:#}");
-                std::process::exit(1);
-            }
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
-    let totals = guards.join().into_iter().next().context("no worker ran")?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let results =
+        crate::cluster::run_workers(&workers, move |worker| replay_worker(worker, &spec, &input, format, chunk_bytes, &out))?;
+    let totals = results.into_iter().next().context("no worker ran")?;
     if workers.is_first_process() {
         let seconds = started.elapsed().as_secs_f64();
         println!(

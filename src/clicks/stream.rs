@@ -62,8 +62,10 @@ struct Job {
 
 pub fn run(args: RunArgs) -> Result<()> {
     let spec = DataflowSpec::load(&args.dataflow)?;
-    let config_path = args.workers.config.clone().unwrap_or_else(|| PathBuf::from("workers.toml"));
-    let config = if config_path.exists() { WorkersConfig::load(&config_path)? } else { WorkersConfig::from_env_only() };
+    let config = match crate::cluster::config_path(&args.workers) {
+        Some(path) => WorkersConfig::load(&path)?,
+        None => WorkersConfig::from_env_only(),
+    };
     let kafka = config.kafka()?.clone();
     let clicks_db = config.clicks_db()?.to_string();
     let workers = Workers::from_args(&args.workers)?;
@@ -86,17 +88,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     drop(writer);
     tracing::info!(%job, topic = %kafka.topic, restored_partitions = restore.partitions.len(), job_time = restore.job_time, "starting");
     let shared = Arc::new(Job { spec, kafka, clicks_db, job, archive: args.archive.clone(), policy, restore });
-    let guards = timely::execute(workers.timely_config(), move |worker| {
-        if let Err(error) = stream_worker(worker, &shared) {
-            // The other workers wait for this one at every round: stop the whole process.
-            eprintln!("error: {error:#}");
-            std::process::exit(1);
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
-    for result in guards.join() {
-        result.map_err(|e| anyhow::anyhow!("{e}"))?;
-    }
+    crate::cluster::run_workers(&workers, move |worker| stream_worker(worker, &shared))?;
     Ok(())
 }
 

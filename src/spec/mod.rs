@@ -347,15 +347,11 @@ fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
                 wants.join(" or ")
             ));
         }
-        if let Op::TopN { input, .. } = &node.op {
-            if let Some(Node { op: Op::Count { group_by, .. }, .. }) = nodes.iter().find(|n| &n.name == input) {
-                if group_by != &[Field::AdId] {
-                    return Err(format!(
-                        "node `{}`: input `{input}` must count by [\"ad_id\"] alone to rank ads",
-                        node.name
-                    ));
-                }
-            }
+        if let Op::TopN { input, .. } = &node.op
+            && let Some(Node { op: Op::Count { group_by, .. }, .. }) = nodes.iter().find(|n| &n.name == input)
+            && group_by != &[Field::AdId]
+        {
+            return Err(format!("node `{}`: input `{input}` must count by [\"ad_id\"] alone to rank ads", node.name));
         }
     }
     let nodes = in_dependency_order(nodes, &source.name)?;
