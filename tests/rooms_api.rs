@@ -1,13 +1,19 @@
 //! The reservation API against real PostgreSQL (two shards, two databases on the test server):
 //! concurrency, idempotency, cancellation and bad requests, each checked against the database
 //! invariants (see `clickstay::rooms::audit`).
+//!
+//! Every test runs twice: against the plain API (every request to the database) and through
+//! the availability view (`dataflows/rooms.toml`), where availability comes from the dataflow
+//! and bookings it knows to be sold out never reach the database.
 
 #[path = "common/pg.rs"]
 mod pg;
 
 use chrono::{Days, NaiveDate};
 use clickstay::rooms::shards::Shards;
+use clickstay::rooms::view::RoomsView;
 use clickstay::rooms::{audit, migrate, server};
+use clickstay::spec::rooms::RoomsSpec;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -24,21 +30,64 @@ struct Api {
     http: reqwest::Client,
     shards: Shards,
     dbs: Vec<tokio_postgres::Client>,
+    through_view: bool,
+    view: Option<RoomsView>,
 }
 
-async fn start_api() -> Api {
+impl Drop for Api {
+    /// Stops the view's workers and CDC readers, so finished tests leave nothing polling.
+    fn drop(&mut self) {
+        if let Some(view) = &self.view {
+            view.stop();
+        }
+    }
+}
+
+async fn start_api(through_view: bool) -> Api {
     let urls = vec![pg::fresh_database("rooms_api").await, pg::fresh_database("rooms_api").await];
     let shards = Shards::new(&urls, 32).unwrap();
     migrate::migrate_all(&shards).await.unwrap();
+    let view = through_view.then(|| {
+        let spec = RoomsSpec::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/rooms.toml"));
+        RoomsView::start(spec.unwrap(), &urls, 2).unwrap()
+    });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(server::serve_on(listener, shards.clone(), std::future::pending()));
+    tokio::spawn(server::serve_on(listener, shards.clone(), view.clone(), std::future::pending()));
     let mut dbs = Vec::new();
     for url in &urls {
         dbs.push(pg::connect(url).await);
     }
-    Api { url, http: reqwest::Client::new(), shards, dbs }
+    Api { url, http: reqwest::Client::new(), shards, dbs, through_view, view }
 }
+
+/// Every test, once per path.
+macro_rules! on_both_paths {
+    ($($test:ident),* $(,)?) => {
+        mod through_sql {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(super::start_api(false).await).await
+            })*
+        }
+        mod through_the_view {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(super::start_api(true).await).await
+            })*
+        }
+    };
+}
+
+on_both_paths!(
+    five_hundred_clients_race_for_the_last_ten_rooms,
+    overbooking_ratio_is_honoured_and_enforced_by_the_database,
+    the_same_reservation_id_fifty_times_creates_one_reservation,
+    a_cancelled_reservation_frees_its_nights_and_cancelling_twice_is_harmless,
+    concurrent_cancels_give_the_nights_back_once,
+    bad_requests_get_their_status_and_a_message_and_change_nothing,
+    availability_matches_an_oracle_after_random_bookings,
+);
 
 impl Api {
     /// The database of the shard that owns `hotel_id`.
@@ -114,13 +163,23 @@ impl Api {
         self.send(self.http.delete(format!("{}/v1/reservations/{id}", self.url))).await
     }
 
-    /// `available` of `room_type_id` over `from..to` as the API reports it.
+    /// `available` of `room_type_id` over `from..to` as the API reports it. Through the view,
+    /// the answer is asked to reflect every commit so far (read-your-writes with `min_lsn`).
     async fn available(&self, hotel_id: i64, room_type_id: i64, from: u64, to: u64) -> i64 {
-        let (status, body) =
-            self.get(&format!("/v1/hotels/{hotel_id}/availability?start={}&end={}", night(from), night(to))).await;
+        let mut path = format!("/v1/hotels/{hotel_id}/availability?start={}&end={}", night(from), night(to));
+        if self.through_view {
+            let lsn: String =
+                self.db(hotel_id).query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+            path.push_str(&format!("&min_lsn={lsn}"));
+        }
+        let (status, body) = self.get(&path).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        body["room_types"].as_array().unwrap().iter().find(|rt| rt["room_type_id"] == room_type_id).unwrap()
-            ["available"]
+        body["room_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|rt| rt["room_type_id"] == room_type_id)
+            .unwrap()["available"]
             .as_i64()
             .unwrap()
     }
@@ -174,9 +233,7 @@ fn stay(id: &str, hotel_id: i64, room_type_id: i32, from: u64, to: u64, guest_id
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn five_hundred_clients_race_for_the_last_ten_rooms() {
-    let api = start_api().await;
+async fn five_hundred_clients_race_for_the_last_ten_rooms(api: Api) {
     api.add_hotel(1, "1.00", &[12], 10).await;
     // Two rooms are already taken by real reservations over every night: 10 are left.
     for guest in 0..2 {
@@ -226,9 +283,7 @@ async fn five_hundred_clients_race_for_the_last_ten_rooms() {
     api.assert_invariants().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn overbooking_ratio_is_honoured_and_enforced_by_the_database() {
-    let api = start_api().await;
+async fn overbooking_ratio_is_honoured_and_enforced_by_the_database(api: Api) {
     api.add_hotel(2, "1.10", &[10], 5).await; // floor(10 x 1.10) = 11 rooms may be sold
     let mut statuses = Vec::new();
     for guest in 0..13 {
@@ -252,9 +307,7 @@ async fn overbooking_ratio_is_honoured_and_enforced_by_the_database() {
     api.assert_invariants().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_same_reservation_id_fifty_times_creates_one_reservation() {
-    let api = start_api().await;
+async fn the_same_reservation_id_fifty_times_creates_one_reservation(api: Api) {
     // Room type 1 has plenty of rooms; room type 2 has exactly one, so the repeats also meet
     // a sold-out night and must still be recognised as repeats.
     api.add_hotel(3, "1.00", &[50, 1], 5).await;
@@ -274,10 +327,16 @@ async fn the_same_reservation_id_fifty_times_creates_one_reservation() {
         }
         let created: Vec<_> = answers.iter().filter(|(s, _)| *s == StatusCode::CREATED).collect();
         assert_eq!(created.len(), 1, "room type {room_type_id}: {answers:?}");
-        let reservation = &created[0].1;
+        // Through the view, each answer also carries the WAL position after it.
+        let without_lsn = |body: &Value| {
+            let mut body = body.clone();
+            assert_eq!(body.as_object_mut().unwrap().remove("lsn").is_some(), api.through_view, "{body}");
+            body
+        };
+        let reservation = without_lsn(&created[0].1);
         for (status, body) in &answers {
             assert!(*status == StatusCode::CREATED || *status == StatusCode::OK, "{status}: {body}");
-            assert_eq!(body, reservation, "every answer is the one reservation");
+            assert_eq!(without_lsn(body), reservation, "every answer is the one reservation");
         }
         let count: i64 = api
             .db(3)
@@ -297,9 +356,7 @@ async fn the_same_reservation_id_fifty_times_creates_one_reservation() {
     api.assert_invariants().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_cancelled_reservation_frees_its_nights_and_cancelling_twice_is_harmless() {
-    let api = start_api().await;
+async fn a_cancelled_reservation_frees_its_nights_and_cancelling_twice_is_harmless(api: Api) {
     api.add_hotel(4, "1.00", &[1], 5).await;
     let first = api.new_id().await;
     let (status, booked) = api.book(&stay(&first, 4, 1, 0, 3, 1)).await;
@@ -335,9 +392,7 @@ async fn a_cancelled_reservation_frees_its_nights_and_cancelling_twice_is_harmle
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_cancels_give_the_nights_back_once() {
-    let api = start_api().await;
+async fn concurrent_cancels_give_the_nights_back_once(api: Api) {
     let (status, health) = api.get("/healthz").await;
     assert_eq!((status, health["status"].as_str()), (StatusCode::OK, Some("ok")));
     api.add_hotel(9, "1.00", &[3], 5).await;
@@ -364,9 +419,7 @@ async fn concurrent_cancels_give_the_nights_back_once() {
     api.assert_invariants().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_requests_get_their_status_and_a_message_and_change_nothing() {
-    let api = start_api().await;
+async fn bad_requests_get_their_status_and_a_message_and_change_nothing(api: Api) {
     api.add_hotel(5, "1.00", &[5], 5).await; // shard 1
     api.add_hotel(6, "1.00", &[5], 5).await; // shard 0
     let used = api.new_id().await;
@@ -436,9 +489,7 @@ async fn bad_requests_get_their_status_and_a_message_and_change_nothing() {
     api.assert_invariants().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn availability_matches_an_oracle_after_random_bookings() {
-    let api = start_api().await;
+async fn availability_matches_an_oracle_after_random_bookings(api: Api) {
     let rooms = [3, 2, 4];
     api.add_hotel(8, "1.00", &rooms, 10).await;
     // Oracle: rooms left per room type and night, updated by every confirmed booking.

@@ -1,7 +1,7 @@
 //! The HTTP API (JSON): routes, request checking and the mapping of outcomes to status codes.
 //! Handlers only route to the hotel's shard and translate; the SQL lives in [`super::booking`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context;
 use axum::body::Bytes;
@@ -18,33 +18,47 @@ use uuid::Uuid;
 use super::booking::{self, Outcome};
 use super::id_lookup::IdLookup;
 use super::model::{
-    BadRequest, MAX_AVAILABILITY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date, parse_reservation_id,
+    BadRequest, MAX_AVAILABILITY_NIGHTS, MAX_STAY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date,
+    parse_reservation_id,
 };
 use super::shards::Shards;
+use super::view::answers::Ask;
+use super::view::committer::Committer;
+use super::view::rows::day_of;
+use super::view::{RoomsView, ViewError};
+use crate::sources::postgres_cdc::{Lsn, format_lsn, parse_lsn};
 
 /// Largest request body accepted; a reservation is about 250 bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// What every handler shares: the shard pools and one batched id look-up per shard.
+/// Most hotels one search may list.
+pub const MAX_SEARCH_HOTELS: usize = 100;
+
+/// What every handler shares: the shard pools, one batched id look-up per shard, and the
+/// availability view with the shards' committers when the API runs with one.
 #[derive(Clone)]
 struct AppState {
     shards: Shards,
     id_lookups: Vec<IdLookup>,
+    view: Option<(RoomsView, Committer)>,
 }
 
-/// The routes of the reservation API over `shards` (spawns the id look-up tasks, so call it
-/// inside a tokio runtime).
-pub fn router(shards: Shards) -> Router {
+/// The routes of the reservation API over `shards`, answering availability and refusing
+/// sold-out bookings from `view` when given (spawns the id look-up tasks, so call it inside a
+/// tokio runtime).
+pub fn router(shards: Shards, view: Option<RoomsView>) -> Router {
     let id_lookups = shards.pools().iter().cloned().map(IdLookup::spawn).collect();
+    let view = view.map(|view| (view, Committer::new(shards.clone())));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/reservation-ids", post(new_reservation_id))
         .route("/v1/reservations", post(create_reservation))
         .route("/v1/reservations/{reservation_id}", get(get_reservation).delete(cancel_reservation))
         .route("/v1/hotels/{hotel_id}/availability", get(availability))
+        .route("/v1/availability/search", get(search))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState { shards, id_lookups })
+        .with_state(AppState { shards, id_lookups, view })
 }
 
 /// An error answer: a status code and `{"error": code, "message": ..., ...details}`.
@@ -77,6 +91,17 @@ impl From<BadRequest> for ApiError {
     }
 }
 
+impl From<ViewError> for ApiError {
+    fn from(error: ViewError) -> Self {
+        let (status, code) = match error {
+            ViewError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "view_behind"),
+            ViewError::Failed(_) => (StatusCode::SERVICE_UNAVAILABLE, "view_unavailable"),
+            ViewError::Inconsistent(_) => (StatusCode::INTERNAL_SERVER_ERROR, "view_inconsistent"),
+        };
+        ApiError::new(status, code, error.to_string())
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(cause: anyhow::Error) -> Self {
         error!("{cause:#}");
@@ -87,7 +112,7 @@ impl From<anyhow::Error> for ApiError {
 type ApiResult = Result<Response, ApiError>;
 
 /// Liveness and reachability of every shard.
-async fn healthz(State(AppState { shards, .. }): State<AppState>) -> ApiResult {
+async fn healthz(State(AppState { shards, view, .. }): State<AppState>) -> ApiResult {
     for index in 0..shards.len() {
         let client = shards
             .connect(index)
@@ -97,7 +122,11 @@ async fn healthz(State(AppState { shards, .. }): State<AppState>) -> ApiResult {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("shard {index}: {e}"))
         })?;
     }
-    Ok(Json(json!({ "status": "ok", "shards": shards.len() })).into_response())
+    let mut body = json!({ "status": "ok", "shards": shards.len() });
+    if let Some((view, _)) = &view {
+        body["view_lsns"] = json!(view.applied().iter().map(|applied| format_lsn(applied.lsn)).collect::<Vec<_>>());
+    }
+    Ok(Json(body).into_response())
 }
 
 /// A fresh idempotency key. UUIDv7 (time-ordered) keeps inserts at the right edge of the
@@ -107,7 +136,7 @@ async fn new_reservation_id() -> Json<Value> {
 }
 
 async fn create_reservation(
-    State(AppState { shards, id_lookups }): State<AppState>,
+    State(AppState { shards, id_lookups, view }): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let body = body.map_err(|rejection| {
@@ -117,26 +146,62 @@ async fn create_reservation(
     })?;
     let request = ReservationRequest::parse(&body)?;
     let home = shards.index_of(request.hotel_id);
+    // A booking the view already knows to be sold out is refused without touching the database.
+    if let Some((view, _)) = &view {
+        let ask = Ask {
+            hotels: vec![request.hotel_id],
+            city: None,
+            start: day_of(request.start_date),
+            end: day_of(request.end_date),
+            reservation: Some(request.reservation_id.as_u128()),
+            shards: vec![home as u32],
+        };
+        match view.ask(ask, &BTreeMap::new()).await {
+            Ok(found) => {
+                if let Some(night) = found.sold_out_night(&request) {
+                    let lsn = found.positions.get(&(home as u32)).copied().unwrap_or(0);
+                    return Err(sold_out(&request, night)
+                        .with("answered_by", json!("view"))
+                        .with("lsn", json!(format_lsn(lsn))));
+                }
+            }
+            // The view is only a shortcut: without it, the database decides.
+            Err(error) => {
+                tracing::debug!(%error, "view unavailable for a booking; asking the database")
+            }
+        }
+    }
     // The id may have been used for a hotel on another shard: that is a different content.
     if let Some((_, existing)) = find_on_shards(&id_lookups, request.reservation_id, Some(home)).await? {
         return Err(id_reused(existing));
     }
-    let client = shards.connect(home).await?;
-    let outcome = booking::reserve(&client, &request).await?;
-    drop(client);
+    let (outcome, lsn) = match &view {
+        Some((_, committer)) => {
+            let (outcome, lsn) = committer.commit(&request).await?;
+            (outcome, Some(lsn))
+        }
+        None => {
+            let client = shards.connect(home).await?;
+            (booking::reserve(&client, &request).await?, None)
+        }
+    };
+    let with_lsn = |mut body: Value| {
+        if let Some(lsn) = lsn {
+            body["lsn"] = json!(format_lsn(lsn));
+        }
+        Json(body)
+    };
     match outcome {
-        Outcome::Confirmed(reservation) => Ok((StatusCode::CREATED, Json(reservation)).into_response()),
-        Outcome::Repeated(reservation) => Ok((StatusCode::OK, Json(reservation)).into_response()),
+        Outcome::Confirmed(reservation) => Ok((StatusCode::CREATED, with_lsn(json!(reservation))).into_response()),
+        Outcome::Repeated(reservation) => Ok((StatusCode::OK, with_lsn(json!(reservation))).into_response()),
         Outcome::IdReused(existing) => Err(id_reused(existing)),
-        Outcome::SoldOut { night } => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "sold_out",
-            format!(
-                "room type {} of hotel {} has no room left on the night of {night}",
-                request.room_type_id, request.hotel_id
-            ),
-        )
-        .with("night", json!(night))),
+        Outcome::SoldOut { night } => {
+            let error = sold_out(&request, night);
+            Err(match lsn {
+                Some(lsn) => error.with("lsn", json!(format_lsn(lsn))),
+                None => error,
+            })
+        }
         Outcome::UnknownHotel => Err(unknown_hotel(request.hotel_id)),
         Outcome::UnknownRoomType => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -144,6 +209,18 @@ async fn create_reservation(
             format!("hotel {} has no room type {}", request.hotel_id, request.room_type_id),
         )),
     }
+}
+
+fn sold_out(request: &ReservationRequest, night: chrono::NaiveDate) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "sold_out",
+        format!(
+            "room type {} of hotel {} has no room left on the night of {night}",
+            request.room_type_id, request.hotel_id
+        ),
+    )
+    .with("night", json!(night))
 }
 
 async fn get_reservation(State(AppState { id_lookups, .. }): State<AppState>, Path(id): Path<String>) -> ApiResult {
@@ -156,7 +233,7 @@ async fn get_reservation(State(AppState { id_lookups, .. }): State<AppState>, Pa
 
 /// Cancels on the shard that holds the reservation; answers it as it now stands.
 async fn cancel_reservation(
-    State(AppState { shards, id_lookups }): State<AppState>,
+    State(AppState { shards, id_lookups, .. }): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = parse_reservation_id(&id)?;
@@ -171,7 +248,7 @@ async fn cancel_reservation(
 }
 
 async fn availability(
-    State(AppState { shards, .. }): State<AppState>,
+    State(AppState { shards, view, .. }): State<AppState>,
     Path(hotel_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
@@ -180,17 +257,123 @@ async fn availability(
         .ok()
         .filter(|id| *id >= 0)
         .ok_or_else(|| BadRequest(format!("hotel_id: `{hotel_id}` is not a hotel id (a non-negative integer)")))?;
+    let (start, end) = stay_of(&query, MAX_AVAILABILITY_NIGHTS)?;
+    let shard = shards.index_of(hotel_id);
+    let Some((view, _)) = &view else {
+        if query.contains_key("min_lsn") {
+            return Err(BadRequest("min_lsn: this server answers from the database, always current".into()).into());
+        }
+        let client = shards.connect(shard).await?;
+        return match booking::availability(&client, hotel_id, start, end).await? {
+            Some(availability) => Ok(Json(availability).into_response()),
+            None => Err(unknown_hotel(hotel_id)),
+        };
+    };
+    let min_lsn: BTreeMap<u32, Lsn> = match query.get("min_lsn") {
+        Some(text) => {
+            let lsn = parse_lsn(text)
+                .map_err(|_| BadRequest(format!("min_lsn: `{text}` is not an LSN such as 0/16B3748")))?;
+            BTreeMap::from([(shard as u32, lsn)])
+        }
+        None => BTreeMap::new(),
+    };
+    let ask = Ask {
+        hotels: vec![hotel_id],
+        city: None,
+        start: day_of(start),
+        end: day_of(end),
+        reservation: None,
+        shards: vec![shard as u32],
+    };
+    let found = view.ask(ask, &min_lsn).await?;
+    let lsn = found.positions.get(&(shard as u32)).copied().unwrap_or(0);
+    match found.availability(hotel_id, start, end) {
+        Some(availability) => {
+            let mut body = json!(availability);
+            body["lsn"] = json!(format_lsn(lsn));
+            Ok(Json(body).into_response())
+        }
+        None => Err(unknown_hotel(hotel_id).with("lsn", json!(format_lsn(lsn)))),
+    }
+}
+
+/// `GET /v1/availability/search?start&end[&rooms=N]` and either `city=...` or
+/// `hotels=1,2,3`: the hotels with `rooms` rooms of one type free for the whole stay.
+async fn search(
+    State(AppState { shards, view, .. }): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let (start, end) = stay_of(&query, MAX_STAY_NIGHTS)?;
+    let rooms: i32 = match query.get("rooms") {
+        None => 1,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|rooms| *rooms >= 1)
+            .ok_or_else(|| BadRequest(format!("rooms: `{text}` is not a number of rooms (1 or more)")))?,
+    };
+    let (city, hotels) = match (query.get("city"), query.get("hotels")) {
+        (Some(city), None) if !city.is_empty() => (Some(city.clone()), Vec::new()),
+        (None, Some(list)) => {
+            let hotels = list
+                .split(',')
+                .map(|id| id.trim().parse::<i64>().ok().filter(|id| *id >= 0))
+                .collect::<Option<Vec<i64>>>()
+                .ok_or_else(|| BadRequest(format!("hotels: `{list}` is not a comma-separated list of hotel ids")))?;
+            if hotels.len() > MAX_SEARCH_HOTELS {
+                return Err(
+                    BadRequest(format!("hotels: {} hotels listed, at most {MAX_SEARCH_HOTELS}", hotels.len())).into()
+                );
+            }
+            (None, hotels)
+        }
+        _ => {
+            return Err(BadRequest("give either city=NAME or hotels=ID,ID,... (not both)".into()).into());
+        }
+    };
+    if query.contains_key("min_lsn") {
+        return Err(BadRequest("min_lsn: only a single hotel's availability takes it".into()).into());
+    }
+    let mut body = json!({ "start": start, "end": end, "rooms": rooms });
+    match &view {
+        Some((view, _)) => {
+            let ask = Ask {
+                hotels,
+                city,
+                start: day_of(start),
+                end: day_of(end),
+                reservation: None,
+                shards: (0..shards.len() as u32).collect(),
+            };
+            let found = view.ask(ask, &BTreeMap::new()).await?;
+            body["hotels"] = json!(found.search(start, end, rooms));
+            body["lsns"] = json!(found.positions.values().map(|lsn| format_lsn(*lsn)).collect::<Vec<_>>());
+        }
+        None => {
+            let mut found = Vec::new();
+            for index in 0..shards.len() {
+                let client = shards.connect(index).await?;
+                found.extend(booking::search(&client, city.as_deref(), &hotels, start, end, rooms).await?);
+            }
+            found.sort_by_key(|availability| availability.hotel_id);
+            body["hotels"] = json!(found);
+        }
+    }
+    Ok(Json(body).into_response())
+}
+
+/// The `start` and `end` query parameters, checked (at most `max_nights` apart).
+fn stay_of(
+    query: &HashMap<String, String>,
+    max_nights: i64,
+) -> Result<(chrono::NaiveDate, chrono::NaiveDate), BadRequest> {
     let date = |field: &str| match query.get(field) {
         Some(text) => parse_date(field, text),
         None => Err(BadRequest(format!("{field}: missing query parameter (YYYY-MM-DD)"))),
     };
     let (start, end) = (date("start")?, date("end")?);
-    check_range("start", "end", start, end, MAX_AVAILABILITY_NIGHTS)?;
-    let client = shards.connect(shards.index_of(hotel_id)).await?;
-    match booking::availability(&client, hotel_id, start, end).await? {
-        Some(availability) => Ok(Json(availability).into_response()),
-        None => Err(unknown_hotel(hotel_id)),
-    }
+    check_range("start", "end", start, end, max_nights)?;
+    Ok((start, end))
 }
 
 /// Looks `id` up on every shard except `skip`; the shard index and reservation if found.

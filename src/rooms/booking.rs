@@ -101,6 +101,22 @@ SELECT rt.room_type_id,
  GROUP BY rt.room_type_id
  ORDER BY rt.room_type_id";
 
+/// Per room type of the hotels of a city (`$1`) or of a list (`$4`): nights with inventory in
+/// `$2..$3` and the least rooms sellable over them.
+const SEARCH_SQL: &str = "\
+SELECT rt.hotel_id,
+       rt.room_type_id,
+       count(i.date)::int AS nights,
+       coalesce(min(floor(i.total_inventory * i.overbooking_ratio)::int - i.total_reserved), 0) AS available
+  FROM hotel h
+  JOIN room_type rt ON rt.hotel_id = h.hotel_id
+  LEFT JOIN room_type_inventory i
+         ON i.hotel_id = rt.hotel_id AND i.room_type_id = rt.room_type_id
+        AND i.date >= $2 AND i.date < $3
+ WHERE h.city = $1 OR h.hotel_id = ANY($4)
+ GROUP BY rt.hotel_id, rt.room_type_id
+ ORDER BY rt.hotel_id, rt.room_type_id";
+
 /// How often a transaction that PostgreSQL aborted for a deadlock or serialisation failure is
 /// tried again before the error goes to the caller.
 const MAX_ATTEMPTS: usize = 5;
@@ -296,6 +312,35 @@ pub async fn availability(
         })
         .collect();
     Ok(Some(Availability { hotel_id, start, end, room_types }))
+}
+
+/// The hotels of this shard in `city` or in `hotels` with at least `rooms` rooms of one type
+/// sellable on every night of `start..end`, each listing only those room types.
+pub async fn search(
+    client: &ClientWrapper,
+    city: Option<&str>,
+    hotels: &[i64],
+    start: NaiveDate,
+    end: NaiveDate,
+    rooms: i32,
+) -> Result<Vec<Availability>> {
+    let nights = (end - start).num_days() as i32;
+    let rows = client.query(SEARCH_SQL, &[&city, &start, &end, &hotels]).await.context("search query failed")?;
+    let mut found: Vec<Availability> = Vec::new();
+    for row in &rows {
+        let hotel_id: i64 = row.get("hotel_id");
+        let complete = row.get::<_, i32>("nights") == nights;
+        let available = if complete { row.get::<_, i32>("available").max(0) } else { 0 };
+        if available < rooms {
+            continue;
+        }
+        let room_type = RoomTypeAvailability { room_type_id: row.get("room_type_id"), available };
+        match found.last_mut() {
+            Some(last) if last.hotel_id == hotel_id => last.room_types.push(room_type),
+            _ => found.push(Availability { hotel_id, start, end, room_types: vec![room_type] }),
+        }
+    }
+    Ok(found)
 }
 
 /// Deadlocks and serialisation failures: PostgreSQL aborted the transaction, trying again may

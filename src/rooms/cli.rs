@@ -9,7 +9,9 @@ use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
 
 use super::shards::{DEFAULT_POOL_SIZE, Shards};
+use super::view::RoomsView;
 use super::{audit, bench, migrate, seed, server};
+use crate::spec::rooms::RoomsSpec;
 
 /// Hotel reservation commands. Each reads the hotel shards from `[postgres] shards` in the
 /// config file (the environment variable CLICKSTAY_HOTEL_SHARDS, comma-separated URLs,
@@ -75,6 +77,14 @@ pub struct ServeArgs {
     /// Database connections per shard.
     #[arg(long, default_value_t = DEFAULT_POOL_SIZE)]
     pub pool_size: usize,
+    /// Serve availability and refuse sold-out bookings from the availability view declared in
+    /// this spec (e.g. dataflows/rooms.toml), kept current by change data capture. Without it,
+    /// every request goes to the database.
+    #[arg(long, value_name = "FILE")]
+    pub dataflow: Option<PathBuf>,
+    /// Worker threads of the view's dataflow (with --dataflow).
+    #[arg(short = 'w', long, default_value_t = 2)]
+    pub workers: usize,
 }
 
 /// Runs one `rooms` subcommand to completion.
@@ -89,7 +99,11 @@ pub fn run(command: RoomsCommand) -> Result<()> {
             RoomsCommand::Seed(args) => run_seed(args).await,
             RoomsCommand::Serve(args) => {
                 let shards = Shards::from_config(args.config.config.as_deref(), args.pool_size)?;
-                server::serve(args.listen, shards).await
+                let view = match &args.dataflow {
+                    Some(path) => Some(RoomsView::start(RoomsSpec::load(path)?, shards.urls(), args.workers)?),
+                    None => None,
+                };
+                server::serve(args.listen, shards, view).await
             }
             RoomsCommand::Check(config) => run_check(config).await,
             RoomsCommand::Bench(args) => bench::run(args).await,

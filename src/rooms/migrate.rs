@@ -17,8 +17,10 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Append new ones; never edit one that has shipped.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", sql: include_str!("migrations/0001_initial.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "initial", sql: include_str!("migrations/0001_initial.sql") },
+    Migration { version: 2, name: "view", sql: include_str!("migrations/0002_view.sql") },
+];
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs on one database.
 const MIGRATION_LOCK: i64 = 0x636c_6963_6b73_7479; // "clickstay"

@@ -14,3 +14,4 @@ pub mod model;
 pub mod seed;
 pub mod server;
 pub mod shards;
+pub mod view;

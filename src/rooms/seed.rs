@@ -58,6 +58,17 @@ pub fn room_type_count(hotel_id: i64) -> i32 {
     2 + (hotel_id % 4) as i32
 }
 
+/// The cities seeded hotels are in (hotel `h` in `CITIES[h % CITIES.len()]`), for searches by city.
+pub const CITIES: [&str; 20] = [
+    "Seoul", "Busan", "Tokyo", "Osaka", "Paris", "Lyon", "Berlin", "Munich", "London", "Leeds", "Madrid", "Lisbon",
+    "Rome", "Milan", "Vienna", "Prague", "Oslo", "Zurich", "Boston", "Austin",
+];
+
+/// The city of seeded hotel `hotel_id`.
+pub fn city_of(hotel_id: i64) -> &'static str {
+    CITIES[hotel_id.rem_euclid(CITIES.len() as i64) as usize]
+}
+
 const ROOM_TYPE_NAMES: [&str; 5] = ["Standard", "Superior", "Deluxe", "Family", "Suite"];
 
 /// Hotel ids run from 1 to `hotels`; sizes vary from half to one and a half times the mean.
@@ -182,11 +193,19 @@ async fn seed_shard(
     let mut report = SeedReport::default();
 
     let mut writer = pin!(
-        copy_writer(&tx, "hotel (hotel_id, name, overbooking_ratio)", &[Type::INT8, Type::TEXT, Type::NUMERIC]).await?
+        copy_writer(
+            &tx,
+            "hotel (hotel_id, name, city, overbooking_ratio)",
+            &[Type::INT8, Type::TEXT, Type::TEXT, Type::NUMERIC]
+        )
+        .await?
     );
     for hotel in hotels {
         let name = format!("Hotel {}", hotel.hotel_id);
-        writer.as_mut().write(&[&hotel.hotel_id, &name, &Ratio(hotel.ratio_hundredths)]).await?;
+        writer
+            .as_mut()
+            .write(&[&hotel.hotel_id, &name, &city_of(hotel.hotel_id), &Ratio(hotel.ratio_hundredths)])
+            .await?;
         report.hotels += 1;
     }
     writer.finish().await?;

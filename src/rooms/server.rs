@@ -8,6 +8,7 @@ use tracing::info;
 
 use super::api;
 use super::shards::Shards;
+use super::view::RoomsView;
 
 /// The default address: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -16,6 +17,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub async fn serve_on(
     listener: TcpListener,
     shards: Shards,
+    view: Option<RoomsView>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     use axum::serve::ListenerExt;
@@ -23,16 +25,37 @@ pub async fn serve_on(
     let listener = listener.tap_io(|stream| {
         let _ = stream.set_nodelay(true);
     });
-    axum::serve(listener, api::router(shards)).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+    axum::serve(listener, api::router(shards, view))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")
 }
 
-/// Binds `listen` and serves until Ctrl-C.
-pub async fn serve(listen: SocketAddr, shards: Shards) -> Result<()> {
+/// Binds `listen` and serves until Ctrl-C, or until the view fails (its CDC lost a database:
+/// the process exits non-zero so that its supervisor restarts it, which rebuilds the view).
+pub async fn serve(listen: SocketAddr, shards: Shards, view: Option<RoomsView>) -> Result<()> {
     let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    info!(address = %listener.local_addr()?, shards = shards.len(), "reservation API listening");
-    serve_on(listener, shards, async {
+    info!(address = %listener.local_addr()?, shards = shards.len(), view = view.is_some(), "reservation API listening");
+    let failed = {
+        let view = view.clone();
+        async move {
+            match view {
+                Some(view) => view.failed().await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    let served = serve_on(listener, shards, view.clone(), async {
         let _ = tokio::signal::ctrl_c().await;
         info!("shutting down");
-    })
-    .await
+    });
+    tokio::select! {
+        result = served => {
+            if let Some(view) = view {
+                view.stop();
+            }
+            result
+        }
+        reason = failed => anyhow::bail!("{reason}"),
+    }
 }

@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod postgres_cdc;
 
 use anyhow::Result;
 

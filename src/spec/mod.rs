@@ -10,6 +10,7 @@
 //! the node and the problem.
 
 pub mod duration;
+pub mod rooms;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

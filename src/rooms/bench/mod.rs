@@ -81,7 +81,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         None => {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let address = listener.local_addr()?;
-            tokio::spawn(server::serve_on(listener, shards.clone(), std::future::pending()));
+            tokio::spawn(server::serve_on(listener, shards.clone(), None, std::future::pending()));
             address
         }
     };

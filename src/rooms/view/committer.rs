@@ -1,0 +1,39 @@
+//! The committer of each shard: where a booking the view could not refuse goes. It runs the
+//! same reservation transaction as the plain API ([`booking::reserve`]); PostgreSQL has the
+//! last word. Its answer carries the shard's WAL position after the commit, so the guest can
+//! ask the view for an answer that includes the booking (`?min_lsn=`).
+
+use anyhow::{Context, Result};
+
+use crate::rooms::booking::{self, Outcome};
+use crate::rooms::model::ReservationRequest;
+use crate::rooms::shards::Shards;
+use crate::sources::postgres_cdc::{Lsn, parse_lsn};
+
+/// Commits bookings on the shard that owns each hotel.
+#[derive(Clone)]
+pub struct Committer {
+    shards: Shards,
+}
+
+impl Committer {
+    pub fn new(shards: Shards) -> Self {
+        Self { shards }
+    }
+
+    /// Books `request` on its hotel's shard; the outcome and the shard's WAL insert position
+    /// after it: at or past the end of the booking's commit record, even with
+    /// `synchronous_commit = off` (where the flushed position may still be behind it; the view
+    /// then reaches it once the WAL writer has flushed).
+    pub async fn commit(&self, request: &ReservationRequest) -> Result<(Outcome, Lsn)> {
+        let shard = self.shards.index_of(request.hotel_id);
+        let client = self.shards.connect(shard).await?;
+        let outcome = booking::reserve(&client, request).await?;
+        let position: String = client
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .with_context(|| format!("shard {shard}: cannot read the WAL position"))?
+            .get(0);
+        Ok((outcome, parse_lsn(&position)?))
+    }
+}

@@ -1,0 +1,230 @@
+//! One worker of the availability dataflow: the view's rows arranged by hotel, questions joined
+//! against those arrangements, and every question answered once the frontier has passed the
+//! logical time it entered at.
+//!
+//! Times are milliseconds of the view's clock; every worker advances its inputs to the clock
+//! at each turn of its loop, so the frontier moves even when nothing happens. A question is
+//! inserted at a time `t` and retracted at `t + 1`: the join results at exactly `t` are its
+//! answer, consistent with every change inserted at or before `t`.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use differential_dataflow::input::{Input, InputSession};
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::operator::Operator;
+use timely::worker::Worker;
+use tokio::sync::oneshot;
+
+use super::Shared;
+use super::answers::{Ask, Found, Hit};
+use super::rows::ViewRow;
+use crate::sources::postgres_cdc::Lsn;
+
+/// A question on its way into the dataflow.
+pub struct Submitted {
+    pub id: u64,
+    pub ask: Ask,
+    /// The earliest logical time the question may enter at: the time the changes it must see
+    /// (`min_lsn`) were inserted at.
+    pub not_before: u64,
+    pub reply: oneshot::Sender<Found>,
+}
+
+/// What the CDC readers send to the worker that owns their shard.
+pub enum Feed {
+    Rows(Vec<(ViewRow, isize)>),
+    /// Every change of `shard` committed before `lsn` has been sent.
+    Reached {
+        shard: u32,
+        lsn: Lsn,
+    },
+}
+
+/// The channels of one worker.
+pub struct WorkerChannels {
+    pub feed: Receiver<Feed>,
+    pub questions: Receiver<Submitted>,
+}
+
+/// Questions waiting for the frontier to pass their time, by id.
+type Pending = Rc<RefCell<HashMap<u64, (u64, oneshot::Sender<Found>)>>>;
+
+/// Builds the dataflow on `worker` and runs it until the view is stopped.
+pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: &Shared) {
+    let pending: Pending = Rc::default();
+    let (mut rows, mut positions, mut asks) = build(worker, pending.clone());
+    let mut known_positions: BTreeMap<u32, Lsn> = BTreeMap::new();
+    let mut time = shared.now_ms();
+    for input in [&mut rows as &mut dyn Advance, &mut positions, &mut asks] {
+        input.advance_and_flush(time);
+    }
+    while !shared.is_stopped() {
+        let mut reached = Vec::new();
+        while let Ok(feed) = channels.feed.try_recv() {
+            match feed {
+                Feed::Rows(updates) => {
+                    for (row, diff) in updates {
+                        rows.update(row, diff);
+                    }
+                }
+                Feed::Reached { shard, lsn } => {
+                    if let Some(previous) = known_positions.insert(shard, lsn) {
+                        positions.update((shard, previous), -1);
+                    }
+                    positions.update((shard, lsn), 1);
+                    reached.push((shard, lsn));
+                }
+            }
+        }
+        while let Ok(question) = channels.questions.try_recv() {
+            let at = question.not_before.max(time);
+            asks.update_at((question.id, question.ask.clone()), at, 1);
+            asks.update_at((question.id, question.ask), at + 1, -1);
+            pending.borrow_mut().insert(question.id, (at, question.reply));
+        }
+        let now = shared.now_ms().max(time);
+        for input in [&mut rows as &mut dyn Advance, &mut positions, &mut asks] {
+            input.advance_and_flush(now);
+        }
+        // The rows that brought these positions went in at `time`: a question entering at
+        // `time` or later sees them.
+        for (shard, lsn) in reached {
+            shared.publish(shard, lsn, time);
+        }
+        time = now;
+        worker.step_or_park(Some(Duration::from_millis(1)));
+    }
+}
+
+/// An input session of any record type, advanced and flushed alike.
+trait Advance {
+    fn advance_and_flush(&mut self, time: u64);
+}
+
+impl<D: differential_dataflow::Data> Advance for InputSession<u64, D, isize> {
+    fn advance_and_flush(&mut self, time: u64) {
+        self.advance_to(time);
+        self.flush();
+    }
+}
+
+type Inputs =
+    (InputSession<u64, ViewRow, isize>, InputSession<u64, (u32, Lsn), isize>, InputSession<u64, (u64, Ask), isize>);
+
+/// The arrangements and the question joins.
+fn build(worker: &mut Worker, pending: Pending) -> Inputs {
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (rows_input, rows) = scope.new_collection::<ViewRow, isize>();
+        let (positions_input, positions) = scope.new_collection::<(u32, Lsn), isize>();
+        let (asks_input, asks) = scope.new_collection::<(u64, Ask), isize>();
+
+        // The view, arranged by hotel: a question reads only its hotels' part.
+        let hotels = rows.clone().flat_map(|row| match row {
+            ViewRow::Hotel { hotel_id, city } => Some((hotel_id, city)),
+            _ => None,
+        });
+        let hotels_by_city = hotels.clone().map(|(hotel_id, city)| (city, hotel_id)).arrange_by_key();
+        let hotels = hotels.arrange_by_key();
+        let room_types = rows
+            .clone()
+            .flat_map(|row| match row {
+                ViewRow::RoomType { hotel_id, room_type_id } => Some((hotel_id, room_type_id)),
+                _ => None,
+            })
+            .arrange_by_key();
+        let nights = rows
+            .clone()
+            .flat_map(|row| match row {
+                ViewRow::Night { hotel_id, night, room_type_id, free } => {
+                    Some(((hotel_id, night), (room_type_id, free)))
+                }
+                _ => None,
+            })
+            .arrange_by_key();
+        let reservations = rows
+            .flat_map(|row| match row {
+                ViewRow::Reservation { id, stay } => Some((id, stay)),
+                _ => None,
+            })
+            .arrange_by_key();
+        let positions = positions.arrange_by_key();
+
+        // The hotels each question is about: listed, or every hotel of a city.
+        let listed = asks.clone().flat_map(|(id, ask)| {
+            let (start, end) = (ask.start, ask.end);
+            ask.hotels.into_iter().map(move |hotel_id| (hotel_id, (id, start, end)))
+        });
+        let in_city = asks
+            .clone()
+            .flat_map(|(id, ask)| ask.city.map(|city| (city, (id, ask.start, ask.end))))
+            .arrange_by_key()
+            .join_core(hotels_by_city, |_city, &question, &hotel_id| Some((hotel_id, question)));
+        let asked = listed.concat(in_city);
+        let asked_by_hotel = asked.clone().arrange_by_key();
+
+        let hotel_hits = asked_by_hotel
+            .clone()
+            .join_core(hotels, |&hotel_id, &(id, _, _), _city| Some((id, Hit::Hotel { hotel_id })));
+        let room_type_hits = asked_by_hotel.join_core(room_types, |&hotel_id, &(id, _, _), &room_type_id| {
+            Some((id, Hit::RoomType { hotel_id, room_type_id }))
+        });
+        let night_hits = asked
+            .flat_map(|(hotel_id, (id, start, end))| (start..end).map(move |night| ((hotel_id, night), id)))
+            .arrange_by_key()
+            .join_core(nights, |&(hotel_id, night), &id, &(room_type_id, free)| {
+                Some((id, Hit::Night { hotel_id, room_type_id, night, free }))
+            });
+        let reservation_hits = asks
+            .clone()
+            .flat_map(|(id, ask)| ask.reservation.map(|reservation| (reservation, id)))
+            .arrange_by_key()
+            .join_core(reservations, |_, &id, stay| Some((id, Hit::Reservation(stay.clone()))));
+        let position_hits = asks
+            .flat_map(|(id, ask)| ask.shards.into_iter().map(move |shard| (shard, id)))
+            .arrange_by_key()
+            .join_core(positions, |&shard, &id, &lsn| Some((id, Hit::Position { shard, lsn })));
+
+        hotel_hits.concat(room_type_hits).concat(night_hits).concat(reservation_hits).concat(position_hits).inner.sink(
+            Exchange::new(|((id, _), _, _): &((u64, Hit), u64, isize)| *id),
+            "Answer",
+            {
+                // Hits not yet answered, by question id.
+                let mut hits: HashMap<u64, Vec<(Hit, u64, isize)>> = HashMap::new();
+                move |(input, frontier)| {
+                    let mut pending = pending.borrow_mut();
+                    input.for_each(|_capability, data| {
+                        for ((id, hit), time, diff) in data.drain(..) {
+                            // Hits of questions already answered are their retractions at `t + 1`.
+                            if pending.contains_key(&id) {
+                                hits.entry(id).or_default().push((hit, time, diff));
+                            }
+                        }
+                    });
+                    let ready: Vec<u64> =
+                        pending.iter().filter(|(_, (at, _))| !frontier.less_equal(at)).map(|(id, _)| *id).collect();
+                    for id in ready {
+                        let (at, reply) = pending.remove(&id).expect("listed above");
+                        let _ = reply.send(gather(hits.remove(&id).unwrap_or_default(), at));
+                    }
+                }
+            },
+        );
+        (rows_input, positions_input, asks_input)
+    })
+}
+
+/// The answer to a question that entered at `at`: its hits at exactly that time.
+fn gather(mut hits: Vec<(Hit, u64, isize)>, at: u64) -> Found {
+    let mut at_time: Vec<(Hit, isize)> =
+        hits.drain(..).filter(|(_, time, _)| *time == at).map(|(hit, _, diff)| (hit, diff)).collect();
+    differential_dataflow::consolidation::consolidate(&mut at_time);
+    let mut found = Found::default();
+    for (hit, diff) in at_time {
+        found.add(hit, diff);
+    }
+    found
+}

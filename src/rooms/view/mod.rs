@@ -1,0 +1,265 @@
+//! The room availability view: a differential dataflow that keeps, per (hotel, room type,
+//! night), the rooms still sellable, fed by change data capture from every hotel shard, and
+//! answers questions (availability, search, "is this booking already sold out?") that enter it
+//! as records. See `CONTEXT.md` in this folder.
+//!
+//! [`RoomsView::start`] starts the timely workers (threads of this process) and one CDC reader
+//! per shard; shard `s` feeds worker `s % workers`, and the arrangements spread hotels over all
+//! workers by hash. [`RoomsView::ask`] waits (bounded) until the view has reached the commit
+//! positions a caller asks for, then puts the question into the dataflow and awaits its answer.
+
+pub mod answers;
+pub mod committer;
+pub mod dataflow;
+pub mod rows;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info};
+
+use crate::sources::postgres_cdc::{CdcReader, Lsn, format_lsn};
+use crate::spec::rooms::{RoomsSpec, VIEW_TABLES};
+use answers::{Ask, Found};
+use dataflow::{Feed, Submitted, WorkerChannels};
+
+/// Rows per message while a snapshot streams into the dataflow.
+const SNAPSHOT_CHUNK: usize = 10_000;
+
+/// How far the view has applied one shard's changes: every commit before `lsn`, inserted at
+/// logical time `time` or earlier. `lsn == 0`: the snapshot is not loaded yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub lsn: Lsn,
+    pub time: u64,
+}
+
+/// Why the view could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("the view of shard {shard} has reached {} and not {} within {waited:?}", format_lsn(*.reached), format_lsn(*.wanted))]
+    Behind { shard: u32, wanted: Lsn, reached: Lsn, waited: Duration },
+    #[error("the view has stopped: {0}")]
+    Failed(String),
+    #[error("the view is inconsistent ({0}); restart it to rebuild it")]
+    Inconsistent(String),
+}
+
+/// What the workers and the handle share.
+pub struct Shared {
+    clock: Instant,
+    stopped: AtomicBool,
+    applied: Vec<watch::Sender<Applied>>,
+}
+
+impl Shared {
+    /// The view's logical clock: milliseconds since it started (never 0).
+    pub fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64 + 1
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
+    }
+
+    /// Records that `shard`'s changes up to `lsn` went into the dataflow at `time`.
+    pub fn publish(&self, shard: u32, lsn: Lsn, time: u64) {
+        self.applied[shard as usize].send_replace(Applied { lsn, time });
+    }
+}
+
+/// A running view; cheap to clone.
+#[derive(Clone)]
+pub struct RoomsView {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    spec: RoomsSpec,
+    shared: Arc<Shared>,
+    questions: Vec<Sender<Submitted>>,
+    next_id: AtomicU64,
+    failure: watch::Receiver<Option<String>>,
+}
+
+impl RoomsView {
+    /// Starts `workers` worker threads and a CDC reader per shard URL (on the current tokio
+    /// runtime). Returns at once; questions wait until the snapshots are loaded.
+    pub fn start(spec: RoomsSpec, shard_urls: &[String], workers: usize) -> Result<Self> {
+        let workers = workers.max(1);
+        let shared = Arc::new(Shared {
+            clock: Instant::now(),
+            stopped: AtomicBool::new(false),
+            applied: shard_urls.iter().map(|_| watch::Sender::new(Applied::default())).collect(),
+        });
+        let (mut feeds, mut questions, mut channels) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..workers {
+            let (feed, feed_rx) = mpsc::channel();
+            let (question, question_rx) = mpsc::channel();
+            feeds.push(feed);
+            questions.push(question);
+            channels.push(Some(WorkerChannels { feed: feed_rx, questions: question_rx }));
+        }
+        let channels = Arc::new(Mutex::new(channels));
+        let (failure_tx, failure) = watch::channel(None);
+        let failure_tx = Arc::new(failure_tx);
+
+        let worker_shared = shared.clone();
+        let worker_failure = failure_tx.clone();
+        std::thread::Builder::new().name("rooms-view".into()).spawn(move || {
+            let result = timely::execute(timely::Config::process(workers), move |worker| {
+                let mine =
+                    channels.lock().expect("channels lock")[worker.index()].take().expect("one worker per index");
+                dataflow::run(worker, mine, &worker_shared);
+            });
+            match result {
+                Ok(guards) => drop(guards.join()),
+                Err(problem) => {
+                    worker_failure.send_replace(Some(format!("cannot start the view's workers: {problem}")));
+                }
+            }
+        })?;
+
+        for (shard, url) in shard_urls.iter().enumerate() {
+            let feed = feeds[shard % workers].clone();
+            let (spec, url, failure_tx, shared) = (spec.clone(), url.clone(), failure_tx.clone(), shared.clone());
+            tokio::spawn(async move {
+                if let Err(problem) = follow(shard as u32, &url, &spec, feed, &shared).await {
+                    let message = format!("CDC of shard {shard} failed: {problem:#}");
+                    error!("{message}");
+                    failure_tx.send_replace(Some(message));
+                }
+            });
+        }
+        info!(workers, shards = shard_urls.len(), spec = %spec.path.display(), "room availability view starting");
+        Ok(Self { inner: Arc::new(Inner { spec, shared, questions, next_id: AtomicU64::new(0), failure }) })
+    }
+
+    /// How many shards feed the view.
+    pub fn shards(&self) -> usize {
+        self.inner.shared.applied.len()
+    }
+
+    /// How far the view has applied each shard, now.
+    pub fn applied(&self) -> Vec<Applied> {
+        self.inner.shared.applied.iter().map(|applied| *applied.borrow()).collect()
+    }
+
+    /// Waits until the view has applied `shard` up to `lsn` (at least its snapshot), at most
+    /// until `deadline`.
+    pub async fn wait_for(&self, shard: u32, lsn: Lsn, deadline: Instant) -> Result<Applied, ViewError> {
+        let mut applied = self.inner.shared.applied[shard as usize].subscribe();
+        let wanted = lsn.max(1);
+        let reached = tokio::time::timeout_at(deadline.into(), applied.wait_for(|a| a.lsn >= wanted)).await;
+        let reached = reached.map(|waited| waited.map(|applied| *applied));
+        match reached {
+            Ok(Ok(applied)) => Ok(applied),
+            Ok(Err(_)) => Err(ViewError::Failed("the view's workers stopped".into())),
+            Err(_) => {
+                if let Some(failure) = self.inner.failure.borrow().clone() {
+                    return Err(ViewError::Failed(failure));
+                }
+                Err(ViewError::Behind {
+                    shard,
+                    wanted,
+                    reached: applied.borrow().lsn,
+                    waited: self.inner.spec.max_wait,
+                })
+            }
+        }
+    }
+
+    /// Answers `ask` from the view, once it reflects at least `min_lsn` of each shard named
+    /// there (and every shard in `ask.shards` has loaded its snapshot).
+    pub async fn ask(&self, ask: Ask, min_lsn: &BTreeMap<u32, Lsn>) -> Result<Found, ViewError> {
+        if let Some(failure) = self.inner.failure.borrow().clone() {
+            return Err(ViewError::Failed(failure));
+        }
+        let deadline = Instant::now() + self.inner.spec.max_wait;
+        let mut not_before = 0;
+        for shard in &ask.shards {
+            let applied = self.wait_for(*shard, min_lsn.get(shard).copied().unwrap_or(0), deadline).await?;
+            not_before = not_before.max(applied.time);
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        let worker = (id % self.inner.questions.len() as u64) as usize;
+        self.inner.questions[worker]
+            .send(Submitted { id, ask, not_before, reply })
+            .map_err(|_| ViewError::Failed("the view's workers stopped".into()))?;
+        match tokio::time::timeout_at(deadline.into(), answer).await {
+            Ok(Ok(Found { inconsistent: Some(problem), .. })) => {
+                error!(%problem, "the view broke its invariant");
+                Err(ViewError::Inconsistent(problem))
+            }
+            Ok(Ok(found)) => Ok(found),
+            Ok(Err(_)) => Err(ViewError::Failed("the view's workers stopped".into())),
+            Err(_) => Err(ViewError::Failed(format!("no answer within {:?}", self.inner.spec.max_wait))),
+        }
+    }
+
+    /// Completes when the view has failed (a CDC reader lost its database), with the reason.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.inner.failure.clone();
+        match failure.wait_for(|f| f.is_some()).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => "the view stopped".into(),
+        }
+    }
+
+    /// Stops the workers (the CDC readers stop when their worker is gone).
+    pub fn stop(&self) {
+        self.inner.shared.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Feeds one shard into the dataflow: its snapshot, then its changes, forever. Returns `Ok`
+/// when the dataflow is gone, `Err` when the database is (the view cannot be patched across
+/// a lost slot; restarting rebuilds it from a fresh snapshot).
+async fn follow(shard: u32, url: &str, spec: &RoomsSpec, feed: Sender<Feed>, shared: &Shared) -> Result<()> {
+    let gone = |_| anyhow!("the view's workers stopped");
+    let mut reader =
+        CdcReader::open(url, &spec.slot_prefix, &VIEW_TABLES).await.with_context(|| format!("shard {shard}"))?;
+    let started = Instant::now();
+    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK);
+    let rows = reader
+        .snapshot(|table, tuple| {
+            chunk.push((rows::from_tuple(table, &tuple)?, 1));
+            if chunk.len() >= SNAPSHOT_CHUNK {
+                feed.send(Feed::Rows(std::mem::take(&mut chunk))).map_err(gone)?;
+            }
+            Ok(())
+        })
+        .await?;
+    feed.send(Feed::Rows(chunk)).map_err(gone)?;
+    info!(shard, rows, seconds = started.elapsed().as_secs_f64(), "snapshot loaded into the view");
+    let mut reached = 0;
+    while !shared.is_stopped() {
+        let batch = reader.poll().await?;
+        let changed = !batch.changes.is_empty();
+        if changed {
+            let mut updates = Vec::with_capacity(batch.changes.len() * 2);
+            for change in &batch.changes {
+                updates.extend(rows::updates_of(change)?);
+            }
+            if feed.send(Feed::Rows(updates)).is_err() {
+                return Ok(());
+            }
+        }
+        if batch.lsn != reached {
+            reached = batch.lsn;
+            if feed.send(Feed::Reached { shard, lsn: reached }).is_err() {
+                return Ok(());
+            }
+        }
+        if !changed {
+            tokio::time::sleep(spec.poll_interval).await;
+        }
+    }
+    Ok(())
+}
