@@ -29,6 +29,9 @@ pub enum RoomsCommand {
     Check(ConfigArg),
     /// Benchmark the booking path over HTTP against pgbench running the same SQL transaction.
     Bench(bench::BenchArgs),
+    /// Benchmark the availability view: questions answered from the view against the same
+    /// question in SQL, and the lag from a booking's commit to the view reflecting it.
+    BenchView(bench::view::ViewBenchArgs),
 }
 
 /// `--config`: where the shards are listed.
@@ -107,6 +110,7 @@ pub fn run(command: RoomsCommand) -> Result<()> {
             }
             RoomsCommand::Check(config) => run_check(config).await,
             RoomsCommand::Bench(args) => bench::run(args).await,
+            RoomsCommand::BenchView(args) => bench::view::run(args).await,
         }
     })
 }

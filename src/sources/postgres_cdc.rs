@@ -154,20 +154,25 @@ impl CdcReader {
     /// The changes committed since the previous poll (or the snapshot), up to the WAL flush
     /// position read first.
     pub async fn poll(&mut self) -> Result<ChangeBatch> {
-        let flushed: String = self.client.query_one("SELECT pg_current_wal_flush_lsn()::text", &[]).await?.get(0);
+        // One round trip: the flush position is read first (MATERIALIZED), then every
+        // transaction committed before it is decoded. A row with NULL data means none.
         let rows = self
             .client
             .query(
-                "SELECT data FROM pg_logical_slot_get_changes($1, $2::text::pg_lsn, NULL, \
-                 'include-xids', '1', 'skip-empty-xacts', '1')",
-                &[&self.slot, &flushed],
+                "WITH upto AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn)
+                 SELECT upto.lsn::text, changes.data
+                   FROM upto
+                   LEFT JOIN LATERAL pg_logical_slot_get_changes($1, upto.lsn, NULL,
+                                     'include-xids', '1', 'skip-empty-xacts', '1') AS changes ON true",
+                &[&self.slot],
             )
             .await
             .with_context(|| format!("cannot read changes from slot {}", self.slot))?;
-        let mut batch = ChangeBatch { changes: Vec::new(), lsn: parse_lsn(&flushed)? };
+        let flushed: &str = rows.first().ok_or_else(|| anyhow!("no flush position"))?.get(0);
+        let mut batch = ChangeBatch { changes: Vec::new(), lsn: parse_lsn(flushed)? };
         let mut skipping = false;
         for row in &rows {
-            let line: &str = row.get(0);
+            let Some(line) = row.get::<_, Option<&str>>(1) else { continue };
             match parse_line(line).with_context(|| format!("cannot decode `{}`", abbreviate(line)))? {
                 Decoded::Begin(xid) => {
                     skipping = self.snapshot.as_ref().is_some_and(|snapshot| snapshot.sees(xid));

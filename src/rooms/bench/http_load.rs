@@ -1,5 +1,5 @@
-//! The HTTP driver: `clients` kept-alive connections, each booking random stays back to back
-//! for a fixed time. It speaks just enough HTTP/1.1 by hand to stay cheap, so that on a small
+//! The HTTP driver: `clients` kept-alive connections, each sending random requests (bookings,
+//! or availability questions) back to back for a fixed time. It speaks just enough HTTP/1.1 by hand to stay cheap, so that on a small
 //! machine the load generator takes as little CPU as possible from the server and PostgreSQL.
 
 use std::net::SocketAddr;
@@ -28,13 +28,18 @@ impl Connection {
         Ok(Self { stream, buffer: Vec::with_capacity(4096) })
     }
 
-    /// Sends a JSON POST and returns the status code (the body is read and dropped).
-    async fn post(&mut self, path: &str, body: &str) -> Result<u16> {
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        self.stream.write_all(request.as_bytes()).await?;
+    /// Sends a request (a JSON POST when it has a body, else a GET) and returns the status
+    /// code (the answer's body is read and dropped).
+    async fn send(&mut self, request: &Request) -> Result<u16> {
+        let path = &request.path;
+        let head = match &request.body {
+            Some(body) => format!(
+                "POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            None => format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n"),
+        };
+        self.stream.write_all(head.as_bytes()).await?;
         self.read_response().await
     }
 
@@ -72,39 +77,98 @@ impl Connection {
     }
 }
 
+/// One request of a load run.
+pub struct Request {
+    pub path: String,
+    /// A JSON body: the request is a POST; none: a GET.
+    pub body: Option<String>,
+}
+
 /// Books random stays from `workload` over HTTP with `clients` connections for `duration`.
-/// `reservations` in the result counts the 201 answers.
+/// `reservations` in the result counts the 201 answers, `attempts` the 201 and 409 ones.
 pub async fn run(address: SocketAddr, workload: &Workload, clients: usize, duration: Duration) -> Result<RunStats> {
+    let workload = workload.clone();
+    let book = move |rng: &mut ChaCha8Rng, client: usize| {
+        let stay = workload.pick(rng);
+        let body = format!(
+            r#"{{"reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}","guest_id":{}}}"#,
+            Uuid::now_v7(),
+            stay.hotel_id,
+            stay.room_type_id,
+            stay.start,
+            stay.end,
+            client + 1
+        );
+        Request { path: "/v1/reservations".into(), body: Some(body) }
+    };
+    run_requests(address, clients, duration, book, |status| match status {
+        201 => Counted::Reserved,
+        409 => Counted::Attempt,
+        _ => Counted::Error,
+    })
+    .await
+}
+
+/// Asks the availability of random stays' hotels from `workload` with `clients` connections
+/// for `duration`; `attempts` counts the 200 answers.
+pub async fn run_availability(
+    address: SocketAddr,
+    workload: &Workload,
+    clients: usize,
+    duration: Duration,
+) -> Result<RunStats> {
+    let workload = workload.clone();
+    let ask = move |rng: &mut ChaCha8Rng, _client: usize| {
+        let stay = workload.pick(rng);
+        let path = format!("/v1/hotels/{}/availability?start={}&end={}", stay.hotel_id, stay.start, stay.end);
+        Request { path, body: None }
+    };
+    run_requests(
+        address,
+        clients,
+        duration,
+        ask,
+        |status| if status == 200 { Counted::Attempt } else { Counted::Error },
+    )
+    .await
+}
+
+/// How an answer counts.
+#[derive(Clone, Copy)]
+enum Counted {
+    Attempt,
+    Reserved,
+    Error,
+}
+
+async fn run_requests(
+    address: SocketAddr,
+    clients: usize,
+    duration: Duration,
+    make: impl Fn(&mut ChaCha8Rng, usize) -> Request + Clone + Send + 'static,
+    classify: fn(u16) -> Counted,
+) -> Result<RunStats> {
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for client in 0..clients {
-        let workload = workload.clone();
+        let make = make.clone();
         tasks.spawn(async move {
             let mut connection = Connection::open(address).await?;
             let mut rng = ChaCha8Rng::seed_from_u64(client as u64 + 1);
             let mut stats = RunStats::default();
             while Instant::now() < deadline {
-                let stay = workload.pick(&mut rng);
-                let body = format!(
-                    r#"{{"reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}","guest_id":{}}}"#,
-                    Uuid::now_v7(),
-                    stay.hotel_id,
-                    stay.room_type_id,
-                    stay.start,
-                    stay.end,
-                    client + 1
-                );
+                let request = make(&mut rng, client);
                 let sent = Instant::now();
-                let status = connection.post("/v1/reservations", &body).await?;
+                let status = connection.send(&request).await?;
                 stats.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                match status {
-                    201 => {
+                match classify(status) {
+                    Counted::Reserved => {
                         stats.attempts += 1;
                         stats.reservations += 1;
                     }
-                    409 => stats.attempts += 1,
-                    _ => stats.errors += 1,
+                    Counted::Attempt => stats.attempts += 1,
+                    Counted::Error => stats.errors += 1,
                 }
             }
             anyhow::Ok(stats)

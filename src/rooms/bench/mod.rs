@@ -7,6 +7,7 @@ mod http_load;
 mod pgbench;
 mod stats;
 mod strategies;
+pub mod view;
 mod workload;
 
 use std::net::{SocketAddr, ToSocketAddrs};

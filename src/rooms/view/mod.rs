@@ -240,7 +240,9 @@ async fn follow(shard: u32, url: &str, spec: &RoomsSpec, feed: Sender<Feed>, sha
     info!(shard, rows, seconds = started.elapsed().as_secs_f64(), "snapshot loaded into the view");
     let mut reached = 0;
     while !shared.is_stopped() {
+        let polled = Instant::now();
         let batch = reader.poll().await?;
+        tracing::debug!(shard, changes = batch.changes.len(), ms = polled.elapsed().as_secs_f64() * 1e3, "polled");
         let changed = !batch.changes.is_empty();
         if changed {
             let mut updates = Vec::with_capacity(batch.changes.len() * 2);

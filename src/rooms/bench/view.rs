@@ -1,0 +1,258 @@
+//! `clickstay rooms bench-view`: availability questions answered from the view against the same
+//! question asked in SQL (in-process, and over HTTP through two servers), then the lag from a
+//! booking's commit to the view answering with it, at a fixed booking rate.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use super::stats::RunStats;
+use super::workload::Workload;
+use super::{discover, http_load};
+use crate::rooms::booking::{self, Outcome};
+use crate::rooms::cli::ConfigArg;
+use crate::rooms::model::ReservationRequest;
+use crate::rooms::server;
+use crate::rooms::shards::{DEFAULT_POOL_SIZE, Shards};
+use crate::rooms::view::RoomsView;
+use crate::rooms::view::answers::Ask;
+use crate::rooms::view::committer::Committer;
+use crate::rooms::view::rows::day_of;
+use crate::spec::rooms::RoomsSpec;
+
+#[derive(Args, Debug)]
+pub struct ViewBenchArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The view's spec.
+    #[arg(long, default_value = "dataflows/rooms.toml")]
+    pub dataflow: PathBuf,
+    /// Worker threads of the view.
+    #[arg(short = 'w', long, default_value_t = 2)]
+    pub workers: usize,
+    /// Concurrent clients for the query runs.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Seconds per measured run.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Longest stay asked about (1 to this many nights).
+    #[arg(long, default_value_t = 3)]
+    pub max_nights: u32,
+    /// Bookings per second during the lag run.
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// Database connections per shard.
+    #[arg(long, default_value_t = DEFAULT_POOL_SIZE)]
+    pub pool_size: usize,
+}
+
+/// Runs the benchmark and prints its figures on stdout.
+pub async fn run(args: ViewBenchArgs) -> Result<()> {
+    let shards = Shards::from_config(args.config.config.as_deref(), args.pool_size)?;
+    let (hotels, first_night, days) = discover(&shards).await?;
+    let workload = Workload {
+        name: "uniform",
+        hotels,
+        shards: shards.len(),
+        first_night,
+        days,
+        max_nights: args.max_nights,
+        hot_percent: 0,
+    };
+    let started = Instant::now();
+    let view = RoomsView::start(RoomsSpec::load(&args.dataflow)?, shards.urls(), args.workers)?;
+    for shard in 0..shards.len() as u32 {
+        view.wait_for(shard, 0, Instant::now() + Duration::from_secs(1800)).await?;
+    }
+    // One answered question shows the snapshot has gone through the dataflow too.
+    view.ask(ask_of(&workload.pick(&mut ChaCha8Rng::seed_from_u64(0)), &shards), &BTreeMap::new()).await?;
+    println!(
+        "view: {hotels} hotels on {} shard(s), {days} nights from {first_night}, loaded in {:.1}s with {} worker(s)",
+        shards.len(),
+        started.elapsed().as_secs_f64(),
+        args.workers
+    );
+    let duration = Duration::from_secs(args.seconds);
+    println!(
+        "{:<24} {:>7} {:>10} {:>8} {:>8} {:>6}",
+        "availability questions", "clients", "queries/s", "p50 ms", "p99 ms", "errors"
+    );
+    let row = |name: &str, stats: &mut RunStats| {
+        println!(
+            "{:<24} {:>7} {:>10.0} {:>8.2} {:>8.2} {:>6}",
+            name,
+            args.clients,
+            stats.attempts_per_second(),
+            stats.latency_ms(0.5),
+            stats.latency_ms(0.99),
+            stats.errors
+        );
+        stats.attempts_per_second()
+    };
+    let view_in_process = row(
+        "view, in process",
+        &mut in_process(&workload, args.clients, duration, {
+            let (view, shards) = (view.clone(), shards.clone());
+            move |stay| {
+                let (view, ask) = (view.clone(), ask_of(&stay, &shards));
+                async move { view.ask(ask, &BTreeMap::new()).await.map(|_| ()).map_err(anyhow::Error::from) }
+            }
+        })
+        .await?,
+    );
+    let sql_in_process = row(
+        "SQL, in process",
+        &mut in_process(&workload, args.clients, duration, {
+            let shards = shards.clone();
+            move |stay| {
+                let shards = shards.clone();
+                async move {
+                    let client = shards.connect(shards.index_of(stay.hotel_id)).await?;
+                    booking::availability(&client, stay.hotel_id, stay.start, stay.end).await.map(|_| ())
+                }
+            }
+        })
+        .await?,
+    );
+    let view_http = row(
+        "view, HTTP",
+        &mut http_load::run_availability(serve(&shards, Some(view.clone())).await?, &workload, args.clients, duration)
+            .await?,
+    );
+    let sql_http = row(
+        "SQL, HTTP",
+        &mut http_load::run_availability(serve(&shards, None).await?, &workload, args.clients, duration).await?,
+    );
+    println!(
+        "view / SQL throughput: {:.1}x in process, {:.1}x over HTTP",
+        view_in_process / sql_in_process,
+        view_http / sql_http
+    );
+
+    let (mut lags, confirmed, elapsed) = lag_run(&view, &shards, &workload, args.rate, duration).await?;
+    let mut lag = RunStats { latencies_us: std::mem::take(&mut lags), ..RunStats::default() };
+    println!(
+        "commit to view: {confirmed} bookings confirmed at {:.0}/s, lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        confirmed as f64 / elapsed.as_secs_f64(),
+        lag.latency_ms(0.5),
+        lag.latency_ms(0.99),
+        lag.latency_ms(1.0)
+    );
+    view.stop();
+    Ok(())
+}
+
+/// The question a stay's availability asks.
+fn ask_of(stay: &super::workload::Stay, shards: &Shards) -> Ask {
+    Ask {
+        hotels: vec![stay.hotel_id],
+        city: None,
+        start: day_of(stay.start),
+        end: day_of(stay.end),
+        reservation: None,
+        shards: vec![shards.index_of(stay.hotel_id) as u32],
+    }
+}
+
+/// An API server in this process (with or without the view); its address.
+async fn serve(shards: &Shards, view: Option<RoomsView>) -> Result<std::net::SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(server::serve_on(listener, shards.clone(), view, std::future::pending()));
+    Ok(address)
+}
+
+/// `clients` tasks asking `question` of random stays back to back for `duration`.
+async fn in_process<F, Fut>(workload: &Workload, clients: usize, duration: Duration, question: F) -> Result<RunStats>
+where
+    F: Fn(super::workload::Stay) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    let started = Instant::now();
+    let deadline = started + duration;
+    let mut tasks = tokio::task::JoinSet::new();
+    for client in 0..clients {
+        let (workload, question) = (workload.clone(), question.clone());
+        tasks.spawn(async move {
+            let mut rng = ChaCha8Rng::seed_from_u64(client as u64 + 1);
+            let mut stats = RunStats::default();
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                match question(workload.pick(&mut rng)).await {
+                    Ok(()) => stats.attempts += 1,
+                    Err(_) => stats.errors += 1,
+                }
+                stats.latencies_us.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            }
+            stats
+        });
+    }
+    let mut total = RunStats::default();
+    while let Some(stats) = tasks.join_next().await {
+        let stats = stats.context("query task panicked")?;
+        total.attempts += stats.attempts;
+        total.errors += stats.errors;
+        total.latencies_us.extend(stats.latencies_us);
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+/// Books random stays at `rate` per second through the committers for `duration`; for each
+/// confirmed one, the time from its commit returning to the view answering a question that
+/// reflects it (`min_lsn` = the position after the commit). Returns the lags (µs), the
+/// bookings confirmed, and the time taken.
+async fn lag_run(
+    view: &RoomsView,
+    shards: &Shards,
+    workload: &Workload,
+    rate: u64,
+    duration: Duration,
+) -> Result<(Vec<u32>, u64, Duration)> {
+    let committer = Arc::new(Committer::new(shards.clone()));
+    let mut rng = ChaCha8Rng::seed_from_u64(99);
+    let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let stay = workload.pick(&mut rng);
+        let (view, shards, committer) = (view.clone(), shards.clone(), committer.clone());
+        tasks.spawn(async move {
+            let request = ReservationRequest {
+                reservation_id: Uuid::now_v7(),
+                hotel_id: stay.hotel_id,
+                room_type_id: stay.room_type_id,
+                start_date: stay.start,
+                end_date: stay.end,
+                guest_id: 1,
+            };
+            let (outcome, lsn) = committer.commit(&request).await?;
+            if !matches!(outcome, Outcome::Confirmed(_)) {
+                return anyhow::Ok(None);
+            }
+            let committed = Instant::now();
+            let shard = shards.index_of(stay.hotel_id) as u32;
+            view.ask(ask_of(&stay, &shards), &BTreeMap::from([(shard, lsn)])).await?;
+            Ok(Some(committed.elapsed().as_micros().min(u32::MAX as u128) as u32))
+        });
+    }
+    let mut lags = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        if let Some(lag) = result.context("booking task panicked")?? {
+            lags.push(lag);
+        }
+    }
+    let confirmed = lags.len() as u64;
+    Ok((lags, confirmed, started.elapsed()))
+}
