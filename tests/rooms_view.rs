@@ -411,13 +411,14 @@ impl Drop for ViewProcess {
 }
 
 /// The view's slots on a shard: name, WAL retained behind the insert position, and how far
-/// behind its confirmed position is.
+/// behind its confirmed position is (without the restart ticker's throwaway slots).
 async fn slots(db: &tokio_postgres::Client) -> Vec<(String, i64, i64)> {
     db.query(
         "SELECT slot_name::text,
                 pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint,
                 pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint
-           FROM pg_replication_slots WHERE database = current_database()",
+           FROM pg_replication_slots
+          WHERE database = current_database() AND slot_name NOT LIKE '%\\_tick'",
         &[],
     )
     .await
