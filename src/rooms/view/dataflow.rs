@@ -2,8 +2,10 @@
 //! against those arrangements, and every question answered once the frontier has passed the
 //! logical time it entered at.
 //!
-//! Times are milliseconds of the view's clock; every worker advances its inputs to the clock
-//! at each turn of its loop, so the frontier moves even when nothing happens. A question is
+//! Times are milliseconds of the view's clock (questions arriving in the same millisecond share
+//! a time and are joined as one batch); every worker advances its inputs to the clock at each
+//! turn of its loop, so the frontier moves even when nothing happens. A worker parks for at most
+//! a millisecond, and is woken at once when a question or a change arrives. A question is
 //! inserted at a time `t` and retracted at `t + 1`: the join results at exactly `t` are its
 //! answer, consistent with every change inserted at or before `t`.
 
@@ -58,6 +60,7 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: &Shared) {
     let pending: Pending = Rc::default();
     let (mut rows, mut positions, mut asks) = build(worker, pending.clone());
     let mut known_positions: BTreeMap<u32, Lsn> = BTreeMap::new();
+    shared.register_worker(worker.index(), std::thread::current());
     let mut time = shared.now_ms();
     for input in [&mut rows as &mut dyn Advance, &mut positions, &mut asks] {
         input.advance_and_flush(time);

@@ -55,12 +55,30 @@ pub struct Shared {
     clock: Instant,
     stopped: AtomicBool,
     applied: Vec<watch::Sender<Applied>>,
+    /// The worker threads, to wake them when a question or a change arrives.
+    workers: Mutex<Vec<Option<std::thread::Thread>>>,
 }
 
 impl Shared {
     /// The view's logical clock: milliseconds since it started (never 0).
     pub fn now_ms(&self) -> u64 {
         self.clock.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Records the thread of worker `index`.
+    pub fn register_worker(&self, index: usize, thread: std::thread::Thread) {
+        let mut workers = self.workers.lock().expect("workers lock");
+        if workers.len() <= index {
+            workers.resize(index + 1, None);
+        }
+        workers[index] = Some(thread);
+    }
+
+    /// Wakes every worker: the frontier moves only when all of them advance their inputs.
+    pub fn wake_workers(&self) {
+        for thread in self.workers.lock().expect("workers lock").iter().flatten() {
+            thread.unpark();
+        }
     }
 
     pub fn is_stopped(&self) -> bool {
@@ -96,6 +114,7 @@ impl RoomsView {
             clock: Instant::now(),
             stopped: AtomicBool::new(false),
             applied: shard_urls.iter().map(|_| watch::Sender::new(Applied::default())).collect(),
+            workers: Mutex::new(Vec::new()),
         });
         let (mut feeds, mut questions, mut channels) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..workers {
@@ -192,6 +211,7 @@ impl RoomsView {
         self.inner.questions[worker]
             .send(Submitted { id, ask, not_before, reply })
             .map_err(|_| ViewError::Failed("the view's workers stopped".into()))?;
+        self.inner.shared.wake_workers();
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(Found { inconsistent: Some(problem), .. })) => {
                 error!(%problem, "the view broke its invariant");
@@ -258,6 +278,7 @@ async fn follow(shard: u32, url: &str, spec: &RoomsSpec, feed: Sender<Feed>, sha
             if feed.send(Feed::Reached { shard, lsn: reached }).is_err() {
                 return Ok(());
             }
+            shared.wake_workers();
         }
         if !changed {
             tokio::time::sleep(spec.poll_interval).await;
