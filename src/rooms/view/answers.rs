@@ -12,7 +12,8 @@ use crate::rooms::model::{Availability, ReservationRequest, RoomTypeAvailability
 use crate::sources::postgres_cdc::Lsn;
 
 /// A question as a dataflow record: which hotels (listed, or all of a city), which nights,
-/// which reservation id, and which shards' positions the answer must carry.
+/// which reservation id, and which shards' positions the answer must carry (added when it is
+/// gathered, from the positions that went in at or before its time).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Ask {
     pub hotels: Vec<i64>,
@@ -30,7 +31,6 @@ pub enum Hit {
     RoomType { hotel_id: i64, room_type_id: i32 },
     Night { hotel_id: i64, room_type_id: i32, night: Day, free: i32 },
     Reservation(Stay),
-    Position { shard: u32, lsn: Lsn },
 }
 
 /// Everything the view found for one question, at one logical time.
@@ -75,9 +75,6 @@ impl Found {
                 if self.reservation.replace(stay).is_some() {
                     self.inconsistent.get_or_insert("a reservation id has two rows".into());
                 }
-            }
-            Hit::Position { shard, lsn } => {
-                self.positions.insert(shard, lsn);
             }
         }
     }

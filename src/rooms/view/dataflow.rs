@@ -10,8 +10,9 @@
 //! answer, consistent with every change inserted at or before `t`.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -52,17 +53,23 @@ pub struct WorkerChannels {
     pub questions: Receiver<Submitted>,
 }
 
-/// Questions waiting for the frontier to pass their time, by id.
-type Pending = Rc<RefCell<HashMap<u64, (u64, oneshot::Sender<Found>)>>>;
+/// A question waiting for the frontier to pass its time `at`.
+struct Waiting {
+    at: u64,
+    shards: Vec<u32>,
+    reply: oneshot::Sender<Found>,
+}
+
+/// Questions waiting, by id.
+type Pending = Rc<RefCell<HashMap<u64, Waiting>>>;
 
 /// Builds the dataflow on `worker` and runs it until the view is stopped.
-pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: &Shared) {
+pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: Arc<Shared>) {
     let pending: Pending = Rc::default();
-    let (mut rows, mut positions, mut asks) = build(worker, pending.clone());
-    let mut known_positions: BTreeMap<u32, Lsn> = BTreeMap::new();
+    let (mut rows, mut asks) = build(worker, pending.clone(), shared.clone());
     shared.register_worker(worker.index(), std::thread::current());
     let mut time = shared.now_ms();
-    for input in [&mut rows as &mut dyn Advance, &mut positions, &mut asks] {
+    for input in [&mut rows as &mut dyn Advance, &mut asks] {
         input.advance_and_flush(time);
     }
     while !shared.is_stopped() {
@@ -74,29 +81,25 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: &Shared) {
                         rows.update(row, diff);
                     }
                 }
-                Feed::Reached { shard, lsn } => {
-                    if let Some(previous) = known_positions.insert(shard, lsn) {
-                        positions.update((shard, previous), -1);
-                    }
-                    positions.update((shard, lsn), 1);
-                    reached.push((shard, lsn));
-                }
+                Feed::Reached { shard, lsn } => reached.push((shard, lsn)),
             }
         }
         while let Ok(question) = channels.questions.try_recv() {
             let at = question.not_before.max(time);
             asks.update_at((question.id, question.ask.clone()), at, 1);
+            let shards = question.ask.shards.clone();
             asks.update_at((question.id, question.ask), at + 1, -1);
-            pending.borrow_mut().insert(question.id, (at, question.reply));
+            pending.borrow_mut().insert(question.id, Waiting { at, shards, reply: question.reply });
         }
-        let now = shared.now_ms().max(time);
-        for input in [&mut rows as &mut dyn Advance, &mut positions, &mut asks] {
-            input.advance_and_flush(now);
-        }
-        // The rows that brought these positions went in at `time`: a question entering at
-        // `time` or later sees them.
+        // The rows that brought these positions are in at `time`: a question entering at `time`
+        // or later sees them. Published before the inputs advance, so that no answer at `time`
+        // can be gathered before its positions are known.
         for (shard, lsn) in reached {
             shared.publish(shard, lsn, time);
+        }
+        let now = shared.now_ms().max(time);
+        for input in [&mut rows as &mut dyn Advance, &mut asks] {
+            input.advance_and_flush(now);
         }
         time = now;
         worker.step_or_park(Some(Duration::from_millis(1)));
@@ -115,14 +118,12 @@ impl<D: differential_dataflow::Data> Advance for InputSession<u64, D, isize> {
     }
 }
 
-type Inputs =
-    (InputSession<u64, ViewRow, isize>, InputSession<u64, (u32, Lsn), isize>, InputSession<u64, (u64, Ask), isize>);
+type Inputs = (InputSession<u64, ViewRow, isize>, InputSession<u64, (u64, Ask), isize>);
 
 /// The arrangements and the question joins.
-fn build(worker: &mut Worker, pending: Pending) -> Inputs {
+fn build(worker: &mut Worker, pending: Pending, shared: Arc<Shared>) -> Inputs {
     worker.dataflow::<u64, _, _>(|scope| {
         let (rows_input, rows) = scope.new_collection::<ViewRow, isize>();
-        let (positions_input, positions) = scope.new_collection::<(u32, Lsn), isize>();
         let (asks_input, asks) = scope.new_collection::<(u64, Ask), isize>();
 
         // The view, arranged by hotel: a question reads only its hotels' part.
@@ -154,7 +155,6 @@ fn build(worker: &mut Worker, pending: Pending) -> Inputs {
                 _ => None,
             })
             .arrange_by_key();
-        let positions = positions.arrange_by_key();
 
         // The hotels each question is about: listed, or every hotel of a city.
         let listed = asks.clone().flat_map(|(id, ask)| {
@@ -186,12 +186,8 @@ fn build(worker: &mut Worker, pending: Pending) -> Inputs {
             .flat_map(|(id, ask)| ask.reservation.map(|reservation| (reservation, id)))
             .arrange_by_key()
             .join_core(reservations, |_, &id, stay| Some((id, Hit::Reservation(stay.clone()))));
-        let position_hits = asks
-            .flat_map(|(id, ask)| ask.shards.into_iter().map(move |shard| (shard, id)))
-            .arrange_by_key()
-            .join_core(positions, |&shard, &id, &lsn| Some((id, Hit::Position { shard, lsn })));
 
-        hotel_hits.concat(room_type_hits).concat(night_hits).concat(reservation_hits).concat(position_hits).inner.sink(
+        hotel_hits.concat(room_type_hits).concat(night_hits).concat(reservation_hits).inner.sink(
             Exchange::new(|((id, _), _, _): &((u64, Hit), u64, isize)| *id),
             "Answer",
             {
@@ -207,16 +203,23 @@ fn build(worker: &mut Worker, pending: Pending) -> Inputs {
                             }
                         }
                     });
-                    let ready: Vec<u64> =
-                        pending.iter().filter(|(_, (at, _))| !frontier.less_equal(at)).map(|(id, _)| *id).collect();
+                    let ready: Vec<u64> = pending
+                        .iter()
+                        .filter(|(_, waiting)| !frontier.less_equal(&waiting.at))
+                        .map(|(id, _)| *id)
+                        .collect();
                     for id in ready {
-                        let (at, reply) = pending.remove(&id).expect("listed above");
-                        let _ = reply.send(gather(hits.remove(&id).unwrap_or_default(), at));
+                        let waiting = pending.remove(&id).expect("listed above");
+                        let mut found = gather(hits.remove(&id).unwrap_or_default(), waiting.at);
+                        for shard in waiting.shards {
+                            found.positions.insert(shard, shared.position_at(shard, waiting.at));
+                        }
+                        let _ = waiting.reply.send(found);
                     }
                 }
             },
         );
-        (rows_input, positions_input, asks_input)
+        (rows_input, asks_input)
     })
 }
 

@@ -13,7 +13,7 @@ pub mod committer;
 pub mod dataflow;
 pub mod rows;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
@@ -55,9 +55,14 @@ pub struct Shared {
     clock: Instant,
     stopped: AtomicBool,
     applied: Vec<watch::Sender<Applied>>,
+    /// Per shard, the positions reached and the times they went in at (recent ones only).
+    positions: Vec<Mutex<VecDeque<(u64, Lsn)>>>,
     /// The worker threads, to wake them when a question or a change arrives.
     workers: Mutex<Vec<Option<std::thread::Thread>>>,
 }
+
+/// How long the history of positions reaches back: longer than any question waits.
+const POSITION_HISTORY_MS: u64 = 60_000;
 
 impl Shared {
     /// The view's logical clock: milliseconds since it started (never 0).
@@ -87,7 +92,20 @@ impl Shared {
 
     /// Records that `shard`'s changes up to `lsn` went into the dataflow at `time`.
     pub fn publish(&self, shard: u32, lsn: Lsn, time: u64) {
+        let mut history = self.positions[shard as usize].lock().expect("positions lock");
+        history.push_back((time, lsn));
+        while history.len() > 1 && history[1].0 + POSITION_HISTORY_MS < time {
+            history.pop_front();
+        }
+        drop(history);
         self.applied[shard as usize].send_replace(Applied { lsn, time });
+    }
+
+    /// The position of `shard` that an answer at logical time `at` reflects: the last one that
+    /// went in at `at` or before (0: none yet).
+    pub fn position_at(&self, shard: u32, at: u64) -> Lsn {
+        let history = self.positions[shard as usize].lock().expect("positions lock");
+        history.iter().rev().find(|(time, _)| *time <= at).map_or(0, |(_, lsn)| *lsn)
     }
 }
 
@@ -114,6 +132,7 @@ impl RoomsView {
             clock: Instant::now(),
             stopped: AtomicBool::new(false),
             applied: shard_urls.iter().map(|_| watch::Sender::new(Applied::default())).collect(),
+            positions: shard_urls.iter().map(|_| Mutex::default()).collect(),
             workers: Mutex::new(Vec::new()),
         });
         let (mut feeds, mut questions, mut channels) = (Vec::new(), Vec::new(), Vec::new());
@@ -134,7 +153,7 @@ impl RoomsView {
             let result = timely::execute(timely::Config::process(workers), move |worker| {
                 let mine =
                     channels.lock().expect("channels lock")[worker.index()].take().expect("one worker per index");
-                dataflow::run(worker, mine, &worker_shared);
+                dataflow::run(worker, mine, worker_shared.clone());
             });
             match result {
                 Ok(guards) => drop(guards.join()),
