@@ -5,7 +5,7 @@
 //! Times are milliseconds of the view's clock (questions arriving in the same millisecond share
 //! a time and are joined as one batch); every worker advances its inputs to the clock at each
 //! turn of its loop, so the frontier moves even when nothing happens. A worker parks for at most
-//! a millisecond, and is woken at once when a question or a change arrives. A question is
+//! a millisecond, and is woken at once when a shard's changes arrive. A question is
 //! inserted at a time `t` and retracted at `t + 1`: the join results at exactly `t` are its
 //! answer, consistent with every change inserted at or before `t`.
 
@@ -126,17 +126,20 @@ fn build(worker: &mut Worker, pending: Pending, shared: Arc<Shared>) -> Inputs {
         let (rows_input, rows) = scope.new_collection::<ViewRow, isize>();
         let (asks_input, asks) = scope.new_collection::<(u64, Ask), isize>();
 
-        // The view, arranged by hotel: a question reads only its hotels' part.
-        let hotels = rows.clone().flat_map(|row| match row {
-            ViewRow::Hotel { hotel_id, city } => Some((hotel_id, city)),
-            _ => None,
-        });
-        let hotels_by_city = hotels.clone().map(|(hotel_id, city)| (city, hotel_id)).arrange_by_key();
-        let hotels = hotels.arrange_by_key();
-        let room_types = rows
+        // The view, arranged by hotel: a question reads only its hotels' part. A hotel's own row
+        // and its room types share one arrangement, so one look-up finds both.
+        let hotel_facts = rows
             .clone()
             .flat_map(|row| match row {
-                ViewRow::RoomType { hotel_id, room_type_id } => Some((hotel_id, room_type_id)),
+                ViewRow::Hotel { hotel_id, .. } => Some((hotel_id, None)),
+                ViewRow::RoomType { hotel_id, room_type_id } => Some((hotel_id, Some(room_type_id))),
+                _ => None,
+            })
+            .arrange_by_key();
+        let hotels_by_city = rows
+            .clone()
+            .flat_map(|row| match row {
+                ViewRow::Hotel { hotel_id, city } => Some((city, hotel_id)),
                 _ => None,
             })
             .arrange_by_key();
@@ -169,11 +172,9 @@ fn build(worker: &mut Worker, pending: Pending, shared: Arc<Shared>) -> Inputs {
         let asked = listed.concat(in_city);
         let asked_by_hotel = asked.clone().arrange_by_key();
 
-        let hotel_hits = asked_by_hotel
-            .clone()
-            .join_core(hotels, |&hotel_id, &(id, _, _), _city| Some((id, Hit::Hotel { hotel_id })));
-        let room_type_hits = asked_by_hotel.join_core(room_types, |&hotel_id, &(id, _, _), &room_type_id| {
-            Some((id, Hit::RoomType { hotel_id, room_type_id }))
+        let hotel_hits = asked_by_hotel.join_core(hotel_facts, |&hotel_id, &(id, _, _), fact| match *fact {
+            None => Some((id, Hit::Hotel { hotel_id })),
+            Some(room_type_id) => Some((id, Hit::RoomType { hotel_id, room_type_id })),
         });
         let night_hits = asked
             .flat_map(|(hotel_id, (id, start, end))| (start..end).map(move |night| ((hotel_id, night), id)))
@@ -187,7 +188,7 @@ fn build(worker: &mut Worker, pending: Pending, shared: Arc<Shared>) -> Inputs {
             .arrange_by_key()
             .join_core(reservations, |_, &id, stay| Some((id, Hit::Reservation(stay.clone()))));
 
-        hotel_hits.concat(room_type_hits).concat(night_hits).concat(reservation_hits).inner.sink(
+        hotel_hits.concat(night_hits).concat(reservation_hits).inner.sink(
             Exchange::new(|((id, _), _, _): &((u64, Hit), u64, isize)| *id),
             "Answer",
             {
