@@ -18,8 +18,10 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use differential_dataflow::consolidation::consolidate;
 use differential_dataflow::input::{Input, InputSession};
 use differential_dataflow::{AsCollection, VecCollection};
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
@@ -212,10 +214,8 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     // Consolidated where the key lives: one update per changed group and tick
                     // for everything downstream (the sink on worker 0, the ranking). Nothing
                     // keeps the consolidation's arrangement, so it holds no state across ticks.
-                    let keys = clicks
-                        .clone()
-                        .map(move |click| (click.click_ts, click.ad_id, second.map_or(0, |f| click.field(f))))
-                        .consolidate();
+                    let keys = clicks.clone().map(move |click| (click.click_ts, click.ad_id, second.map_or(0, |f| click.field(f))));
+                    let keys = consolidate_by_ad(keys);
                     NodeOutput::Counts { second, keys }
                 }
                 Op::TopN { input, window, n } => {
@@ -238,12 +238,8 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     let pane_ms = spec.time.pane_ms;
                     let group = move |key: &GroupKey| Group { id: key.0, complete: key.0 + pane_ms, close: clock.pane_close(key.0) };
                     sink_by_group(keys.clone().inner, name, &probe, &sink_set, slot, emit, group, move |&(pane, ad_id, value), clicks, rows| {
-                        let mut row = vec![Value::Timestamp(pane), Value::Integer(ad_id)];
-                        if let Some(field) = second {
-                            row.push(field_value(field, value));
-                        }
-                        row.push(Value::Integer(clicks as u64));
-                        rows.push_row(row);
+                        let second = second.map(|field| field_value(field, value));
+                        rows.push_row([Value::Timestamp(pane), Value::Integer(ad_id)].into_iter().chain(second).chain([Value::Integer(clicks as u64)]));
                     });
                 }
                 NodeOutput::Ranked { window, ranked } => {
@@ -382,6 +378,45 @@ impl WindowSums {
     }
 }
 
+/// Where the records of an ad are gathered: a multiplicative hash of `ad_id`, so that the low
+/// bits timely routes by are spread even when popular ads share a residue.
+fn ad_route(ad_id: u64) -> u64 {
+    ad_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+}
+
+/// Consolidates a count's updates on the worker that owns each ad: all updates of a time are
+/// summed in a hash map and leave, one per changed group, once the frontier has passed that
+/// time. This is what differential's `consolidate` does, without sorting: nothing downstream
+/// needs the updates in order (the ranking and the sinks keep their own state), and hashing the
+/// few million groups of a tick costs a fraction of merge-sorting them.
+fn consolidate_by_ad<'s>(keys: VecCollection<'s, u64, GroupKey, isize>) -> VecCollection<'s, u64, GroupKey, isize> {
+    let route = Exchange::new(|((_, ad_id, _), _, _): &(GroupKey, u64, isize)| ad_route(*ad_id));
+    keys.inner
+        .unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(route, "ConsolidateByAd", |_, _| {
+            let mut pending: BTreeMap<u64, (Capability<u64>, FxHashMap<GroupKey, isize>)> = BTreeMap::new();
+            move |(input, frontier), output| {
+                input.for_each(|capability, data| {
+                    for (key, time, diff) in data.drain(..) {
+                        let (_, sums) = pending.entry(time).or_insert_with(|| (capability.delayed(&time, 0), FxHashMap::default()));
+                        *sums.entry(key).or_insert(0) += diff;
+                    }
+                });
+                while let Some(entry) = pending.first_entry() {
+                    let time = *entry.key();
+                    if frontier.less_equal(&time) {
+                        break;
+                    }
+                    let (capability, sums) = entry.remove();
+                    let mut session = output.session(&capability);
+                    for (key, diff) in sums.into_iter().filter(|(_, diff)| *diff != 0) {
+                        session.give((key, time, diff));
+                    }
+                }
+            }
+        })
+        .as_collection()
+}
+
 /// Passes every update through, and retracts it again at its close time. The retractions wait
 /// here, consolidated, and leave only when the frontier reaches their time: sent at once, they
 /// would sit in the next operator's batcher and be re-sorted at every tick until then.
@@ -411,7 +446,7 @@ where
                     break;
                 }
                 let (capability, mut retractions) = entry.remove();
-                differential_dataflow::consolidation::consolidate(&mut retractions);
+                consolidate(&mut retractions);
                 let mut session = output.session(&capability);
                 for (record, diff) in retractions {
                     session.give((record, close, diff));
@@ -448,10 +483,12 @@ fn sink_by_group<'s, D>(
 ) where
     D: differential_dataflow::ExchangeData,
 {
-    /// A group's accumulated updates, and the records changed since its rows were last written.
+    /// A group's updates, and the records changed since its rows were last written. The updates
+    /// are summed by sorting when rows are due (a sorted vector costs far less than a map
+    /// updated per record, and gives the rows in key order).
     struct State<D> {
         group: Group,
-        totals: BTreeMap<D, isize>,
+        updates: Vec<(D, isize)>,
         changed: Vec<D>,
     }
     let sinks = Rc::clone(sinks);
@@ -461,11 +498,11 @@ fn sink_by_group<'s, D>(
             let group = group_of(&record);
             let state = groups
                 .entry((group.close, group.id))
-                .or_insert_with(|| State { group, totals: BTreeMap::new(), changed: Vec::new() });
-            *state.totals.entry(record.clone()).or_insert(0) += diff;
+                .or_insert_with(|| State { group, updates: Vec::new(), changed: Vec::new() });
             if emit == Emit::Changes {
-                state.changed.push(record);
+                state.changed.push(record.clone());
             }
+            state.updates.push((record, diff));
         }
         let mut rows = Rows::default();
         let mut done = Vec::new();
@@ -476,17 +513,20 @@ fn sink_by_group<'s, D>(
             }
             match emit {
                 Emit::Final if final_now => {
-                    for (record, total) in &state.totals {
+                    consolidate(&mut state.updates);
+                    for (record, total) in &state.updates {
                         if *total > 0 {
                             to_row(record, *total, &mut rows);
                         }
                     }
                 }
                 Emit::Changes if !state.changed.is_empty() && !frontier.less_than(&state.group.complete) => {
-                    state.changed.sort();
+                    consolidate(&mut state.updates);
+                    state.changed.sort_unstable();
                     state.changed.dedup();
                     for record in state.changed.drain(..) {
-                        if let Some(total) = state.totals.get(&record).filter(|t| **t > 0) {
+                        let found = state.updates.binary_search_by(|(r, _)| r.cmp(&record));
+                        if let Some((_, total)) = found.ok().map(|i| &state.updates[i]).filter(|(_, t)| *t > 0) {
                             to_row(&record, *total, &mut rows);
                         }
                     }
