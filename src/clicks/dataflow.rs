@@ -15,6 +15,7 @@
 //! at its close time), and the sinks hold each pane or window only until it is final.
 
 use std::cell::RefCell;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
@@ -29,7 +30,7 @@ use timely::dataflow::operators::core::Inspect;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Capability, Input as TimelyInput, Probe};
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::vec::{Filter, Map};
+use timely::dataflow::operators::vec::Filter;
 use timely::dataflow::{InputHandle, ProbeHandle, StreamVec};
 use timely::worker::Worker;
 
@@ -268,47 +269,23 @@ pub fn build<R: timely::ExchangeData + Clone>(
     Ok(ClickDataflow { accepted, probe, rounds, sinks: sink_set })
 }
 
-/// How many groups of ads the first ranking stage works on, so that a change re-ranks one
-/// group rather than every ad.
-const RANK_BUCKETS: u64 = 64;
-
 /// The `n` most clicked ads of every sliding window, by clicks descending then ad_id ascending.
 ///
-/// Stage one, per group of ads: the pane counts of the group, for every live pane, summed into
-/// each window and ranked; stage two, per window: the groups' winners ranked again. A pane
-/// count stays in the first stage until the last window containing it is final.
+/// Stage one, on the worker that owns each ad ([`local_top_n`]): every window's clicks per ad,
+/// kept up to date as pane counts change, and the window's `n` best of this worker's ads.
+/// Stage two, per window: the workers' candidates ranked again (the overall best `n` are among
+/// them, since an ad beaten by fewer than `n` ads overall is beaten by fewer on its worker).
+/// A candidate leaves stage two when its window is final, so stage two's state is freed.
 fn top_n<'s>(
     keys: VecCollection<'s, u64, GroupKey, isize>,
     clock: Clock,
     window: SlidingWindow,
     n: usize,
 ) -> VecCollection<'s, u64, RankedAd, isize> {
-    let panes = keys.inner.map(|((pane, ad_id, _), time, clicks)| ((ad_id % RANK_BUCKETS, (pane, ad_id)), time, clicks));
-    // The last window containing a pane starts at the pane's window-aligned start.
-    let panes = retract_at_close(panes, move |(_, (pane, _))| clock.window_close(window, pane - pane % window.slide_ms));
-
-    fn best(ads: impl Iterator<Item = (u64, u64)>, n: usize) -> Vec<(u64, u64)> {
-        // (clicks, ad_id) ordered by clicks descending, then ad_id ascending.
-        let mut ads: Vec<(u64, u64)> = ads.collect();
-        let order = |a: &(u64, u64), b: &(u64, u64)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
-        if ads.len() > n {
-            ads.select_nth_unstable_by(n - 1, order);
-            ads.truncate(n);
-        }
-        ads.sort_unstable_by(order);
-        ads
-    }
-
-    panes
+    let candidates = local_top_n(keys.inner, clock, window, n);
+    let candidates = retract_at_close(candidates, move |(start, _)| clock.window_close(window, *start));
+    candidates
         .as_collection()
-        .reduce(move |_bucket, pane_counts: &[(&(u64, u64), isize)], output: &mut Vec<((u64, u64, u64), isize)>| {
-            let windows = WindowSums::new(pane_counts, clock, window);
-            for (start, ads) in windows.each_window() {
-                let ranked = best(ads, n);
-                output.extend(ranked.into_iter().map(|(clicks, ad_id)| ((start, clicks, ad_id), 1)));
-            }
-        })
-        .map(|(_bucket, (start, clicks, ad_id))| (start, (clicks, ad_id)))
         .reduce(move |_start, candidates: &[(&(u64, u64), isize)], output: &mut Vec<((u32, u64, u64), isize)>| {
             let candidates = candidates.iter().filter(|(_, c)| *c > 0).map(|(ad, _)| **ad);
             for (rank, (clicks, ad_id)) in best(candidates, n).into_iter().enumerate() {
@@ -321,60 +298,136 @@ fn top_n<'s>(
         .as_collection()
 }
 
-/// Clicks per ad summed over any run of consecutive live panes, from per-ad prefix sums: a
-/// window's clicks for an ad are two lookups, however many panes it spans.
-struct WindowSums {
-    clock: Clock,
-    window: SlidingWindow,
-    /// The live panes, ascending.
-    panes: Vec<u64>,
-    /// Every ad with clicks in a live pane, ascending.
-    ads: Vec<u64>,
-    /// `prefix[a * (panes + 1) + i]`: clicks of ad `a` in panes `0..i`.
-    prefix: Vec<u64>,
+/// Orders `(clicks, ad_id)` as a ranking does: clicks descending, then ad_id ascending.
+fn rank_order(a: &(u64, u64), b: &(u64, u64)) -> Ordering {
+    b.0.cmp(&a.0).then(a.1.cmp(&b.1))
 }
 
-impl WindowSums {
-    /// From `((pane, ad_id), clicks)` values as a reduce sees them (sorted, consolidated).
-    fn new(pane_counts: &[(&(u64, u64), isize)], clock: Clock, window: SlidingWindow) -> Self {
-        let mut panes: Vec<u64> = pane_counts.iter().map(|(v, _)| v.0).collect();
-        panes.dedup();
-        let mut ads: Vec<u64> = pane_counts.iter().map(|(v, _)| v.1).collect();
-        ads.sort_unstable();
-        ads.dedup();
-        let width = panes.len() + 1;
-        let mut prefix = vec![0u64; ads.len() * width];
-        let mut pane_index = 0;
-        for ((pane, ad_id), clicks) in pane_counts.iter().map(|(v, c)| (**v, *c)) {
-            while panes[pane_index] != pane {
-                pane_index += 1;
+/// The first `n` of `ads` (`(clicks, ad_id)`) in ranking order.
+fn best(ads: impl Iterator<Item = (u64, u64)>, n: usize) -> Vec<(u64, u64)> {
+    let mut ads: Vec<(u64, u64)> = ads.collect();
+    if ads.len() > n {
+        ads.select_nth_unstable_by(n - 1, rank_order);
+        ads.truncate(n);
+    }
+    ads.sort_unstable_by(rank_order);
+    ads
+}
+
+/// Stage one of [`top_n`]: for every open window, the `n` best ads of this worker, sent as
+/// changes (`((window start, (clicks, ad_id)), time, ±1)`) whenever they change.
+///
+/// The pane counts of a time are applied once the frontier has passed it, to every window
+/// containing the pane; a window's ranking is kept incrementally (see [`WindowRanking`]), so a
+/// tick costs the changed counts, not the open windows' contents. A window's state is dropped
+/// when it is final: no count changes it any more.
+fn local_top_n<'s>(
+    counts: StreamVec<'s, u64, (GroupKey, u64, isize)>,
+    clock: Clock,
+    window: SlidingWindow,
+    n: usize,
+) -> StreamVec<'s, u64, ((u64, (u64, u64)), u64, isize)> {
+    let route = Exchange::new(|((_, ad_id, _), _, _): &(GroupKey, u64, isize)| ad_route(*ad_id));
+    counts.unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(route, "LocalTopN", |_, _| {
+        let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(u64, u64, isize)>)> = BTreeMap::new();
+        let mut windows: BTreeMap<u64, WindowRanking> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|capability, data| {
+                for ((pane, ad_id, _), time, diff) in data.drain(..) {
+                    let (_, updates) = pending.entry(time).or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
+                    updates.push((pane, ad_id, diff));
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier.less_equal(&time) {
+                    break;
+                }
+                let (capability, updates) = entry.remove();
+                for (pane, ad_id, diff) in updates {
+                    // A window already final takes no more changes (a restart re-reads panes
+                    // that are final for some of their windows only).
+                    let open = clock.windows_of(window, pane).filter(|start| clock.window_close(window, *start) > time);
+                    for start in open {
+                        windows.entry(start).or_default().add(ad_id, diff, n);
+                    }
+                }
+                let mut session = output.session(&capability);
+                for (start, ranking) in windows.iter_mut() {
+                    for (candidate, diff) in ranking.changes(n) {
+                        session.give(((*start, candidate), time, diff));
+                    }
+                }
             }
-            let ad_index = ads.binary_search(&ad_id).expect("every ad was collected");
-            prefix[ad_index * width + pane_index + 1] += clicks.max(0) as u64;
+            windows.retain(|start, _| frontier.less_than(&clock.window_close(window, *start)));
         }
-        for row in prefix.chunks_mut(width) {
-            for i in 1..width {
-                row[i] += row[i - 1];
+    })
+}
+
+/// One window's clicks per ad on a worker, and its `n` best ads kept as counts change.
+///
+/// Clicks only ever arrive, so nearly every change raises an ad's total: the ad moves up in
+/// `best` or enters it, pushing the last one out, and nothing else can move. A total that falls
+/// (not produced by today's inputs, but allowed) for an ad in `best` marks the ranking stale,
+/// and it is recomputed from all totals.
+#[derive(Default)]
+struct WindowRanking {
+    /// Clicks per ad, for ads with clicks.
+    clicks: FxHashMap<u64, u64>,
+    /// The best ads as `(clicks, ad_id)` in ranking order, at most `n`; every ad with clicks
+    /// when there are fewer.
+    best: Vec<(u64, u64)>,
+    /// An ad in `best` lost clicks: another may now rank above it.
+    stale: bool,
+    /// `best` as last sent downstream.
+    sent: Vec<(u64, u64)>,
+}
+
+impl WindowRanking {
+    fn add(&mut self, ad_id: u64, diff: isize, n: usize) {
+        let before = self.clicks.get(&ad_id).copied().unwrap_or(0);
+        let after = (before as i64 + diff as i64).max(0) as u64;
+        if after == 0 {
+            self.clicks.remove(&ad_id);
+        } else {
+            self.clicks.insert(ad_id, after);
+        }
+        // An ad in a full `best` has at least the clicks of its last.
+        let may_be_in_best = self.best.len() < n || self.best.last().is_some_and(|last| before >= last.0);
+        let held = if may_be_in_best { self.best.iter().position(|(_, ad)| *ad == ad_id) } else { None };
+        match held {
+            Some(_) if after < before => self.stale = true,
+            Some(at) => {
+                self.best.remove(at);
+                self.offer((after, ad_id), n);
             }
+            None if after > before => self.offer((after, ad_id), n),
+            None => {}
         }
-        WindowSums { clock, window, panes, ads, prefix }
     }
 
-    /// Every window containing a live pane, with its `(clicks, ad_id)` for ads with clicks.
-    fn each_window(&self) -> impl Iterator<Item = (u64, impl Iterator<Item = (u64, u64)> + '_)> + '_ {
-        let mut starts: Vec<u64> = self.panes.iter().flat_map(|&p| self.clock.windows_of(self.window, p)).collect();
-        starts.sort_unstable();
-        starts.dedup();
-        let width = self.panes.len() + 1;
-        starts.into_iter().map(move |start| {
-            let first = self.panes.partition_point(|&p| p < start);
-            let end = self.panes.partition_point(|&p| p < start + self.window.size_ms);
-            let sums = self.ads.iter().enumerate().filter_map(move |(a, &ad_id)| {
-                let clicks = self.prefix[a * width + end] - self.prefix[a * width + first];
-                (clicks > 0).then_some((clicks, ad_id))
-            });
-            (start, sums)
-        })
+    /// Puts `candidate` in `best` if it ranks among the first `n`.
+    fn offer(&mut self, candidate: (u64, u64), n: usize) {
+        let at = self.best.partition_point(|held| rank_order(held, &candidate) == Ordering::Less);
+        if at < n {
+            self.best.insert(at, candidate);
+            self.best.truncate(n);
+        }
+    }
+
+    /// The changes to send since the last call: the old best retracted, the new one inserted.
+    fn changes(&mut self, n: usize) -> Vec<((u64, u64), isize)> {
+        if self.stale {
+            self.best = best(self.clicks.iter().map(|(ad_id, clicks)| (*clicks, *ad_id)), n);
+            self.stale = false;
+        }
+        if self.best == self.sent {
+            return Vec::new();
+        }
+        let retracted = self.sent.iter().map(|c| (*c, -1));
+        let changes = retracted.chain(self.best.iter().map(|c| (*c, 1))).collect();
+        self.sent.clone_from(&self.best);
+        changes
     }
 }
 
