@@ -217,6 +217,55 @@ fn check_line(line: &[u8], full_len: usize) -> Result<(), Reject> {
 /// length before any truncation.
 pub fn parse_csv(line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
     check_line(line, full_len)?;
+    if let Some(event) = parse_csv_well_formed(line) {
+        return Ok(event);
+    }
+    parse_csv_fields(line)
+}
+
+/// The common case in one pass over the bytes: a line that is a valid event. `None` for
+/// anything unusual (including valid lines it does not bother with, such as a 20-digit id),
+/// which [`parse_csv_fields`] then parses field by field and, if need be, says what is wrong.
+/// Whatever this accepts, `parse_csv_fields` accepts with the same values.
+fn parse_csv_well_formed(line: &[u8]) -> Option<ClickEvent> {
+    let mut rest = line;
+    let (ad_id, _) = leading_number(&mut rest, b',')?;
+    let (click_ts, _) = leading_number(&mut rest, b',')?;
+    let (user_id, _) = leading_number(&mut rest, b',')?;
+    let mut ip: u32 = 0;
+    for end in [b'.', b'.', b'.', b','] {
+        let (octet, digits) = leading_number(&mut rest, end)?;
+        // At most three digits, no leading zero, at most 255 (as `Ipv4Addr` parses).
+        let leading_zero = digits > 1 && octet < 10u64.pow(digits as u32 - 1);
+        if digits > 3 || leading_zero || octet > 255 {
+            return None;
+        }
+        ip = ip << 8 | octet as u32;
+    }
+    let country = Country::parse(rest)?;
+    (click_ts <= MAX_CLICK_TS).then_some(ClickEvent { ad_id, click_ts, user_id, ip, country })
+}
+
+/// Takes `digits end` off the front of `rest`: 1 to 19 decimal digits (so no overflow) and the
+/// byte `end`. Returns the number and how many digits it had.
+fn leading_number(rest: &mut &[u8], end: u8) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, &byte) in rest.iter().enumerate().take(20) {
+        if byte == end && i > 0 {
+            *rest = &rest[i + 1..];
+            return Some((value, i));
+        }
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 || i == 19 {
+            return None;
+        }
+        value = value * 10 + digit as u64;
+    }
+    None
+}
+
+/// Parses a CSV data line field by field, naming the first problem it meets.
+fn parse_csv_fields(line: &[u8]) -> Result<ClickEvent, Reject> {
     let mut fields: [&[u8]; 5] = [&[]; 5];
     let mut count = 0;
     for field in line.split(|&b| b == b',') {
@@ -368,6 +417,25 @@ mod tests {
         }
         let long = "9".repeat(MAX_LINE_BYTES + 1);
         assert!(csv(&long).unwrap_err().to_string().contains("longer than"));
+    }
+
+    #[test]
+    fn the_one_pass_parser_agrees_with_the_field_parser() {
+        let long_id = format!("{},1,2,10.0.0.1,US", u64::MAX);
+        let cases = [
+            "4711,1767225600123,99123,10.1.2.3,US", "0,0,0,0.0.0.0,DE", "1,2,3,255.255.255.255,ZW", &long_id,
+            "1,2,3,256.0.0.1,US", "1,2,3,01.0.0.1,US", "1,2,3,1.0.0,US", "1,2,3,1.0.0.1.2,US", "1,2,3,1.0.0.1,US,",
+            "1,,3,1.0.0.1,US", ",2,3,1.0.0.1,US", "1,2,3,1.0.0.1,U", "1,2,3,1.0.0.1,XX", "1,253402300800000,3,1.0.0.1,US",
+            "1,253402300799999,3,1.0.0.1,US", "1,2,3,1.0.0.1", "1,2,3,1.0.0.00,US", "1,-2,3,1.0.0.1,US",
+            "12345678901234567890,2,3,1.0.0.1,US", "1,2,3,1.0.0.1,US\r",
+        ];
+        for case in cases {
+            let fast = parse_csv_well_formed(case.as_bytes());
+            let fields = parse_csv_fields(case.as_bytes()).ok();
+            assert!(fast.is_none() || fast == fields, "{case:?}: {fast:?} vs {fields:?}");
+            assert_eq!(csv(case).ok(), fields, "{case:?}");
+        }
+        assert!(parse_csv_well_formed(b"4711,1767225600123,99123,10.1.2.3,US").is_some());
     }
 
     #[test]
