@@ -238,7 +238,8 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     let second = *second;
                     let pane_ms = spec.time.pane_ms;
                     let group = move |key: &GroupKey| Group { id: key.0, complete: key.0 + pane_ms, close: clock.pane_close(key.0) };
-                    sink_by_group(keys.clone().inner, name, &probe, &sink_set, slot, emit, group, move |&(pane, ad_id, value), clicks, rows| {
+                    let route = |key: &GroupKey| exchange_hash(key.1);
+                    sink_by_group(keys.clone().inner, name, &probe, &sink_set, slot, emit, group, route, move |&(pane, ad_id, value), clicks, rows| {
                         let second = second.map(|field| field_value(field, value));
                         rows.push_row([Value::Timestamp(pane), Value::Integer(ad_id)].into_iter().chain(second).chain([Value::Integer(clicks as u64)]));
                     });
@@ -251,7 +252,8 @@ pub fn build<R: timely::ExchangeData + Clone>(
                         complete: ranked.0 + window.size_ms,
                         close: clock.window_close(window, ranked.0),
                     };
-                    sink_by_group(ranked.clone().inner, name, &probe, &sink_set, slot, emit, group, move |&(start, (rank, ad_id, clicks)), _, rows| {
+                    let route = |ranked: &RankedAd| exchange_hash(ranked.0);
+                    sink_by_group(ranked.clone().inner, name, &probe, &sink_set, slot, emit, group, route, move |&(start, (rank, ad_id, clicks)), _, rows| {
                         rows.push_row([
                             Value::Timestamp(start),
                             Value::Timestamp(start + window.size_ms),
@@ -327,7 +329,7 @@ fn local_top_n<'s>(
     window: SlidingWindow,
     n: usize,
 ) -> StreamVec<'s, u64, ((u64, (u64, u64)), u64, isize)> {
-    let route = Exchange::new(|((_, ad_id, _), _, _): &(GroupKey, u64, isize)| ad_route(*ad_id));
+    let route = Exchange::new(|((_, ad_id, _), _, _): &(GroupKey, u64, isize)| exchange_hash(*ad_id));
     counts.unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(route, "LocalTopN", |_, _| {
         let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(u64, u64, isize)>)> = BTreeMap::new();
         let mut windows: BTreeMap<u64, WindowRanking> = BTreeMap::new();
@@ -431,10 +433,11 @@ impl WindowRanking {
     }
 }
 
-/// Where the records of an ad are gathered: a multiplicative hash of `ad_id`, so that the low
-/// bits timely routes by are spread even when popular ads share a residue.
-fn ad_route(ad_id: u64) -> u64 {
-    ad_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+/// The value timely routes a record by, from the number that decides its worker (an ad_id, a
+/// window start): a multiplicative hash, because timely routes by the low bits, and ids that
+/// share a residue (window starts are multiples of the slide) would all land on one worker.
+fn exchange_hash(value: u64) -> u64 {
+    value.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
 }
 
 /// Consolidates a count's updates on the worker that owns each ad: all updates of a time are
@@ -443,7 +446,7 @@ fn ad_route(ad_id: u64) -> u64 {
 /// needs the updates in order (the ranking and the sinks keep their own state), and hashing the
 /// few million groups of a tick costs a fraction of merge-sorting them.
 fn consolidate_by_ad<'s>(keys: VecCollection<'s, u64, GroupKey, isize>) -> VecCollection<'s, u64, GroupKey, isize> {
-    let route = Exchange::new(|((_, ad_id, _), _, _): &(GroupKey, u64, isize)| ad_route(*ad_id));
+    let route = Exchange::new(|((_, ad_id, _), _, _): &(GroupKey, u64, isize)| exchange_hash(*ad_id));
     keys.inner
         .unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(route, "ConsolidateByAd", |_, _| {
             let mut pending: BTreeMap<u64, (Capability<u64>, FxHashMap<GroupKey, isize>)> = BTreeMap::new();
@@ -519,10 +522,10 @@ struct Group {
     close: u64,
 }
 
-/// Gathers a stream's updates on worker 0 by group (pane or window) and writes rows to the
-/// sink: with `Emit::Final`, each group's rows once, in (close, group) order, when the frontier
-/// passes its close time and no update for it can come any more; with `Emit::Changes`, the rows
-/// whose value changed, whenever the frontier has passed the group's completion time.
+/// Writes a stream's records as rows, by group (pane or window): with `Emit::Final`, each
+/// group's rows once, in (close, group, record) order, when no update for it can come any more;
+/// with `Emit::Changes`, the rows whose value changed, whenever the frontier has passed the
+/// group's completion time. `route` says which worker holds a record's updates.
 #[allow(clippy::too_many_arguments)]
 fn sink_by_group<'s, D>(
     stream: StreamVec<'s, u64, (D, u64, isize)>,
@@ -531,6 +534,107 @@ fn sink_by_group<'s, D>(
     sinks: &Rc<RefCell<SinkSet>>,
     slot: Option<usize>,
     emit: Emit,
+    group_of: impl Fn(&D) -> Group + 'static,
+    route: impl Fn(&D) -> u64 + 'static,
+    to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
+) where
+    D: differential_dataflow::ExchangeData,
+{
+    match emit {
+        Emit::Final => {
+            let parts = final_parts(stream, name, group_of, route);
+            sink_final(parts, name, probe, sinks, slot, to_row);
+        }
+        Emit::Changes => sink_changes(stream, name, probe, sinks, slot, group_of, to_row),
+    }
+}
+
+/// A group's key in close-time order: (close, group id).
+type GroupOrder = (u64, u64);
+
+/// `Emit::Final`, on every worker: its part of each group, summed and sorted once the group is
+/// final, sent on (at the close time) as one run. Sorting where the updates are spreads that
+/// work over the workers; worker 0 only merges one run per worker.
+///
+/// No update comes for a group at or after its close time in this mode: the driver accepts no
+/// click for a final pane, and a ranking drops what changes at close.
+fn final_parts<'s, D>(
+    stream: StreamVec<'s, u64, (D, u64, isize)>,
+    name: &str,
+    group_of: impl Fn(&D) -> Group + 'static,
+    route: impl Fn(&D) -> u64 + 'static,
+) -> StreamVec<'s, u64, (GroupOrder, Vec<(D, isize)>)>
+where
+    D: differential_dataflow::ExchangeData,
+{
+    let exchange = Exchange::new(move |(record, _, _): &(D, u64, isize)| route(record));
+    stream.unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(exchange, &format!("Parts: {name}"), |_, _| {
+        let mut groups: BTreeMap<GroupOrder, (Capability<u64>, Vec<(D, isize)>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|capability, data| {
+                for (record, time, diff) in data.drain(..) {
+                    let group = group_of(&record);
+                    let at = group.close.max(time);
+                    let (_, updates) =
+                        groups.entry((group.close, group.id)).or_insert_with(|| (capability.delayed(&at, 0), Vec::new()));
+                    updates.push((record, diff));
+                }
+            });
+            while let Some(entry) = groups.first_entry() {
+                if frontier.less_than(&entry.key().0) {
+                    break;
+                }
+                let (key, (capability, mut updates)) = entry.remove_entry();
+                sum_updates(&mut updates);
+                updates.retain(|(_, total)| *total > 0);
+                output.session(&capability).give((key, updates));
+            }
+        }
+    })
+}
+
+/// `Emit::Final`, on worker 0: merges the workers' runs of a group once every run has arrived
+/// (the frontier is past its close time) and writes the rows.
+fn sink_final<'s, D>(
+    parts: StreamVec<'s, u64, (GroupOrder, Vec<(D, isize)>)>,
+    name: &str,
+    probe: &ProbeHandle<u64>,
+    sinks: &Rc<RefCell<SinkSet>>,
+    slot: Option<usize>,
+    mut to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
+) where
+    D: differential_dataflow::ExchangeData,
+{
+    let sinks = Rc::clone(sinks);
+    let mut runs: BTreeMap<GroupOrder, Vec<(D, isize)>> = BTreeMap::new();
+    written_below_frontier(parts, name, probe, move |arrived, frontier| {
+        for (key, run) in arrived.drain(..) {
+            runs.entry(key).or_default().extend(run);
+        }
+        let mut rows = Rows::default();
+        while let Some(entry) = runs.first_entry() {
+            if frontier.less_equal(&entry.key().0) {
+                break; // a worker's run for this close time may still be on its way
+            }
+            let mut group = entry.remove();
+            // The runs are sorted: the stable sort of `consolidate` merges them.
+            consolidate(&mut group);
+            for (record, total) in &group {
+                to_row(record, *total, &mut rows);
+            }
+        }
+        write_rows(&sinks, slot, rows);
+    });
+}
+
+/// `Emit::Changes`, on worker 0: gathers the updates by group and writes the rows whose value
+/// changed, whenever the frontier has passed the group's completion time.
+fn sink_changes<'s, D>(
+    stream: StreamVec<'s, u64, (D, u64, isize)>,
+    name: &str,
+    probe: &ProbeHandle<u64>,
+    sinks: &Rc<RefCell<SinkSet>>,
+    slot: Option<usize>,
     group_of: impl Fn(&D) -> Group + 'static,
     mut to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
 ) where
@@ -545,48 +649,31 @@ fn sink_by_group<'s, D>(
         changed: Vec<D>,
     }
     let sinks = Rc::clone(sinks);
-    let mut groups: BTreeMap<(u64, u64), State<D>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupOrder, State<D>> = BTreeMap::new();
     written_below_frontier(stream, name, probe, move |arrived, frontier| {
         for (record, _time, diff) in arrived.drain(..) {
             let group = group_of(&record);
             let state = groups
                 .entry((group.close, group.id))
                 .or_insert_with(|| State { group, updates: Vec::new(), changed: Vec::new() });
-            if emit == Emit::Changes {
-                state.changed.push(record.clone());
-            }
+            state.changed.push(record.clone());
             state.updates.push((record, diff));
         }
         let mut rows = Rows::default();
         let mut done = Vec::new();
         for (key, state) in groups.iter_mut() {
-            let final_now = !frontier.less_than(&state.group.close);
-            if emit == Emit::Final && !final_now {
-                break; // groups are in close-time order: none after this one is final either
-            }
-            match emit {
-                Emit::Final if final_now => {
-                    sum_updates(&mut state.updates);
-                    for (record, total) in &state.updates {
-                        if *total > 0 {
-                            to_row(record, *total, &mut rows);
-                        }
+            if !state.changed.is_empty() && !frontier.less_than(&state.group.complete) {
+                sum_updates(&mut state.updates);
+                state.changed.sort_unstable();
+                state.changed.dedup();
+                for record in state.changed.drain(..) {
+                    let found = state.updates.binary_search_by(|(r, _)| r.cmp(&record));
+                    if let Some((_, total)) = found.ok().map(|i| &state.updates[i]).filter(|(_, t)| *t > 0) {
+                        to_row(&record, *total, &mut rows);
                     }
                 }
-                Emit::Changes if !state.changed.is_empty() && !frontier.less_than(&state.group.complete) => {
-                    sum_updates(&mut state.updates);
-                    state.changed.sort_unstable();
-                    state.changed.dedup();
-                    for record in state.changed.drain(..) {
-                        let found = state.updates.binary_search_by(|(r, _)| r.cmp(&record));
-                        if let Some((_, total)) = found.ok().map(|i| &state.updates[i]).filter(|(_, t)| *t > 0) {
-                            to_row(&record, *total, &mut rows);
-                        }
-                    }
-                }
-                _ => {}
             }
-            if final_now {
+            if !frontier.less_than(&state.group.close) {
                 done.push(*key);
             }
         }
