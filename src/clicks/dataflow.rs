@@ -319,10 +319,8 @@ fn best(ads: impl Iterator<Item = (u64, u64)>, n: usize) -> Vec<(u64, u64)> {
 /// Stage one of [`top_n`]: for every open window, the `n` best ads of this worker, sent as
 /// changes (`((window start, (clicks, ad_id)), time, ±1)`) whenever they change.
 ///
-/// The pane counts of a time are applied once the frontier has passed it, to every window
-/// containing the pane; a window's ranking is kept incrementally (see [`WindowRanking`]), so a
-/// tick costs the changed counts, not the open windows' contents. A window's state is dropped
-/// when it is final: no count changes it any more.
+/// The pane counts of a time are applied once the frontier has passed it (see [`Rankings`]);
+/// a tick costs the changed counts, not the open windows' contents.
 fn local_top_n<'s>(
     counts: StreamVec<'s, u64, (GroupKey, u64, isize)>,
     clock: Clock,
@@ -332,7 +330,7 @@ fn local_top_n<'s>(
     let route = Exchange::new(|((_, ad_id, _), _, _): &(GroupKey, u64, isize)| exchange_hash(*ad_id));
     counts.unary_frontier::<CapacityContainerBuilder<Vec<_>>, _, _, _>(route, "LocalTopN", |_, _| {
         let mut pending: BTreeMap<u64, (Capability<u64>, Vec<(u64, u64, isize)>)> = BTreeMap::new();
-        let mut windows: BTreeMap<u64, WindowRanking> = BTreeMap::new();
+        let mut rankings = Rankings { clock, window, n, panes: FxHashMap::default(), windows: BTreeMap::new() };
         move |(input, frontier), output| {
             input.for_each(|capability, data| {
                 for ((pane, ad_id, _), time, diff) in data.drain(..) {
@@ -347,35 +345,87 @@ fn local_top_n<'s>(
                 }
                 let (capability, updates) = entry.remove();
                 for (pane, ad_id, diff) in updates {
-                    // A window already final takes no more changes (a restart re-reads panes
-                    // that are final for some of their windows only).
-                    let open = clock.windows_of(window, pane).filter(|start| clock.window_close(window, *start) > time);
-                    for start in open {
-                        windows.entry(start).or_default().add(ad_id, diff, n);
-                    }
+                    rankings.add(time, pane, ad_id, diff as i64);
                 }
                 let mut session = output.session(&capability);
-                for (start, ranking) in windows.iter_mut() {
-                    for (candidate, diff) in ranking.changes(n) {
+                for (start, best) in rankings.windows.iter_mut() {
+                    for (candidate, diff) in best.changes(&rankings.panes, window, *start, n) {
                         session.give(((*start, candidate), time, diff));
                     }
                 }
             }
-            windows.retain(|start, _| frontier.less_than(&clock.window_close(window, *start)));
+            rankings.retire(|close| !frontier.less_than(&close));
         }
     })
 }
 
-/// One window's clicks per ad on a worker, and its `n` best ads kept as counts change.
+/// This worker's clicks per ad and live pane, and every open window's best ads.
+///
+/// An ad's counts for the few live panes sit together, so a changed pane count costs one hash
+/// look-up, and the ad's clicks in each window containing the pane are sums over a short list.
+struct Rankings {
+    clock: Clock,
+    window: SlidingWindow,
+    n: usize,
+    /// For each ad with clicks in a live pane: `(pane, clicks)` of those panes.
+    panes: FxHashMap<u64, Vec<(u64, i64)>>,
+    /// The open windows by start.
+    windows: BTreeMap<u64, WindowBest>,
+}
+
+impl Rankings {
+    /// Applies a change of `diff` clicks to an ad's count in a pane, at `time`.
+    fn add(&mut self, time: u64, pane: u64, ad_id: u64, diff: i64) {
+        let (clock, window) = (self.clock, self.window);
+        let counts = self.panes.entry(ad_id).or_default();
+        match counts.iter_mut().find(|(p, _)| *p == pane) {
+            Some((_, clicks)) => *clicks += diff,
+            None => counts.push((pane, diff)),
+        }
+        // A window already final takes no more changes (a restart re-reads panes that are
+        // final for some of their windows only).
+        for start in clock.windows_of(window, pane).filter(|start| clock.window_close(window, *start) > time) {
+            let after = window_clicks(counts, start, window);
+            let best = self.windows.entry(start).or_default();
+            best.update(ad_id, after - diff, after, self.n);
+        }
+        counts.retain(|(_, clicks)| *clicks != 0);
+        if counts.is_empty() {
+            self.panes.remove(&ad_id);
+        }
+    }
+
+    /// Drops the windows that are final (`is_final(close time)`), and the panes no open window
+    /// contains any more.
+    fn retire(&mut self, is_final: impl Fn(u64) -> bool) {
+        let (clock, window) = (self.clock, self.window);
+        let before = self.windows.len();
+        self.windows.retain(|start, _| !is_final(clock.window_close(window, *start)));
+        if self.windows.len() == before {
+            return;
+        }
+        // The last window containing a pane starts at the pane's window-aligned start.
+        let retired = |pane: u64| is_final(clock.window_close(window, pane - pane % window.slide_ms));
+        self.panes.retain(|_, counts| {
+            counts.retain(|(pane, _)| !retired(*pane));
+            !counts.is_empty()
+        });
+    }
+}
+
+/// An ad's clicks in the window starting at `start`, from its pane counts.
+fn window_clicks(counts: &[(u64, i64)], start: u64, window: SlidingWindow) -> i64 {
+    counts.iter().filter(|(pane, _)| (start..start + window.size_ms).contains(pane)).map(|(_, clicks)| clicks).sum()
+}
+
+/// One window's `n` best ads on a worker, kept as counts change.
 ///
 /// Clicks only ever arrive, so nearly every change raises an ad's total: the ad moves up in
 /// `best` or enters it, pushing the last one out, and nothing else can move. A total that falls
-/// (not produced by today's inputs, but allowed) for an ad in `best` marks the ranking stale,
-/// and it is recomputed from all totals.
+/// (not produced by today's inputs, but allowed) for an ad in `best` marks it stale, and it is
+/// recomputed from all counts.
 #[derive(Default)]
-struct WindowRanking {
-    /// Clicks per ad, for ads with clicks.
-    clicks: FxHashMap<u64, u64>,
+struct WindowBest {
     /// The best ads as `(clicks, ad_id)` in ranking order, at most `n`; every ad with clicks
     /// when there are fewer.
     best: Vec<(u64, u64)>,
@@ -385,15 +435,10 @@ struct WindowRanking {
     sent: Vec<(u64, u64)>,
 }
 
-impl WindowRanking {
-    fn add(&mut self, ad_id: u64, diff: isize, n: usize) {
-        let clicks = self.clicks.entry(ad_id).or_insert(0);
-        let before = *clicks;
-        let after = (before as i64 + diff as i64).max(0) as u64;
-        *clicks = after;
-        if after == 0 {
-            self.clicks.remove(&ad_id);
-        }
+impl WindowBest {
+    /// An ad's clicks in the window went from `before` to `after`.
+    fn update(&mut self, ad_id: u64, before: i64, after: i64, n: usize) {
+        let (before, after) = (before.max(0) as u64, after.max(0) as u64);
         // An ad in a full `best` has at least the clicks of its last.
         let may_be_in_best = self.best.len() < n || self.best.last().is_some_and(|last| before >= last.0);
         let held = if may_be_in_best { self.best.iter().position(|(_, ad)| *ad == ad_id) } else { None };
@@ -418,9 +463,17 @@ impl WindowRanking {
     }
 
     /// The changes to send since the last call: the old best retracted, the new one inserted.
-    fn changes(&mut self, n: usize) -> Vec<((u64, u64), isize)> {
+    /// `panes` (every ad's pane counts) serves to recompute a stale ranking.
+    fn changes(
+        &mut self,
+        panes: &FxHashMap<u64, Vec<(u64, i64)>>,
+        window: SlidingWindow,
+        start: u64,
+        n: usize,
+    ) -> Vec<((u64, u64), isize)> {
         if self.stale {
-            self.best = best(self.clicks.iter().map(|(ad_id, clicks)| (*clicks, *ad_id)), n);
+            let clicks = panes.iter().map(|(ad_id, counts)| (window_clicks(counts, start, window), *ad_id));
+            self.best = best(clicks.filter(|(c, _)| *c > 0).map(|(c, ad_id)| (c as u64, ad_id)), n);
             self.stale = false;
         }
         if self.best == self.sent {
