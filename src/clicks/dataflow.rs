@@ -240,8 +240,9 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     let group = move |key: &GroupKey| Group { id: key.0, complete: key.0 + pane_ms, close: clock.pane_close(key.0) };
                     let route = |key: &GroupKey| exchange_hash(key.1);
                     sink_by_group(keys.clone().inner, name, &probe, &sink_set, slot, emit, group, route, move |&(pane, ad_id, value), clicks, rows| {
-                        let second = second.map(|field| field_value(field, value));
-                        rows.push_row([Value::Timestamp(pane), Value::Integer(ad_id)].into_iter().chain(second).chain([Value::Integer(clicks as u64)]));
+                        rows.values.extend([Value::Timestamp(pane), Value::Integer(ad_id)]);
+                        rows.values.extend(second.map(|field| field_value(field, value)));
+                        rows.values.push(Value::Integer(clicks as u64));
                     });
                 }
                 NodeOutput::Ranked { window, ranked } => {
@@ -646,6 +647,10 @@ where
     })
 }
 
+/// Values handed to a sink at a time, at most (a little more): the sink (a CSV writer thread)
+/// starts on them while the next are made, and no huge vector is grown.
+const VALUES_PER_WRITE: usize = 1 << 16;
+
 /// `Emit::Final`, on worker 0: merges the workers' runs of a group once every run has arrived
 /// (the frontier is past its close time) and writes the rows.
 fn sink_final<'s, D>(
@@ -674,6 +679,9 @@ fn sink_final<'s, D>(
             consolidate(&mut group);
             for (record, total) in &group {
                 to_row(record, *total, &mut rows);
+                if rows.values.len() >= VALUES_PER_WRITE {
+                    write_rows(&sinks, slot, std::mem::take(&mut rows));
+                }
             }
         }
         write_rows(&sinks, slot, rows);
