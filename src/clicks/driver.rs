@@ -313,7 +313,9 @@ impl Driver {
                 let mut partitions: Vec<PartitionCheckpoint> = reports.iter().flat_map(|r| r.checkpoint.clone()).collect();
                 partitions.sort_by_key(|p| p.partition);
                 if let Some(checkpointer) = checkpointer.as_deref_mut() {
+                    let started = Instant::now();
                     checkpointer.commit(&Checkpoint { job_time, partitions })?;
+                    self.paused(started.elapsed());
                 }
             }
             if self.finishing {
@@ -364,6 +366,17 @@ impl Driver {
         let idle = leader.last_record.iter().filter(|(_, seen)| now - **seen >= policy.idle_partition).map(|(p, _)| *p).collect();
         let drain = policy.drain_when_idle.is_some_and(|quiet| now - leader.last_any_record >= quiet);
         Some(Decisions { checkpoint, drain, idle })
+    }
+
+    /// The job read nothing for `pause` (it was committing): partitions were not quiet then,
+    /// so that time does not count towards making them idle or draining the job.
+    fn paused(&mut self, pause: Duration) {
+        if let Some(leader) = self.leader.as_mut() {
+            for seen in leader.last_record.values_mut() {
+                *seen += pause;
+            }
+            leader.last_any_record += pause;
+        }
     }
 
     /// Sends this worker's report for the round and steps all dataflows until every worker's

@@ -232,18 +232,24 @@ fn parse_csv_well_formed(line: &[u8]) -> Option<ClickEvent> {
     let (ad_id, _) = leading_number(&mut rest, b',')?;
     let (click_ts, _) = leading_number(&mut rest, b',')?;
     let (user_id, _) = leading_number(&mut rest, b',')?;
+    let ip = leading_ipv4(&mut rest, b',')?;
+    let country = Country::parse(rest)?;
+    (click_ts <= MAX_CLICK_TS).then_some(ClickEvent { ad_id, click_ts, user_id, ip, country })
+}
+
+/// Takes `a.b.c.d end` off the front of `rest`: an IPv4 address as [`parse_ipv4`] reads it
+/// (at most three digits an octet, no leading zero, at most 255), and the byte `end`.
+fn leading_ipv4(rest: &mut &[u8], end: u8) -> Option<u32> {
     let mut ip: u32 = 0;
-    for end in [b'.', b'.', b'.', b','] {
-        let (octet, digits) = leading_number(&mut rest, end)?;
-        // At most three digits, no leading zero, at most 255 (as `Ipv4Addr` parses).
+    for end in [b'.', b'.', b'.', end] {
+        let (octet, digits) = leading_number(rest, end)?;
         let leading_zero = digits > 1 && octet < 10u64.pow(digits as u32 - 1);
         if digits > 3 || leading_zero || octet > 255 {
             return None;
         }
         ip = ip << 8 | octet as u32;
     }
-    let country = Country::parse(rest)?;
-    (click_ts <= MAX_CLICK_TS).then_some(ClickEvent { ad_id, click_ts, user_id, ip, country })
+    Some(ip)
 }
 
 /// Takes `digits end` off the front of `rest`: 1 to 19 decimal digits (so no overflow) and the
@@ -299,6 +305,37 @@ struct JsonEvent<'a> {
 /// Parses one JSON Lines event; extra keys are ignored.
 pub fn parse_json(line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
     check_line(line, full_len)?;
+    if let Some(event) = parse_json_canonical(line) {
+        return Ok(event);
+    }
+    parse_json_any(line)
+}
+
+/// The common case in one pass: an event exactly as clickstay writes it (the Kafka wire format,
+/// `gen --format jsonl`): `{"ad_id":N,"click_ts":N,"user_id":N,"ip":"A.B.C.D","country":"CC"}`.
+/// `None` for any other spelling, which serde then reads (and, if need be, says what is wrong).
+/// Whatever this accepts, serde reads with the same values: numbers without leading zeros, as
+/// JSON requires, short enough not to overflow.
+fn parse_json_canonical(line: &[u8]) -> Option<ClickEvent> {
+    fn number(rest: &mut &[u8], end: u8) -> Option<u64> {
+        let leading_zero = rest.len() > 1 && rest[0] == b'0' && rest[1] != end;
+        let (value, _) = leading_number(rest, end).filter(|_| !leading_zero)?;
+        Some(value)
+    }
+    let mut rest = line.strip_prefix(b"{\"ad_id\":")?;
+    let ad_id = number(&mut rest, b',')?;
+    rest = rest.strip_prefix(b"\"click_ts\":")?;
+    let click_ts = number(&mut rest, b',')?;
+    rest = rest.strip_prefix(b"\"user_id\":")?;
+    let user_id = number(&mut rest, b',')?;
+    rest = rest.strip_prefix(b"\"ip\":\"")?;
+    let ip = leading_ipv4(&mut rest, b'"')?;
+    let country = Country::parse(rest.strip_prefix(b",\"country\":\"")?.strip_suffix(b"\"}")?)?;
+    (click_ts <= MAX_CLICK_TS).then_some(ClickEvent { ad_id, click_ts, user_id, ip, country })
+}
+
+/// Parses any JSON object holding the event's keys, with serde.
+fn parse_json_any(line: &[u8]) -> Result<ClickEvent, Reject> {
     // serde would also take an array of the values in field order: an event is an object.
     if line.trim_ascii_start().first() != Some(&b'{') {
         return Err(Reject::Json("an event must be a JSON object".into()));
@@ -436,6 +473,32 @@ mod tests {
             assert_eq!(csv(case).ok(), fields, "{case:?}");
         }
         assert!(parse_csv_well_formed(b"4711,1767225600123,99123,10.1.2.3,US").is_some());
+    }
+
+    #[test]
+    fn the_one_pass_json_parser_agrees_with_serde() {
+        let cases = [
+            r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US"}"#,
+            r#"{"ad_id":0,"click_ts":0,"user_id":0,"ip":"0.0.0.0","country":"DE"}"#,
+            r#"{"ad_id":01,"click_ts":0,"user_id":0,"ip":"0.0.0.0","country":"DE"}"#,
+            r#"{"ad_id":1,"click_ts":00,"user_id":0,"ip":"0.0.0.0","country":"DE"}"#,
+            r#"{"ad_id":18446744073709551615,"click_ts":1,"user_id":2,"ip":"1.2.3.4","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":253402300800000,"user_id":2,"ip":"1.2.3.4","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.04","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"XX"}"#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"US"} "#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"US","x":1}"#,
+            r#"{"ad_id":-1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":-2,"user_id":3,"ip":"1.2.3.4","country":"US"}"#,
+        ];
+        for case in cases {
+            let fast = parse_json_canonical(case.as_bytes());
+            let serde = parse_json_any(case.as_bytes()).ok();
+            assert!(fast.is_none() || fast == serde, "{case}: {fast:?} vs {serde:?}");
+            assert_eq!(parse_json(case.as_bytes(), case.len()).ok(), serde, "{case}");
+        }
+        assert!(parse_json_canonical(cases[0].as_bytes()).is_some());
+        assert!(parse_json_canonical(cases[1].as_bytes()).is_some());
     }
 
     #[test]
