@@ -154,6 +154,9 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     let mut driver = Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
     let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
     let totals = driver.run(worker, &mut source, &mut dataflow, Some(&mut checkpointer), |_| {})?;
+    if let Some(writer) = &checkpointer.writer {
+        writer.borrow_mut().wait_committed()?; // the last checkpoint commits in the background
+    }
     if index == 0 {
         tracing::info!(read = totals.read, late = totals.late, rejected = totals.rejected, "drained and committed");
     }
@@ -161,7 +164,7 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
 }
 
 /// The streaming job's checkpoints: Parquet files for the archive, one Postgres transaction for
-/// the rest.
+/// the rest (committed in the background, see [`PgWriter::commit`]).
 struct StreamCheckpointer {
     archive: PathBuf,
     topic: String,
