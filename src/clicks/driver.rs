@@ -180,6 +180,8 @@ struct OwnPartition {
 struct Leader {
     policy: StreamPolicy,
     last_checkpoint: Instant,
+    /// The input time when the last checkpoint was decided.
+    checkpointed_time: u64,
     last_record: BTreeMap<u32, Instant>,
     last_any_record: Instant,
 }
@@ -232,6 +234,7 @@ impl Driver {
         let leader = policy.filter(|_| worker.index() == 0).map(|policy| Leader {
             policy,
             last_checkpoint: now,
+            checkpointed_time: restore.job_time,
             last_record: partitions.iter().map(|p| (*p, now)).collect(),
             last_any_record: now,
         });
@@ -248,7 +251,8 @@ impl Driver {
                 OwnPartition { next: restored.restart_offset, archive_from: restored.committed_next, ..Default::default() },
             );
         }
-        let windows = spec.nodes.iter().filter_map(|n| if let Op::TopN { window, .. } = n.op { Some(window) } else { None }).collect();
+        let windows =
+            spec.nodes.iter().filter_map(|n| if let Op::TopN { window, .. } = n.op { Some(window) } else { None }).collect();
         Driver {
             clock: Clock::new(spec.time),
             windows,
@@ -359,9 +363,13 @@ impl Driver {
         let leader = self.leader.as_mut()?;
         let now = Instant::now();
         let policy = leader.policy;
-        let checkpoint = self.commit_pending.is_none() && now - leader.last_checkpoint >= policy.checkpoint_every;
+        // Also as soon as the watermark has moved: a pane it completes reaches the tables
+        // without waiting for the interval.
+        let due = now - leader.last_checkpoint >= policy.checkpoint_every || self.input_time > leader.checkpointed_time;
+        let checkpoint = self.commit_pending.is_none() && due;
         if checkpoint {
             leader.last_checkpoint = now;
+            leader.checkpointed_time = self.input_time;
         }
         let idle = leader.last_record.iter().filter(|(_, seen)| now - **seen >= policy.idle_partition).map(|(p, _)| *p).collect();
         let drain = policy.drain_when_idle.is_some_and(|quiet| now - leader.last_any_record >= quiet);
@@ -381,7 +389,12 @@ impl Driver {
 
     /// Sends this worker's report for the round and steps all dataflows until every worker's
     /// report and records of the round have arrived; returns the reports.
-    fn exchange(&mut self, worker: &mut Worker, report: RoundReport, dataflow: &mut ClickDataflow<RoundReport>) -> Result<Vec<RoundReport>> {
+    fn exchange(
+        &mut self,
+        worker: &mut Worker,
+        report: RoundReport,
+        dataflow: &mut ClickDataflow<RoundReport>,
+    ) -> Result<Vec<RoundReport>> {
         let round = self.round;
         let rounds = &mut dataflow.rounds;
         rounds.reports.send(report);
@@ -406,10 +419,8 @@ impl Driver {
     /// For `batch`: the largest event time in its partition before it, and the lines before it.
     fn before(&self, batch: &Batch, reports: &[RoundReport]) -> (Option<u64>, u64) {
         let state = self.partitions.get(&batch.partition).copied().unwrap_or_default();
-        let earlier = reports
-            .iter()
-            .flat_map(|r| &r.batches)
-            .filter(|b| b.partition == batch.partition && b.sequence < batch.sequence);
+        let earlier =
+            reports.iter().flat_map(|r| &r.batches).filter(|b| b.partition == batch.partition && b.sequence < batch.sequence);
         earlier.fold((state.max_ts, state.lines), |(max, lines), b| (max.max(b.max_ts), lines + b.lines))
     }
 
@@ -540,7 +551,6 @@ impl Driver {
         }
         Ok(parts)
     }
-
 }
 
 /// The watermark time from which a pane is needed by no result any more: its count is final and

@@ -23,11 +23,12 @@ use crate::clicks::driver::{Checkpoint, Restore, RestoredPartition};
 /// How long a commit keeps retrying an unreachable database before the job gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
-/// Buffered rows of one table: the latest row for each key.
+/// Buffered rows of one table, back to back, in the order written (a later row replaces an
+/// earlier one with the same key; see [`latest_rows`]).
 struct PendingTable {
     schema: TableSchema,
     table: String,
-    rows: FxHashMap<Vec<Value>, Vec<Value>>,
+    rows: Vec<Value>,
 }
 
 /// The job's connection and the rows waiting for the next checkpoint.
@@ -49,11 +50,24 @@ struct Transaction {
     checkpoint: Checkpoint,
 }
 
-/// The rows of one table in a [`Transaction`].
+/// The rows of one table in a [`Transaction`], as buffered.
 struct TableRows {
     schema: TableSchema,
     table: String,
-    rows: Vec<Vec<Value>>,
+    rows: Vec<Value>,
+}
+
+impl TableRows {
+    /// The last row written for each key, in no particular order: one upsert statement may
+    /// not touch a row twice. Worked out on the commit thread, off the dataflow's worker.
+    fn latest_rows(&self) -> impl Iterator<Item = &[Value]> {
+        let (width, keys) = (self.schema.columns.len(), self.schema.key_columns);
+        let mut latest: FxHashMap<&[Value], &[Value]> = FxHashMap::default();
+        for row in self.rows.chunks_exact(width) {
+            latest.insert(&row[..keys], row);
+        }
+        latest.into_values()
+    }
 }
 
 /// A thread that commits the checkpoints' transactions one after the other, so that the job
@@ -86,8 +100,13 @@ impl Committer {
                         }
                         result
                     });
-                    let rows: usize = transaction.tables.iter().map(|t| t.rows.len()).sum();
-                    tracing::debug!(checkpoint = transaction.number, rows, job_time = transaction.checkpoint.job_time, "committed");
+                    let rows: usize = transaction.tables.iter().map(|t| t.rows.len() / t.schema.columns.len()).sum();
+                    tracing::debug!(
+                        checkpoint = transaction.number,
+                        rows,
+                        job_time = transaction.checkpoint.job_time,
+                        "committed"
+                    );
                     if report.send(result).is_err() {
                         return;
                     }
@@ -237,29 +256,20 @@ impl PgWriter {
     /// Every archive file a committed checkpoint lists (relative to the archive root).
     pub fn archived_files(&mut self) -> Result<Vec<String>> {
         let client = self.client.as_mut().context("not connected")?;
-        let rows = client.query("SELECT unnest(files) FROM raw_archive WHERE job = $1 AND topic = $2", &[&self.job, &self.topic])?;
+        let rows =
+            client.query("SELECT unnest(files) FROM raw_archive WHERE job = $1 AND topic = $2", &[&self.job, &self.topic])?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// A sink for one table, buffering into this writer.
     pub fn table(writer: &Rc<RefCell<PgWriter>>, table: &str, schema: &TableSchema) -> PgTable {
         let mut this = writer.borrow_mut();
-        this.tables.push(PendingTable { schema: schema.clone(), table: table.to_string(), rows: FxHashMap::default() });
+        this.tables.push(PendingTable { schema: schema.clone(), table: table.to_string(), rows: Vec::new() });
         PgTable { writer: Rc::clone(writer), index: this.tables.len() - 1 }
     }
 
     fn buffer(&mut self, index: usize, rows: Rows) {
-        let table = &mut self.tables[index];
-        let width = table.schema.columns.len();
-        let keys = table.schema.key_columns;
-        let mut values = rows.values.into_iter();
-        loop {
-            let row: Vec<Value> = values.by_ref().take(width).collect();
-            if row.len() < width {
-                break;
-            }
-            table.rows.insert(row[..keys].to_vec(), row);
-        }
+        self.tables[index].rows.extend(rows.values);
     }
 
     /// Hands every buffered row and the checkpoint to the commit thread, to be committed in one
@@ -271,7 +281,7 @@ impl PgWriter {
             .tables
             .iter_mut()
             .filter(|t| !t.rows.is_empty())
-            .map(|t| TableRows { schema: t.schema.clone(), table: t.table.clone(), rows: t.rows.drain().map(|(_, row)| row).collect() })
+            .map(|t| TableRows { schema: t.schema.clone(), table: t.table.clone(), rows: std::mem::take(&mut t.rows) })
             .collect();
         let committer = match &mut self.committer {
             Some(committer) => committer,
@@ -303,7 +313,7 @@ fn commit_transaction(client: &mut Client, job: &str, topic: &str, transaction: 
         let mut copy = tx.copy_in(&format!("COPY {temp} FROM STDIN"))?;
         let mut text = String::new();
         let mut times = TimestampText::default();
-        for row in &table.rows {
+        for row in table.latest_rows() {
             copy_line(row, &table.schema, &mut times, &mut text);
             if text.len() >= 1 << 16 {
                 copy.write_all(text.as_bytes())?;
@@ -468,7 +478,12 @@ mod tests {
     fn copy_text_escapes_and_formats_times() {
         let schema = TableSchema::new("t", &[("a", ColumnKind::Timestamp), ("b", ColumnKind::Text)], 1);
         let mut line = String::new();
-        copy_line(&[Value::Timestamp(1_767_225_600_123), Value::Text("x\ty\\z\n\0".into())], &schema, &mut Default::default(), &mut line);
+        copy_line(
+            &[Value::Timestamp(1_767_225_600_123), Value::Text("x\ty\\z\n\0".into())],
+            &schema,
+            &mut Default::default(),
+            &mut line,
+        );
         assert_eq!(line, "2026-01-01 00:00:00.123+00\tx\\ty\\\\z\\n\u{FFFD}\n");
     }
 }
