@@ -259,21 +259,12 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     let group =
                         move |key: &GroupKey| Group { id: key.0, complete: key.0 + pane_ms, close: clock.pane_close(key.0) };
                     let route = |key: &GroupKey| exchange_hash(key.1);
-                    sink_by_group(
-                        keys.clone().inner,
-                        name,
-                        &probe,
-                        &sink_set,
-                        slot,
-                        emit,
-                        group,
-                        route,
-                        move |&(pane, ad_id, value), clicks, rows| {
-                            rows.values.extend([Value::Timestamp(pane), Value::Integer(ad_id)]);
-                            rows.values.extend(second.map(|field| field_value(field, value)));
-                            rows.values.push(Value::Integer(clicks as u64));
-                        },
-                    );
+                    let target = SinkTarget { name, probe: &probe, sinks: &sink_set, slot, emit };
+                    sink_by_group(keys.clone().inner, &target, group, route, move |&(pane, ad_id, value), clicks, rows| {
+                        rows.values.extend([Value::Timestamp(pane), Value::Integer(ad_id)]);
+                        rows.values.extend(second.map(|field| field_value(field, value)));
+                        rows.values.push(Value::Integer(clicks as u64));
+                    });
                 }
                 NodeOutput::Ranked { window, ranked } => {
                     let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
@@ -284,13 +275,10 @@ pub fn build<R: timely::ExchangeData + Clone>(
                         close: clock.window_close(window, ranked.0),
                     };
                     let route = |ranked: &RankedAd| exchange_hash(ranked.0);
+                    let target = SinkTarget { name, probe: &probe, sinks: &sink_set, slot, emit };
                     sink_by_group(
                         ranked.clone().inner,
-                        name,
-                        &probe,
-                        &sink_set,
-                        slot,
-                        emit,
+                        &target,
                         group,
                         route,
                         move |&(start, (rank, ad_id, clicks)), _, rows| {
@@ -623,20 +611,16 @@ struct Group {
 /// group's rows once, in (close, group, record) order, when no update for it can come any more;
 /// with `Emit::Changes`, the rows whose value changed, whenever the frontier has passed the
 /// group's completion time. `route` says which worker holds a record's updates.
-#[allow(clippy::too_many_arguments)]
 fn sink_by_group<'s, D>(
     stream: StreamVec<'s, u64, (D, u64, isize)>,
-    name: &str,
-    probe: &ProbeHandle<u64>,
-    sinks: &Rc<RefCell<SinkSet>>,
-    slot: Option<usize>,
-    emit: Emit,
+    target: &SinkTarget,
     group_of: impl Fn(&D) -> Group + 'static,
     route: impl Fn(&D) -> u64 + 'static,
     to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
 ) where
     D: differential_dataflow::ExchangeData,
 {
+    let SinkTarget { name, probe, sinks, slot, emit } = *target;
     match emit {
         Emit::Final => {
             let parts = final_parts(stream, name, group_of, route);
@@ -644,6 +628,19 @@ fn sink_by_group<'s, D>(
         }
         Emit::Changes => sink_changes(stream, name, probe, sinks, slot, group_of, to_row),
     }
+}
+
+/// Where the rows of a spec sink go, and when.
+#[derive(Clone, Copy)]
+struct SinkTarget<'a> {
+    /// The spec sink's name, for the operators' names.
+    name: &'a str,
+    /// Passes a time once every row for earlier times has been written.
+    probe: &'a ProbeHandle<u64>,
+    /// Worker 0's sinks, and this sink's slot among them (`None` on other workers).
+    sinks: &'a Rc<RefCell<SinkSet>>,
+    slot: Option<usize>,
+    emit: Emit,
 }
 
 /// A group's key in close-time order: (close, group id).
