@@ -130,6 +130,12 @@ pub trait Checkpointer {
     fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>>;
     /// On worker 0: commits the sinks' buffered rows and the checkpoint in one transaction.
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()>;
+    /// On worker 0: whether a checkpoint now would not wait for the previous one to commit.
+    /// While it would, the job goes on reading and no checkpoint is taken: the next one then
+    /// carries more rows (corrections of a row in between count once) instead of stalling.
+    fn ready(&mut self) -> bool {
+        true
+    }
 }
 
 /// When a streaming job checkpoints and how it treats quiet partitions.
@@ -309,7 +315,7 @@ impl Driver {
                 ended: ended || self.finishing,
                 late: self.late,
                 rejected: self.rejected,
-                decisions: self.decide(),
+                decisions: self.decide(checkpointer.as_deref_mut().is_none_or(|c| c.ready())),
                 checkpoint: std::mem::take(&mut self.checkpoint_parts),
             };
             let reports = self.exchange(worker, report, dataflow)?;
@@ -359,14 +365,14 @@ impl Driver {
     }
 
     /// Worker 0's decisions for this round, from what it has seen so far.
-    fn decide(&mut self) -> Option<Decisions> {
+    fn decide(&mut self, checkpointer_ready: bool) -> Option<Decisions> {
         let leader = self.leader.as_mut()?;
         let now = Instant::now();
         let policy = leader.policy;
         // Also as soon as the watermark has moved: a pane it completes reaches the tables
         // without waiting for the interval.
         let due = now - leader.last_checkpoint >= policy.checkpoint_every || self.input_time > leader.checkpointed_time;
-        let checkpoint = self.commit_pending.is_none() && due;
+        let checkpoint = self.commit_pending.is_none() && checkpointer_ready && due;
         if checkpoint {
             leader.last_checkpoint = now;
             leader.checkpointed_time = self.input_time;

@@ -188,4 +188,8 @@ impl Checkpointer for StreamCheckpointer {
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         self.writer.as_ref().context("commits happen on worker 0")?.borrow_mut().commit(checkpoint)
     }
+
+    fn ready(&mut self) -> bool {
+        self.writer.as_ref().is_none_or(|writer| !writer.borrow_mut().committing())
+    }
 }

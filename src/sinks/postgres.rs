@@ -78,6 +78,8 @@ struct Committer {
     transactions: std::sync::mpsc::SyncSender<Transaction>,
     results: std::sync::mpsc::Receiver<Result<()>>,
     in_flight: bool,
+    /// How the transaction in flight ended, once known and not yet waited for.
+    finished: Option<Result<()>>,
 }
 
 impl Committer {
@@ -113,7 +115,21 @@ impl Committer {
                 }
             })
             .context("cannot start the commit thread")?;
-        Ok(Committer { transactions, results, in_flight: false })
+        Ok(Committer { transactions, results, in_flight: false, finished: None })
+    }
+
+    /// Whether a transaction is still being committed.
+    fn busy(&mut self) -> bool {
+        if self.in_flight && self.finished.is_none() {
+            match self.results.try_recv() {
+                Ok(result) => self.finished = Some(result),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.finished = Some(Err(anyhow::anyhow!("the commit thread stopped")))
+                }
+            }
+        }
+        self.in_flight && self.finished.is_none()
     }
 
     /// Waits for the transaction in flight, if any, and returns how it ended.
@@ -121,7 +137,10 @@ impl Committer {
         if !std::mem::take(&mut self.in_flight) {
             return Ok(());
         }
-        self.results.recv().context("the commit thread stopped")?
+        match self.finished.take() {
+            Some(result) => result,
+            None => self.results.recv().context("the commit thread stopped")?,
+        }
     }
 
     fn send(&mut self, transaction: Transaction) -> Result<()> {
@@ -293,6 +312,11 @@ impl PgWriter {
         committer.send(Transaction { number, tables, checkpoint: checkpoint.clone() })?;
         self.checkpoints = number;
         Ok(())
+    }
+
+    /// Whether the last checkpoint handed to [`PgWriter::commit`] is still being committed.
+    pub fn committing(&mut self) -> bool {
+        self.committer.as_mut().is_some_and(Committer::busy)
     }
 
     /// Waits until every checkpoint handed to [`PgWriter::commit`] has committed.
