@@ -23,6 +23,11 @@ use crate::clicks::driver::{Checkpoint, Restore, RestoredPartition};
 /// How long a commit keeps retrying an unreachable database before the job gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
+/// Values buffered at most before a checkpoint is taken even while the previous one is still
+/// committing (which then holds up the job): bounds the memory a slow database costs, at about
+/// 32 bytes a value (a million rows of four or five columns).
+const MAX_BUFFERED_VALUES: usize = 1 << 22;
+
 /// Buffered rows of one table, back to back, in the order written (a later row replaces an
 /// earlier one with the same key; see [`latest_rows`]).
 struct PendingTable {
@@ -314,9 +319,11 @@ impl PgWriter {
         Ok(())
     }
 
-    /// Whether the last checkpoint handed to [`PgWriter::commit`] is still being committed.
+    /// Whether a checkpoint now would wait for the previous one to commit, with few enough rows
+    /// buffered that waiting for it to finish first is better (see [`MAX_BUFFERED_VALUES`]).
     pub fn committing(&mut self) -> bool {
-        self.committer.as_mut().is_some_and(Committer::busy)
+        let buffered: usize = self.tables.iter().map(|t| t.rows.len()).sum();
+        buffered < MAX_BUFFERED_VALUES && self.committer.as_mut().is_some_and(Committer::busy)
     }
 
     /// Waits until every checkpoint handed to [`PgWriter::commit`] has committed.
