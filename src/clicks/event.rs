@@ -240,14 +240,26 @@ fn parse_csv_well_formed(line: &[u8]) -> Option<ClickEvent> {
 fn leading_ipv4(rest: &mut &[u8], end: u8) -> Option<u32> {
     let mut ip: u32 = 0;
     for end in [b'.', b'.', b'.', end] {
-        let (octet, digits) = leading_number(rest, end)?;
-        let leading_zero = digits > 1 && octet < 10u64.pow(digits as u32 - 1);
-        if digits > 3 || leading_zero || octet > 255 {
-            return None;
-        }
-        ip = ip << 8 | octet as u32;
+        ip = ip << 8 | leading_octet(rest, end)?;
     }
     Some(ip)
+}
+
+/// Takes `digits end` off the front of `rest` for one octet of an address: 1 to 3 digits, no
+/// leading zero, at most 255.
+fn leading_octet(rest: &mut &[u8], end: u8) -> Option<u32> {
+    let digit = |i: usize| rest.get(i).map(|b| b.wrapping_sub(b'0') as u32).filter(|d| *d <= 9);
+    let first = digit(0)?;
+    let (value, digits) = match (digit(1), digit(2)) {
+        (None, _) => (first, 1),
+        (Some(second), None) => (first * 10 + second, 2),
+        (Some(second), Some(third)) => (first * 100 + second * 10 + third, 3),
+    };
+    if (digits > 1 && first == 0) || value > 255 || rest.get(digits) != Some(&end) {
+        return None;
+    }
+    *rest = &rest[digits + 1..];
+    Some(value)
 }
 
 /// Takes `digits end` off the front of `rest`: 1 to 19 decimal digits (so no overflow) and the
@@ -524,6 +536,17 @@ mod tests {
         }
         assert!(parse_json_canonical(cases[0].as_bytes()).is_some());
         assert!(parse_json_canonical(cases[1].as_bytes()).is_some());
+    }
+
+    #[test]
+    fn the_one_pass_address_reader_agrees_with_std() {
+        let odd = ["00", "01", "09", "010", "0255", "1a", "", "-1", "2555"].map(String::from);
+        for octet in (0..1000).map(|n: u32| n.to_string()).chain(odd) {
+            let text = format!("{octet}.1.2.3,");
+            let fast = leading_ipv4(&mut text.as_bytes(), b',');
+            let std = format!("{octet}.1.2.3").parse::<Ipv4Addr>().ok().map(u32::from);
+            assert_eq!(fast, std, "{text}");
+        }
     }
 
     #[test]
