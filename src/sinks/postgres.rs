@@ -25,8 +25,8 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
 /// Values buffered at most before a checkpoint is taken even while the previous one is still
 /// committing (which then holds up the job): bounds the memory a slow database costs, at about
-/// 32 bytes a value (a million rows of four or five columns).
-const MAX_BUFFERED_VALUES: usize = 1 << 22;
+/// 32 bytes a value (some 450,000 rows of four or five columns, two 1-minute panes here).
+const MAX_BUFFERED_VALUES: usize = 1 << 21;
 
 /// Buffered rows of one table, back to back, in the order written (a later row replaces an
 /// earlier one with the same key; see [`latest_rows`]).
