@@ -93,9 +93,7 @@ impl Country {
     /// The code if `text` is an assigned upper-case ISO 3166-1 alpha-2 code.
     pub fn parse(text: &[u8]) -> Option<Country> {
         match text {
-            [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] if ASSIGNED[slot(*a, *b)].is_some() => {
-                Some(Country(u16::from_be_bytes([*a, *b])))
-            }
+            [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] if ASSIGNED[slot(*a, *b)].is_some() => Some(Country(u16::from_be_bytes([*a, *b]))),
             _ => None,
         }
     }
@@ -217,6 +215,73 @@ fn check_line(line: &[u8], full_len: usize) -> Result<(), Reject> {
 /// length before any truncation.
 pub fn parse_csv(line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
     check_line(line, full_len)?;
+    if let Some(event) = parse_csv_well_formed(line) {
+        return Ok(event);
+    }
+    parse_csv_fields(line)
+}
+
+/// The common case in one pass over the bytes: a line that is a valid event. `None` for
+/// anything unusual (including valid lines it does not bother with, such as a 20-digit id),
+/// which [`parse_csv_fields`] then parses field by field and, if need be, says what is wrong.
+/// Whatever this accepts, `parse_csv_fields` accepts with the same values.
+fn parse_csv_well_formed(line: &[u8]) -> Option<ClickEvent> {
+    let mut rest = line;
+    let (ad_id, _) = leading_number(&mut rest, b',')?;
+    let (click_ts, _) = leading_number(&mut rest, b',')?;
+    let (user_id, _) = leading_number(&mut rest, b',')?;
+    let ip = leading_ipv4(&mut rest, b',')?;
+    let country = Country::parse(rest)?;
+    (click_ts <= MAX_CLICK_TS).then_some(ClickEvent { ad_id, click_ts, user_id, ip, country })
+}
+
+/// Takes `a.b.c.d end` off the front of `rest`: an IPv4 address as [`parse_ipv4`] reads it
+/// (at most three digits an octet, no leading zero, at most 255), and the byte `end`.
+fn leading_ipv4(rest: &mut &[u8], end: u8) -> Option<u32> {
+    let mut ip: u32 = 0;
+    for end in [b'.', b'.', b'.', end] {
+        ip = ip << 8 | leading_octet(rest, end)?;
+    }
+    Some(ip)
+}
+
+/// Takes `digits end` off the front of `rest` for one octet of an address: 1 to 3 digits, no
+/// leading zero, at most 255.
+fn leading_octet(rest: &mut &[u8], end: u8) -> Option<u32> {
+    let digit = |i: usize| rest.get(i).map(|b| b.wrapping_sub(b'0') as u32).filter(|d| *d <= 9);
+    let first = digit(0)?;
+    let (value, digits) = match (digit(1), digit(2)) {
+        (None, _) => (first, 1),
+        (Some(second), None) => (first * 10 + second, 2),
+        (Some(second), Some(third)) => (first * 100 + second * 10 + third, 3),
+    };
+    if (digits > 1 && first == 0) || value > 255 || rest.get(digits) != Some(&end) {
+        return None;
+    }
+    *rest = &rest[digits + 1..];
+    Some(value)
+}
+
+/// Takes `digits end` off the front of `rest`: 1 to 19 decimal digits (so no overflow) and the
+/// byte `end`. Returns the number and how many digits it had.
+fn leading_number(rest: &mut &[u8], end: u8) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    for (i, &byte) in rest.iter().enumerate().take(20) {
+        if byte == end && i > 0 {
+            *rest = &rest[i + 1..];
+            return Some((value, i));
+        }
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 || i == 19 {
+            return None;
+        }
+        value = value * 10 + digit as u64;
+    }
+    None
+}
+
+/// Parses a CSV data line field by field, naming the first problem it meets.
+fn parse_csv_fields(line: &[u8]) -> Result<ClickEvent, Reject> {
     let mut fields: [&[u8]; 5] = [&[]; 5];
     let mut count = 0;
     for field in line.split(|&b| b == b',') {
@@ -250,6 +315,37 @@ struct JsonEvent<'a> {
 /// Parses one JSON Lines event; extra keys are ignored.
 pub fn parse_json(line: &[u8], full_len: usize) -> Result<ClickEvent, Reject> {
     check_line(line, full_len)?;
+    if let Some(event) = parse_json_canonical(line) {
+        return Ok(event);
+    }
+    parse_json_any(line)
+}
+
+/// The common case in one pass: an event exactly as clickstay writes it (the Kafka wire format,
+/// `gen --format jsonl`): `{"ad_id":N,"click_ts":N,"user_id":N,"ip":"A.B.C.D","country":"CC"}`.
+/// `None` for any other spelling, which serde then reads (and, if need be, says what is wrong).
+/// Whatever this accepts, serde reads with the same values: numbers without leading zeros, as
+/// JSON requires, short enough not to overflow.
+fn parse_json_canonical(line: &[u8]) -> Option<ClickEvent> {
+    fn number(rest: &mut &[u8], end: u8) -> Option<u64> {
+        let leading_zero = rest.len() > 1 && rest[0] == b'0' && rest[1] != end;
+        let (value, _) = leading_number(rest, end).filter(|_| !leading_zero)?;
+        Some(value)
+    }
+    let mut rest = line.strip_prefix(b"{\"ad_id\":")?;
+    let ad_id = number(&mut rest, b',')?;
+    rest = rest.strip_prefix(b"\"click_ts\":")?;
+    let click_ts = number(&mut rest, b',')?;
+    rest = rest.strip_prefix(b"\"user_id\":")?;
+    let user_id = number(&mut rest, b',')?;
+    rest = rest.strip_prefix(b"\"ip\":\"")?;
+    let ip = leading_ipv4(&mut rest, b'"')?;
+    let country = Country::parse(rest.strip_prefix(b",\"country\":\"")?.strip_suffix(b"\"}")?)?;
+    (click_ts <= MAX_CLICK_TS).then_some(ClickEvent { ad_id, click_ts, user_id, ip, country })
+}
+
+/// Parses any JSON object holding the event's keys, with serde.
+fn parse_json_any(line: &[u8]) -> Result<ClickEvent, Reject> {
     // serde would also take an array of the values in field order: an event is an object.
     if line.trim_ascii_start().first() != Some(&b'{') {
         return Err(Reject::Json("an event must be a JSON object".into()));
@@ -289,9 +385,21 @@ pub fn write_csv(event: &ClickEvent, out: &mut Vec<u8>) {
     out.push(b',');
     out.extend_from_slice(buffer.format(event.user_id).as_bytes());
     out.push(b',');
-    out.extend_from_slice(Ipv4Addr::from(event.ip).to_string().as_bytes());
+    write_ipv4(event.ip, out);
     out.push(b',');
     out.extend_from_slice(event.country.as_str().as_bytes());
+}
+
+/// Appends an IPv4 address in dotted form (as `Ipv4Addr`'s `Display`, without its formatting
+/// machinery: the archive writes one per event).
+pub fn write_ipv4(ip: u32, out: &mut Vec<u8>) {
+    let mut buffer = itoa::Buffer::new();
+    for (i, octet) in ip.to_be_bytes().into_iter().enumerate() {
+        if i > 0 {
+            out.push(b'.');
+        }
+        out.extend_from_slice(buffer.format(octet).as_bytes());
+    }
 }
 
 /// Encodes a filter value from a spec (`country = ["US"]`, `ad_id = [7]`) the way
@@ -371,10 +479,106 @@ mod tests {
     }
 
     #[test]
+    fn the_one_pass_parser_agrees_with_the_field_parser() {
+        let long_id = format!("{},1,2,10.0.0.1,US", u64::MAX);
+        let cases = [
+            "4711,1767225600123,99123,10.1.2.3,US",
+            "0,0,0,0.0.0.0,DE",
+            "1,2,3,255.255.255.255,ZW",
+            &long_id,
+            "1,2,3,256.0.0.1,US",
+            "1,2,3,01.0.0.1,US",
+            "1,2,3,1.0.0,US",
+            "1,2,3,1.0.0.1.2,US",
+            "1,2,3,1.0.0.1,US,",
+            "1,,3,1.0.0.1,US",
+            ",2,3,1.0.0.1,US",
+            "1,2,3,1.0.0.1,U",
+            "1,2,3,1.0.0.1,XX",
+            "1,253402300800000,3,1.0.0.1,US",
+            "1,253402300799999,3,1.0.0.1,US",
+            "1,2,3,1.0.0.1",
+            "1,2,3,1.0.0.00,US",
+            "1,-2,3,1.0.0.1,US",
+            "12345678901234567890,2,3,1.0.0.1,US",
+            "1,2,3,1.0.0.1,US\r",
+        ];
+        for case in cases {
+            let fast = parse_csv_well_formed(case.as_bytes());
+            let fields = parse_csv_fields(case.as_bytes()).ok();
+            assert!(fast.is_none() || fast == fields, "{case:?}: {fast:?} vs {fields:?}");
+            assert_eq!(csv(case).ok(), fields, "{case:?}");
+        }
+        assert!(parse_csv_well_formed(b"4711,1767225600123,99123,10.1.2.3,US").is_some());
+    }
+
+    #[test]
+    fn the_one_pass_json_parser_agrees_with_serde() {
+        let cases = [
+            r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US"}"#,
+            r#"{"ad_id":0,"click_ts":0,"user_id":0,"ip":"0.0.0.0","country":"DE"}"#,
+            r#"{"ad_id":01,"click_ts":0,"user_id":0,"ip":"0.0.0.0","country":"DE"}"#,
+            r#"{"ad_id":1,"click_ts":00,"user_id":0,"ip":"0.0.0.0","country":"DE"}"#,
+            r#"{"ad_id":18446744073709551615,"click_ts":1,"user_id":2,"ip":"1.2.3.4","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":253402300800000,"user_id":2,"ip":"1.2.3.4","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.04","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"XX"}"#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"US"} "#,
+            r#"{"ad_id":1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"US","x":1}"#,
+            r#"{"ad_id":-1,"click_ts":2,"user_id":3,"ip":"1.2.3.4","country":"US"}"#,
+            r#"{"ad_id":1,"click_ts":-2,"user_id":3,"ip":"1.2.3.4","country":"US"}"#,
+        ];
+        for case in cases {
+            let fast = parse_json_canonical(case.as_bytes());
+            let serde = parse_json_any(case.as_bytes()).ok();
+            assert!(fast.is_none() || fast == serde, "{case}: {fast:?} vs {serde:?}");
+            assert_eq!(parse_json(case.as_bytes(), case.len()).ok(), serde, "{case}");
+        }
+        assert!(parse_json_canonical(cases[0].as_bytes()).is_some());
+        assert!(parse_json_canonical(cases[1].as_bytes()).is_some());
+    }
+
+    #[test]
+    fn the_one_pass_address_reader_agrees_with_std() {
+        let odd = ["00", "01", "09", "010", "0255", "1a", "", "-1", "2555"].map(String::from);
+        for octet in (0..1000).map(|n: u32| n.to_string()).chain(odd) {
+            let text = format!("{octet}.1.2.3,");
+            let fast = leading_ipv4(&mut text.as_bytes(), b',');
+            let std = format!("{octet}.1.2.3").parse::<Ipv4Addr>().ok().map(u32::from);
+            assert_eq!(fast, std, "{text}");
+        }
+    }
+
+    #[test]
+    fn ipv4_writer_agrees_with_std() {
+        for ip in [0u32, 1, 0x0A01_0203, 0xFFFF_FFFF, 0xC0A8_0001] {
+            let mut out = Vec::new();
+            write_ipv4(ip, &mut out);
+            assert_eq!(out, Ipv4Addr::from(ip).to_string().as_bytes());
+        }
+    }
+
+    #[test]
     fn ipv4_parser_agrees_with_std() {
         let cases = [
-            "10.1.2.3", "0.0.0.0", "255.255.255.255", "256.1.1.1", "1.2.3", "1.2.3.4.5", "01.2.3.4", "0.0.0.00",
-            "1..2.3", ".1.2.3", "1.2.3.", "1.2.3.4 ", "+1.2.3.4", "1.2.3.-4", "a.b.c.d", "1000.1.1.1", "", "1.2.3.0x1",
+            "10.1.2.3",
+            "0.0.0.0",
+            "255.255.255.255",
+            "256.1.1.1",
+            "1.2.3",
+            "1.2.3.4.5",
+            "01.2.3.4",
+            "0.0.0.00",
+            "1..2.3",
+            ".1.2.3",
+            "1.2.3.",
+            "1.2.3.4 ",
+            "+1.2.3.4",
+            "1.2.3.-4",
+            "a.b.c.d",
+            "1000.1.1.1",
+            "",
+            "1.2.3.0x1",
         ];
         for case in cases {
             let std = case.parse::<Ipv4Addr>().ok().map(u32::from);

@@ -154,6 +154,9 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     let mut driver = Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
     let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
     let totals = driver.run(worker, &mut source, &mut dataflow, Some(&mut checkpointer), |_| {})?;
+    if let Some(writer) = &checkpointer.writer {
+        writer.borrow_mut().wait_committed()?; // the last checkpoint commits in the background
+    }
     if index == 0 {
         tracing::info!(read = totals.read, late = totals.late, rejected = totals.rejected, "drained and committed");
     }
@@ -161,7 +164,7 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
 }
 
 /// The streaming job's checkpoints: Parquet files for the archive, one Postgres transaction for
-/// the rest.
+/// the rest (committed in the background, see [`PgWriter::commit`]).
 struct StreamCheckpointer {
     archive: PathBuf,
     topic: String,
@@ -171,12 +174,22 @@ struct StreamCheckpointer {
 impl Checkpointer for StreamCheckpointer {
     fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>> {
         let events: Vec<(i64, ClickEvent)> = events.iter().map(|(offset, event)| (*offset as i64, *event)).collect();
-        let files =
-            crate::sinks::parquet::write_archive(&self.archive, &self.topic, partition as i32, first as i64, next as i64, &events)?;
+        let files = crate::sinks::parquet::write_archive(
+            &self.archive,
+            &self.topic,
+            partition as i32,
+            first as i64,
+            next as i64,
+            &events,
+        )?;
         Ok(files.iter().map(|f| f.strip_prefix(&self.archive).unwrap_or(f).to_string_lossy().into_owned()).collect())
     }
 
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         self.writer.as_ref().context("commits happen on worker 0")?.borrow_mut().commit(checkpoint)
+    }
+
+    fn ready(&mut self) -> bool {
+        self.writer.as_ref().is_none_or(|writer| !writer.borrow_mut().committing())
     }
 }

@@ -25,6 +25,7 @@ use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::ColumnPath;
 use parquet::schema::types::Type;
 
 use crate::clicks::event::ClickEvent;
@@ -97,7 +98,8 @@ pub fn write_archive(
 fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, events: &[&(i64, ClickEvent)]) -> Result<()> {
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
-    let properties = Arc::new(WriterProperties::builder().build());
+    // Addresses are nearly all distinct: a dictionary of them would only cost time.
+    let properties = Arc::new(WriterProperties::builder().set_column_dictionary_enabled(ColumnPath::from("ip"), false).build());
     let mut writer = SerializedFileWriter::new(file, schema.clone(), properties)?;
     for chunk in events.chunks(ROW_GROUP_ROWS) {
         let mut row_group = writer.next_row_group()?;
@@ -113,7 +115,14 @@ fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, even
         let ad_ids = long(&|(_, e)| e.ad_id as i64);
         let times = long(&|(_, e)| e.click_ts as i64);
         let user_ids = long(&|(_, e)| e.user_id as i64);
-        let ips = text(&|e| std::net::Ipv4Addr::from(e.ip).to_string());
+        let ips: Vec<ByteArray> = chunk
+            .iter()
+            .map(|(_, e)| {
+                let mut ip = Vec::with_capacity(15);
+                crate::clicks::event::write_ipv4(e.ip, &mut ip);
+                ByteArray::from(ip)
+            })
+            .collect();
         let countries = text(&|e| e.country.as_str().to_string());
         write_column::<ByteArrayType>(&mut row_group, &topics)?;
         write_column::<Int32Type>(&mut row_group, &partitions)?;
@@ -292,7 +301,10 @@ mod tests {
         std::fs::write(dir.join("notes.parquet"), b"x").unwrap();
         let found: Vec<_> = list_archive(root.path()).unwrap().into_iter().map(|(_, p, f, n)| (p, f, n)).collect();
         assert_eq!(found, [(12, 5, 9_000_000_000_000), (7, 0, 2), (7, 0, 2)]);
-        assert_eq!(parse_path(Path::new("hour=x/partition=-1/00000000000000000001-00000000000000000002.parquet")), Some((-1, 1, 2)));
+        assert_eq!(
+            parse_path(Path::new("hour=x/partition=-1/00000000000000000001-00000000000000000002.parquet")),
+            Some((-1, 1, 2))
+        );
         assert_eq!(parse_path(Path::new("partition=1/1-2.parquet")), None);
     }
 

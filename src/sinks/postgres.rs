@@ -23,11 +23,17 @@ use crate::clicks::driver::{Checkpoint, Restore, RestoredPartition};
 /// How long a commit keeps retrying an unreachable database before the job gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 
-/// Buffered rows of one table: the latest row for each key.
+/// Values buffered at most before a checkpoint is taken even while the previous one is still
+/// committing (which then holds up the job): bounds the memory a slow database costs, at about
+/// 32 bytes a value (some 450,000 rows of four or five columns, two 1-minute panes here).
+const MAX_BUFFERED_VALUES: usize = 1 << 21;
+
+/// Buffered rows of one table, back to back, in the order written (a later row replaces an
+/// earlier one with the same key; see [`latest_rows`]).
 struct PendingTable {
     schema: TableSchema,
     table: String,
-    rows: FxHashMap<Vec<Value>, Vec<Value>>,
+    rows: Vec<Value>,
 }
 
 /// The job's connection and the rows waiting for the next checkpoint.
@@ -35,9 +41,119 @@ pub struct PgWriter {
     url: String,
     job: String,
     topic: String,
+    /// The connection until the first commit, which hands it to the committer.
     client: Option<Client>,
     tables: Vec<PendingTable>,
     checkpoints: u64,
+    committer: Option<Committer>,
+}
+
+/// One checkpoint's transaction: the rows of every table that has some, and the checkpoint.
+struct Transaction {
+    number: u64,
+    tables: Vec<TableRows>,
+    checkpoint: Checkpoint,
+}
+
+/// The rows of one table in a [`Transaction`], as buffered.
+struct TableRows {
+    schema: TableSchema,
+    table: String,
+    rows: Vec<Value>,
+}
+
+impl TableRows {
+    /// The last row written for each key, in no particular order: one upsert statement may
+    /// not touch a row twice. Worked out on the commit thread, off the dataflow's worker.
+    fn latest_rows(&self) -> impl Iterator<Item = &[Value]> {
+        let (width, keys) = (self.schema.columns.len(), self.schema.key_columns);
+        let mut latest: FxHashMap<&[Value], &[Value]> = FxHashMap::default();
+        for row in self.rows.chunks_exact(width) {
+            latest.insert(&row[..keys], row);
+        }
+        latest.into_values()
+    }
+}
+
+/// A thread that commits the checkpoints' transactions one after the other, so that the job
+/// goes on reading and computing while PostgreSQL writes (a checkpoint of a pane's few hundred
+/// thousand rows takes seconds). At most one transaction is in flight: the next waits for it,
+/// so checkpoints commit in order and a failure stops the job at its next checkpoint.
+struct Committer {
+    transactions: std::sync::mpsc::SyncSender<Transaction>,
+    results: std::sync::mpsc::Receiver<Result<()>>,
+    in_flight: bool,
+    /// How the transaction in flight ended, once known and not yet waited for.
+    finished: Option<Result<()>>,
+}
+
+impl Committer {
+    fn start(url: String, job: String, topic: String, client: Option<Client>) -> Result<Self> {
+        let (transactions, incoming) = std::sync::mpsc::sync_channel::<Transaction>(0);
+        let (report, results) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("pg-commit".into())
+            .spawn(move || {
+                let mut client = client;
+                for transaction in incoming {
+                    let result = retry("commit a checkpoint", || {
+                        if client.as_ref().is_none_or(|c| c.is_closed()) {
+                            client = Some(connect_once(&url)?);
+                        }
+                        let connection = client.as_mut().context("not connected")?;
+                        let result = commit_transaction(connection, &job, &topic, &transaction);
+                        if result.is_err() {
+                            client = None; // start over on a fresh connection
+                        }
+                        result
+                    });
+                    let rows: usize = transaction.tables.iter().map(|t| t.rows.len() / t.schema.columns.len()).sum();
+                    tracing::debug!(
+                        checkpoint = transaction.number,
+                        rows,
+                        job_time = transaction.checkpoint.job_time,
+                        "committed"
+                    );
+                    if report.send(result).is_err() {
+                        return;
+                    }
+                }
+            })
+            .context("cannot start the commit thread")?;
+        Ok(Committer { transactions, results, in_flight: false, finished: None })
+    }
+
+    /// Whether a transaction is still being committed.
+    fn busy(&mut self) -> bool {
+        if self.in_flight && self.finished.is_none() {
+            match self.results.try_recv() {
+                Ok(result) => self.finished = Some(result),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    self.finished = Some(Err(anyhow::anyhow!("the commit thread stopped")))
+                }
+            }
+        }
+        self.in_flight && self.finished.is_none()
+    }
+
+    /// Waits for the transaction in flight, if any, and returns how it ended.
+    fn wait(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.in_flight) {
+            return Ok(());
+        }
+        match self.finished.take() {
+            Some(result) => result,
+            None => self.results.recv().context("the commit thread stopped")?,
+        }
+    }
+
+    fn send(&mut self, transaction: Transaction) -> Result<()> {
+        self.wait()?;
+        self.transactions.send(transaction).map_err(|_| anyhow::anyhow!("the commit thread stopped"))?;
+        self.in_flight = true;
+        Ok(())
+    }
 }
 
 /// Quotes an identifier (names come from the spec; `offset` is a keyword).
@@ -127,6 +243,7 @@ impl PgWriter {
             client: Some(client),
             tables: Vec::new(),
             checkpoints: 0,
+            committer: None,
         })
     }
 
@@ -163,126 +280,122 @@ impl PgWriter {
     /// Every archive file a committed checkpoint lists (relative to the archive root).
     pub fn archived_files(&mut self) -> Result<Vec<String>> {
         let client = self.client.as_mut().context("not connected")?;
-        let rows = client.query("SELECT unnest(files) FROM raw_archive WHERE job = $1 AND topic = $2", &[&self.job, &self.topic])?;
+        let rows =
+            client.query("SELECT unnest(files) FROM raw_archive WHERE job = $1 AND topic = $2", &[&self.job, &self.topic])?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// A sink for one table, buffering into this writer.
     pub fn table(writer: &Rc<RefCell<PgWriter>>, table: &str, schema: &TableSchema) -> PgTable {
         let mut this = writer.borrow_mut();
-        this.tables.push(PendingTable { schema: schema.clone(), table: table.to_string(), rows: FxHashMap::default() });
+        this.tables.push(PendingTable { schema: schema.clone(), table: table.to_string(), rows: Vec::new() });
         PgTable { writer: Rc::clone(writer), index: this.tables.len() - 1 }
     }
 
     fn buffer(&mut self, index: usize, rows: Rows) {
-        let table = &mut self.tables[index];
-        let width = table.schema.columns.len();
-        let keys = table.schema.key_columns;
-        let mut values = rows.values.into_iter();
-        loop {
-            let row: Vec<Value> = values.by_ref().take(width).collect();
-            if row.len() < width {
-                break;
-            }
-            table.rows.insert(row[..keys].to_vec(), row);
-        }
+        self.tables[index].rows.extend(rows.values);
     }
 
-    /// Commits every buffered row and the checkpoint in one transaction, retrying (with a new
-    /// connection) until it succeeds: the rows stay buffered until then.
+    /// Hands every buffered row and the checkpoint to the commit thread, to be committed in one
+    /// transaction (retried, on a new connection, until it succeeds), once the previous
+    /// checkpoint's transaction has committed. An error is that of the previous transaction.
     pub fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()> {
         let number = self.checkpoints + 1;
-        retry("commit a checkpoint", || {
-            if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-                self.client = Some(connect_once(&self.url)?);
+        let tables = self
+            .tables
+            .iter_mut()
+            .filter(|t| !t.rows.is_empty())
+            .map(|t| TableRows { schema: t.schema.clone(), table: t.table.clone(), rows: std::mem::take(&mut t.rows) })
+            .collect();
+        let committer = match &mut self.committer {
+            Some(committer) => committer,
+            None => {
+                let (url, job, topic) = (self.url.clone(), self.job.clone(), self.topic.clone());
+                self.committer.insert(Committer::start(url, job, topic, self.client.take())?)
             }
-            let result = self.try_commit(checkpoint, number);
-            if result.is_err() {
-                self.client = None; // start over on a fresh connection
-            }
-            result
-        })?;
+        };
+        committer.send(Transaction { number, tables, checkpoint: checkpoint.clone() })?;
         self.checkpoints = number;
-        let rows: usize = self.tables.iter().map(|t| t.rows.len()).sum();
-        for table in &mut self.tables {
-            table.rows.clear();
-        }
-        tracing::debug!(checkpoint = number, rows, job_time = checkpoint.job_time, "committed");
         Ok(())
     }
 
-    fn try_commit(&mut self, checkpoint: &Checkpoint, number: u64) -> Result<()> {
-        let client = self.client.as_mut().context("not connected")?;
-        let mut tx = client.transaction()?;
-        for table in &self.tables {
-            if table.rows.is_empty() {
-                continue;
-            }
-            let name = ident(&table.table);
-            let temp = ident(&format!("incoming_{}", table.table));
-            tx.batch_execute(&format!("CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {name}) ON COMMIT DELETE ROWS"))?;
-            let mut copy = tx.copy_in(&format!("COPY {temp} FROM STDIN"))?;
-            let mut line = String::new();
-            for row in table.rows.values() {
-                line.clear();
-                copy_line(row, &table.schema, &mut line);
-                copy.write_all(line.as_bytes())?;
-            }
-            copy.finish()?;
-            let columns = &table.schema.columns;
-            let keys: Vec<String> = columns[..table.schema.key_columns].iter().map(|c| ident(&c.name)).collect();
-            let updates: Vec<String> =
-                columns[table.schema.key_columns..].iter().map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.name))).collect();
-            let on_conflict = if table.schema.key_columns == columns.len() || is_append_only(&table.schema) {
-                "DO NOTHING".to_string()
-            } else {
-                format!("DO UPDATE SET {}", updates.join(", "))
-            };
-            tx.batch_execute(&format!(
-                "INSERT INTO {name} SELECT * FROM {temp} ON CONFLICT ({}) {on_conflict}",
-                keys.join(", ")
-            ))?;
-        }
-        for partition in &checkpoint.partitions {
-            tx.execute(
-                "INSERT INTO source_offsets (job, topic, partition, next_offset, restart_offset, restart_max_ts)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (job, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
-                   restart_offset = EXCLUDED.restart_offset, restart_max_ts = EXCLUDED.restart_max_ts",
-                &[
-                    &self.job,
-                    &self.topic,
-                    &(partition.partition as i32),
-                    &(partition.next_offset as i64),
-                    &(partition.restart_offset as i64),
-                    &partition.restart_max_ts.map(|t| t as i64),
-                ],
-            )?;
-            if let Some(range) = &partition.archived {
-                tx.execute(
-                    "INSERT INTO raw_archive (job, topic, partition, first_offset, next_offset, files, committed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
-                    &[
-                        &self.job,
-                        &self.topic,
-                        &(partition.partition as i32),
-                        &(range.first as i64),
-                        &(range.next as i64),
-                        &range.files,
-                    ],
-                )?;
-            }
-        }
-        tx.execute(
-            "INSERT INTO job_checkpoints (job, topic, job_time, checkpoints, committed_at) VALUES ($1, $2, $3, $4, now())
-             ON CONFLICT (job) DO UPDATE SET topic = EXCLUDED.topic, job_time = EXCLUDED.job_time,
-               checkpoints = EXCLUDED.checkpoints, committed_at = EXCLUDED.committed_at",
-            &[&self.job, &self.topic, &(checkpoint.job_time.min(i64::MAX as u64) as i64), &(number as i64)],
-        )?;
-        crash_here_if_asked(number);
-        tx.commit()?;
-        Ok(())
+    /// Whether a checkpoint now would wait for the previous one to commit, with few enough rows
+    /// buffered that waiting for it to finish first is better (see [`MAX_BUFFERED_VALUES`]).
+    pub fn committing(&mut self) -> bool {
+        let buffered: usize = self.tables.iter().map(|t| t.rows.len()).sum();
+        buffered < MAX_BUFFERED_VALUES && self.committer.as_mut().is_some_and(Committer::busy)
     }
+
+    /// Waits until every checkpoint handed to [`PgWriter::commit`] has committed.
+    pub fn wait_committed(&mut self) -> Result<()> {
+        self.committer.as_mut().map_or(Ok(()), Committer::wait)
+    }
+}
+
+/// Writes a checkpoint's rows (COPY into a temporary table, then one upsert per table) and the
+/// checkpoint itself in one transaction.
+fn commit_transaction(client: &mut Client, job: &str, topic: &str, transaction: &Transaction) -> Result<()> {
+    let (checkpoint, number) = (&transaction.checkpoint, transaction.number);
+    let mut tx = client.transaction()?;
+    for table in &transaction.tables {
+        let name = ident(&table.table);
+        let temp = ident(&format!("incoming_{}", table.table));
+        tx.batch_execute(&format!("CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {name}) ON COMMIT DELETE ROWS"))?;
+        let mut copy = tx.copy_in(&format!("COPY {temp} FROM STDIN"))?;
+        let mut text = String::new();
+        let mut times = TimestampText::default();
+        for row in table.latest_rows() {
+            copy_line(row, &table.schema, &mut times, &mut text);
+            if text.len() >= 1 << 16 {
+                copy.write_all(text.as_bytes())?;
+                text.clear();
+            }
+        }
+        copy.write_all(text.as_bytes())?;
+        copy.finish()?;
+        let columns = &table.schema.columns;
+        let keys: Vec<String> = columns[..table.schema.key_columns].iter().map(|c| ident(&c.name)).collect();
+        let updates: Vec<String> =
+            columns[table.schema.key_columns..].iter().map(|c| format!("{0} = EXCLUDED.{0}", ident(&c.name))).collect();
+        let on_conflict = if table.schema.key_columns == columns.len() || is_append_only(&table.schema) {
+            "DO NOTHING".to_string()
+        } else {
+            format!("DO UPDATE SET {}", updates.join(", "))
+        };
+        tx.batch_execute(&format!("INSERT INTO {name} SELECT * FROM {temp} ON CONFLICT ({}) {on_conflict}", keys.join(", ")))?;
+    }
+    for partition in &checkpoint.partitions {
+        tx.execute(
+            "INSERT INTO source_offsets (job, topic, partition, next_offset, restart_offset, restart_max_ts)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (job, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
+               restart_offset = EXCLUDED.restart_offset, restart_max_ts = EXCLUDED.restart_max_ts",
+            &[
+                &job,
+                &topic,
+                &(partition.partition as i32),
+                &(partition.next_offset as i64),
+                &(partition.restart_offset as i64),
+                &partition.restart_max_ts.map(|t| t as i64),
+            ],
+        )?;
+        if let Some(range) = &partition.archived {
+            tx.execute(
+                "INSERT INTO raw_archive (job, topic, partition, first_offset, next_offset, files, committed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
+                &[&job, &topic, &(partition.partition as i32), &(range.first as i64), &(range.next as i64), &range.files],
+            )?;
+        }
+    }
+    tx.execute(
+        "INSERT INTO job_checkpoints (job, topic, job_time, checkpoints, committed_at) VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (job) DO UPDATE SET topic = EXCLUDED.topic, job_time = EXCLUDED.job_time,
+           checkpoints = EXCLUDED.checkpoints, committed_at = EXCLUDED.committed_at",
+        &[&job, &topic, &(checkpoint.job_time.min(i64::MAX as u64) as i64), &(number as i64)],
+    )?;
+    crash_here_if_asked(number);
+    tx.commit()?;
+    Ok(())
 }
 
 /// Fault injection for the crash tests: `CLICKSTAY_CRASH_IN_COMMIT=N` kills the process in the
@@ -302,20 +415,35 @@ fn is_append_only(schema: &TableSchema) -> bool {
     schema.columns.first().is_some_and(|c| c.name == "topic")
 }
 
+/// The COPY text of the last timestamp formatted: the rows of a pane or window share theirs,
+/// and formatting a date is the dearest part of a row.
+#[derive(Default)]
+struct TimestampText {
+    ms: Option<u64>,
+    text: String,
+}
+
+impl TimestampText {
+    fn format(&mut self, ms: u64) -> &str {
+        if self.ms != Some(ms) {
+            let time = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
+            self.text.clear();
+            let _ = write!(self.text, "{}", time.format("%Y-%m-%d %H:%M:%S%.3f+00"));
+            self.ms = Some(ms);
+        }
+        &self.text
+    }
+}
+
 /// One row in COPY's text format.
-fn copy_line(row: &[Value], schema: &TableSchema, out: &mut String) {
+fn copy_line(row: &[Value], schema: &TableSchema, times: &mut TimestampText, out: &mut String) {
     for (index, value) in row.iter().enumerate() {
         if index > 0 {
             out.push('\t');
         }
         match value {
-            Value::Integer(n) => {
-                let _ = write!(out, "{n}");
-            }
-            Value::Timestamp(ms) => {
-                let time = chrono::DateTime::from_timestamp_millis(*ms as i64).unwrap_or_default();
-                let _ = write!(out, "{}", time.format("%Y-%m-%d %H:%M:%S%.3f+00"));
-            }
+            Value::Integer(n) => out.push_str(itoa::Buffer::new().format(*n)),
+            Value::Timestamp(ms) => out.push_str(times.format(*ms)),
             Value::Text(text) => escape_copy(text, out),
             Value::StaticText(text) => escape_copy(text, out),
         }
@@ -381,7 +509,12 @@ mod tests {
     fn copy_text_escapes_and_formats_times() {
         let schema = TableSchema::new("t", &[("a", ColumnKind::Timestamp), ("b", ColumnKind::Text)], 1);
         let mut line = String::new();
-        copy_line(&[Value::Timestamp(1_767_225_600_123), Value::Text("x\ty\\z\n\0".into())], &schema, &mut line);
+        copy_line(
+            &[Value::Timestamp(1_767_225_600_123), Value::Text("x\ty\\z\n\0".into())],
+            &schema,
+            &mut Default::default(),
+            &mut line,
+        );
         assert_eq!(line, "2026-01-01 00:00:00.123+00\tx\\ty\\\\z\\n\u{FFFD}\n");
     }
 }
