@@ -2,10 +2,11 @@
 //! against those arrangements, and every question answered once the frontier has passed the
 //! logical time it entered at.
 //!
-//! Times are milliseconds of the view's clock (questions arriving in the same millisecond share
-//! a time and are joined as one batch); every worker advances its inputs to the clock at each
-//! turn of its loop, so the frontier moves even when nothing happens. A worker parks for at most
-//! a millisecond, and is woken at once when a shard's changes arrive. A question is
+//! Times are ticks (200 µs) of the view's clock (questions arriving in the same tick share a
+//! time and are joined as one batch); every worker advances its inputs to the clock at each turn
+//! of its loop, so the frontier moves even when nothing happens. A worker parks for at most a
+//! tick while questions wait (5 ms otherwise), and is woken when changes or the first question
+//! arrive. A question is
 //! inserted at a time `t` and retracted at `t + 1`: the join results at exactly `t` are its
 //! answer, consistent with every change inserted at or before `t`.
 
@@ -14,7 +15,6 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
-use std::time::Duration;
 
 use differential_dataflow::input::{Input, InputSession};
 use timely::dataflow::channels::pact::Exchange;
@@ -68,7 +68,7 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: Arc<Shared>) {
     let pending: Pending = Rc::default();
     let (mut rows, mut asks) = build(worker, pending.clone(), shared.clone());
     shared.register_worker(worker.index(), std::thread::current());
-    let mut time = shared.now_ms();
+    let mut time = shared.now();
     for input in [&mut rows as &mut dyn Advance, &mut asks] {
         input.advance_and_flush(time);
     }
@@ -97,12 +97,12 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: Arc<Shared>) {
         for (shard, lsn) in reached {
             shared.publish(shard, lsn, time);
         }
-        let now = shared.now_ms().max(time);
+        let now = shared.now().max(time);
         for input in [&mut rows as &mut dyn Advance, &mut asks] {
             input.advance_and_flush(now);
         }
         time = now;
-        worker.step_or_park(Some(Duration::from_millis(1)));
+        worker.step_or_park(Some(shared.park_time()));
     }
 }
 

@@ -59,15 +59,25 @@ pub struct Shared {
     positions: Vec<Mutex<VecDeque<(u64, Lsn)>>>,
     /// The worker threads, to wake them when a question or a change arrives.
     workers: Mutex<Vec<Option<std::thread::Thread>>>,
+    /// Questions in the dataflow now: while there are any, workers turn every tick.
+    questions_in_flight: AtomicU64,
 }
 
-/// How long the history of positions reaches back: longer than any question waits.
-const POSITION_HISTORY_MS: u64 = 60_000;
+/// One tick of the view's logical clock. Questions arriving within a tick share a time and are
+/// joined as one batch; a shorter tick answers sooner, a longer one batches more.
+pub const TICK: Duration = Duration::from_micros(200);
+
+/// How long a worker parks while no question is waiting: the clock then only has to move for
+/// compaction, and an arriving question wakes the workers.
+pub const IDLE_PARK: Duration = Duration::from_millis(5);
+
+/// How long the history of positions reaches back, in ticks (60 s): longer than any question waits.
+const POSITION_HISTORY_TICKS: u64 = 60_000_000 / TICK.as_micros() as u64;
 
 impl Shared {
-    /// The view's logical clock: milliseconds since it started (never 0).
-    pub fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64 + 1
+    /// The view's logical clock: [`TICK`]s since it started (never 0).
+    pub fn now(&self) -> u64 {
+        (self.clock.elapsed().as_micros() / TICK.as_micros()) as u64 + 1
     }
 
     /// Records the thread of worker `index`.
@@ -77,6 +87,11 @@ impl Shared {
             workers.resize(index + 1, None);
         }
         workers[index] = Some(thread);
+    }
+
+    /// How long a worker may park: a tick while questions wait, longer otherwise.
+    pub fn park_time(&self) -> Duration {
+        if self.questions_in_flight.load(Ordering::Relaxed) > 0 { TICK } else { IDLE_PARK }
     }
 
     /// Wakes every worker: the frontier moves only when all of them advance their inputs.
@@ -94,7 +109,7 @@ impl Shared {
     pub fn publish(&self, shard: u32, lsn: Lsn, time: u64) {
         let mut history = self.positions[shard as usize].lock().expect("positions lock");
         history.push_back((time, lsn));
-        while history.len() > 1 && history[1].0 + POSITION_HISTORY_MS < time {
+        while history.len() > 1 && history[1].0 + POSITION_HISTORY_TICKS < time {
             history.pop_front();
         }
         drop(history);
@@ -134,6 +149,7 @@ impl RoomsView {
             applied: shard_urls.iter().map(|_| watch::Sender::new(Applied::default())).collect(),
             positions: shard_urls.iter().map(|_| Mutex::default()).collect(),
             workers: Mutex::new(Vec::new()),
+            questions_in_flight: AtomicU64::new(0),
         });
         let (mut feeds, mut questions, mut channels) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..workers {
@@ -227,11 +243,10 @@ impl RoomsView {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         let worker = (id % self.inner.questions.len() as u64) as usize;
+        let _in_flight = InFlight::enter(&self.inner.shared);
         self.inner.questions[worker]
             .send(Submitted { id, ask, not_before, reply })
             .map_err(|_| ViewError::Failed("the view's workers stopped".into()))?;
-        // No wake-up: questions of one millisecond share a time anyway, and under load a
-        // wake-up per question costs more in context switches than it saves.
         match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(Found { inconsistent: Some(problem), .. })) => {
                 error!(%problem, "the view broke its invariant");
@@ -255,6 +270,25 @@ impl RoomsView {
     /// Stops the workers (the CDC readers stop when their worker is gone).
     pub fn stop(&self) {
         self.inner.shared.stopped.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Counts a question in flight while it lives; the first one wakes the idle workers (later
+/// ones find them turning every tick, and a wake-up per question would cost more than it saves).
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        if shared.questions_in_flight.fetch_add(1, Ordering::Relaxed) == 0 {
+            shared.wake_workers();
+        }
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.questions_in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
