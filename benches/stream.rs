@@ -111,19 +111,7 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
     let mut pg = connect(&db)?;
     eprintln!("job (log in {})", log.display());
     let started = Instant::now();
-    let child = services
-        .command()
-        .args(["run", "--dataflow"])
-        .arg(&spec)
-        .arg("--config")
-        .arg(&config)
-        .args(["-w", WORKERS, "--archive"])
-        .arg(&archive)
-        .args(["--exit-when-idle", "2"])
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).with_context(|| format!("cannot create {}", log.display()))?)
-        .spawn()
-        .context("cannot start clickstay run")?;
+    let child = services.spawn_job(&spec, &config, &archive, &log, &["--exit-when-idle", "2"])?;
     let pid = child.id() as libc::pid_t;
     let mut committed_at = None;
     let mut last_progress = Instant::now();
@@ -207,18 +195,7 @@ fn latency(services: &Services, work: &Path, rate: u64, seconds: u64) -> Result<
     let archive = work.join(format!("{name}-archive"));
     let log = work.join(format!("{name}-job.log"));
     eprintln!("latency job (log in {})", log.display());
-    let mut job = services
-        .command()
-        .args(["run", "--dataflow"])
-        .arg(&short_spec)
-        .arg("--config")
-        .arg(&config)
-        .args(["-w", WORKERS, "--archive"])
-        .arg(&archive)
-        .stdout(Stdio::null())
-        .stderr(File::create(&log).with_context(|| format!("cannot create {}", log.display()))?)
-        .spawn()
-        .context("cannot start clickstay run")?;
+    let mut job = services.spawn_job(&short_spec, &config, &archive, &log, &[])?;
     let result = measure_latency(services, &mut job, &config, &db, rate, seconds, &log);
     kill(job)?;
     result
@@ -364,6 +341,22 @@ impl Services {
         let mut command = Command::new(BIN);
         command.env("CLICKSTAY_KAFKA_BROKERS", &self.brokers).env_remove("CLICKSTAY_CLICKS_DB");
         command
+    }
+
+    /// `clickstay run` of `spec` with its log in `log`, plus `extra` arguments.
+    fn spawn_job(&self, spec: &Path, config: &Path, archive: &Path, log: &Path, extra: &[&str]) -> Result<Child> {
+        self.command()
+            .args(["run", "--dataflow"])
+            .arg(spec)
+            .arg("--config")
+            .arg(config)
+            .args(["-w", WORKERS, "--archive"])
+            .arg(archive)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(File::create(log).with_context(|| format!("cannot create {}", log.display()))?)
+            .spawn()
+            .context("cannot start clickstay run")
     }
 }
 
