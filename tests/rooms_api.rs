@@ -6,6 +6,8 @@
 //! the availability view (`dataflows/rooms.toml`), where availability comes from the dataflow
 //! and bookings it knows to be sold out never reach the database.
 
+#[path = "common/hotels.rs"]
+mod hotels;
 #[path = "common/pg.rs"]
 mod pg;
 
@@ -98,33 +100,7 @@ impl Api {
     /// A hotel with `rooms` rooms in each of room types 1..=rooms.len(), for `days` nights
     /// from `night(0)`, nothing reserved.
     async fn add_hotel(&self, hotel_id: i64, ratio: &str, rooms: &[i32], days: i32) {
-        let db = self.db(hotel_id);
-        db.execute(
-            "INSERT INTO hotel (hotel_id, name, overbooking_ratio) VALUES ($1, 'Test hotel', $2::text::numeric)",
-            &[&hotel_id, &ratio],
-        )
-        .await
-        .unwrap();
-        for (index, rooms) in rooms.iter().enumerate() {
-            let room_type_id = index as i32 + 1;
-            db.execute(
-                "INSERT INTO room_type (hotel_id, room_type_id, name, overbooking_ratio)
-                 SELECT hotel_id, $2, 'Room', overbooking_ratio FROM hotel WHERE hotel_id = $1",
-                &[&hotel_id, &room_type_id],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                "INSERT INTO room_type_inventory
-                     (hotel_id, room_type_id, date, total_inventory, total_reserved, overbooking_ratio)
-                 SELECT $1, $2, night::date, $3, 0, h.overbooking_ratio
-                   FROM generate_series($4::date, $4::date + $5::int - 1, interval '1 day') AS night, hotel h
-                  WHERE h.hotel_id = $1",
-                &[&hotel_id, &room_type_id, rooms, &night(0), &days],
-            )
-            .await
-            .unwrap();
-        }
+        hotels::add_hotel(self.db(hotel_id), hotel_id, "", ratio, rooms, night(0), days).await;
     }
 
     async fn new_id(&self) -> String {

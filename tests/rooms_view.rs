@@ -3,6 +3,8 @@
 //! tables; it refuses what it knows to be sold out without the database; and a killed view
 //! rebuilds itself from a fresh snapshot and slot, losing and doubling nothing.
 
+#[path = "common/hotels.rs"]
+mod hotels;
 #[path = "common/pg.rs"]
 mod pg;
 
@@ -59,33 +61,10 @@ impl Shop {
 
     /// Hotel `hotel_id` in a city, with `room_types` room types of 2 to 4 rooms, for [`DAYS`] nights.
     async fn add_hotel(&self, hotel_id: i64, room_types: i32) {
-        let db = self.db(hotel_id);
         let city = CITIES[hotel_id as usize % CITIES.len()];
         let ratio = if hotel_id % 4 == 0 { "1.50" } else { "1.00" };
-        db.execute(
-            "INSERT INTO hotel (hotel_id, name, city, overbooking_ratio) VALUES ($1, 'H', $2, $3::text::numeric)",
-            &[&hotel_id, &city, &ratio],
-        )
-        .await
-        .unwrap();
-        for room_type_id in 1..=room_types {
-            db.execute(
-                "INSERT INTO room_type (hotel_id, room_type_id, name, overbooking_ratio)
-                 SELECT hotel_id, $2, 'Room', overbooking_ratio FROM hotel WHERE hotel_id = $1",
-                &[&hotel_id, &room_type_id],
-            )
-            .await
-            .unwrap();
-            db.execute(
-                "INSERT INTO room_type_inventory (hotel_id, room_type_id, date, total_inventory, overbooking_ratio)
-                 SELECT $1, $2, night::date, 2 + ($2::int + $1::bigint)::int % 3, h.overbooking_ratio
-                   FROM generate_series($3::date, $3::date + $4::int - 1, interval '1 day') AS night, hotel h
-                  WHERE h.hotel_id = $1",
-                &[&hotel_id, &room_type_id, &night(0), &(DAYS as i32)],
-            )
-            .await
-            .unwrap();
-        }
+        let rooms: Vec<i32> = (1..=room_types).map(|room_type_id| 2 + (room_type_id + hotel_id as i32) % 3).collect();
+        hotels::add_hotel(self.db(hotel_id), hotel_id, city, ratio, &rooms, night(0), DAYS as i32).await;
     }
 
     /// The WAL insert position of every shard now: a view that has reached it has seen every
@@ -252,14 +231,7 @@ async fn random_change(shop: &Shop, api: &str, rng: &mut Lcg, hotels: i64, booke
             let known: i64 =
                 db.query_one("SELECT count(*) FROM room_type WHERE hotel_id = $1", &[&hotel_id]).await.unwrap().get(0);
             if known < 4 {
-                let room_type_id = known as i32 + 1;
-                db.execute(
-                    "INSERT INTO room_type (hotel_id, room_type_id, name, overbooking_ratio)
-                     SELECT hotel_id, $2, 'New', overbooking_ratio FROM hotel WHERE hotel_id = $1",
-                    &[&hotel_id, &room_type_id],
-                )
-                .await
-                .unwrap();
+                hotels::add_room_type(db, hotel_id, known as i32 + 1).await;
             } else {
                 let _ = db.execute("UPDATE hotel SET overbooking_ratio = 1.20 WHERE hotel_id = $1", &[&hotel_id]).await;
             }

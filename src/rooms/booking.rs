@@ -302,16 +302,16 @@ pub async fn availability(
             return Ok(None);
         }
     }
-    let room_types = rows
-        .iter()
-        .map(|row| {
-            // A night without an inventory row has nothing to sell.
-            let complete = row.get::<_, i32>("nights") == nights;
-            let available = if complete { row.get::<_, i32>("available").max(0) } else { 0 };
-            RoomTypeAvailability { room_type_id: row.get("room_type_id"), available }
-        })
-        .collect();
+    let room_types = rows.iter().map(|row| room_type_availability(row, nights)).collect();
     Ok(Some(Availability { hotel_id, start, end, room_types }))
+}
+
+/// A room type's availability from a row of [`AVAILABILITY_SQL`] or [`SEARCH_SQL`] over a
+/// range of `nights` nights: a night without an inventory row has nothing to sell.
+fn room_type_availability(row: &Row, nights: i32) -> RoomTypeAvailability {
+    let complete = row.get::<_, i32>("nights") == nights;
+    let available = if complete { row.get::<_, i32>("available").max(0) } else { 0 };
+    RoomTypeAvailability { room_type_id: row.get("room_type_id"), available }
 }
 
 /// The hotels of this shard in `city` or in `hotels` with at least `rooms` rooms of one type
@@ -329,12 +329,10 @@ pub async fn search(
     let mut found: Vec<Availability> = Vec::new();
     for row in &rows {
         let hotel_id: i64 = row.get("hotel_id");
-        let complete = row.get::<_, i32>("nights") == nights;
-        let available = if complete { row.get::<_, i32>("available").max(0) } else { 0 };
-        if available < rooms {
+        let room_type = room_type_availability(row, nights);
+        if room_type.available < rooms {
             continue;
         }
-        let room_type = RoomTypeAvailability { room_type_id: row.get("room_type_id"), available };
         match found.last_mut() {
             Some(last) if last.hotel_id == hotel_id => last.room_types.push(room_type),
             _ => found.push(Availability { hotel_id, start, end, room_types: vec![room_type] }),

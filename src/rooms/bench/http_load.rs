@@ -1,6 +1,7 @@
 //! The HTTP driver: `clients` kept-alive connections, each sending random requests (bookings,
-//! or availability questions) back to back for a fixed time. It speaks just enough HTTP/1.1 by hand to stay cheap, so that on a small
-//! machine the load generator takes as little CPU as possible from the server and PostgreSQL.
+//! or availability questions) back to back for a fixed time. It speaks just enough HTTP/1.1 by
+//! hand to stay cheap, so that on a small machine the load generator takes as little CPU as
+//! possible from the server and PostgreSQL.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -176,11 +177,7 @@ async fn run_requests(
     }
     let mut total = RunStats::default();
     while let Some(result) = tasks.join_next().await {
-        let stats = result.context("HTTP client task panicked")??;
-        total.attempts += stats.attempts;
-        total.reservations += stats.reservations;
-        total.errors += stats.errors;
-        total.latencies_us.extend(stats.latencies_us);
+        total.add(result.context("HTTP client task panicked")??);
     }
     total.elapsed = started.elapsed();
     Ok(total)

@@ -17,6 +17,14 @@ pub struct RunStats {
 }
 
 impl RunStats {
+    /// Adds the counts and latencies of one client's run (the elapsed time is the caller's).
+    pub fn add(&mut self, client: RunStats) {
+        self.attempts += client.attempts;
+        self.reservations += client.reservations;
+        self.errors += client.errors;
+        self.latencies_us.extend(client.latencies_us);
+    }
+
     pub fn attempts_per_second(&self) -> f64 {
         self.attempts as f64 / self.elapsed.as_secs_f64()
     }

@@ -198,10 +198,7 @@ where
     }
     let mut total = RunStats::default();
     while let Some(stats) = tasks.join_next().await {
-        let stats = stats.context("query task panicked")?;
-        total.attempts += stats.attempts;
-        total.errors += stats.errors;
-        total.latencies_us.extend(stats.latencies_us);
+        total.add(stats.context("query task panicked")?);
     }
     total.elapsed = started.elapsed();
     Ok(total)

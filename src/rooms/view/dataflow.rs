@@ -69,9 +69,8 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: Arc<Shared>) {
     let (mut rows, mut asks) = build(worker, pending.clone(), shared.clone());
     shared.register_worker(worker.index(), std::thread::current());
     let mut time = shared.now();
-    for input in [&mut rows as &mut dyn Advance, &mut asks] {
-        input.advance_and_flush(time);
-    }
+    advance(&mut rows, time);
+    advance(&mut asks, time);
     while !shared.is_stopped() {
         let mut reached = Vec::new();
         while let Ok(feed) = channels.feed.try_recv() {
@@ -98,24 +97,17 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: Arc<Shared>) {
             shared.publish(shard, lsn, time);
         }
         let now = shared.now().max(time);
-        for input in [&mut rows as &mut dyn Advance, &mut asks] {
-            input.advance_and_flush(now);
-        }
+        advance(&mut rows, now);
+        advance(&mut asks, now);
         time = now;
         worker.step_or_park(Some(shared.park_time()));
     }
 }
 
-/// An input session of any record type, advanced and flushed alike.
-trait Advance {
-    fn advance_and_flush(&mut self, time: u64);
-}
-
-impl<D: differential_dataflow::Data> Advance for InputSession<u64, D, isize> {
-    fn advance_and_flush(&mut self, time: u64) {
-        self.advance_to(time);
-        self.flush();
-    }
+/// Moves an input to `time` and tells timely (without the flush the frontier would not move).
+fn advance<D: differential_dataflow::Data>(input: &mut InputSession<u64, D, isize>, time: u64) {
+    input.advance_to(time);
+    input.flush();
 }
 
 type Inputs = (InputSession<u64, ViewRow, isize>, InputSession<u64, (u64, Ask), isize>);
