@@ -15,11 +15,15 @@ use std::time::Duration;
 
 use stream::{Job, dump_tables, fresh_database, generate, produce, replay_csv};
 
-
 #[test]
 fn one_partition_run_equals_replay() {
     let dir = tempfile::tempdir().unwrap();
-    let events = generate(dir.path(), "events.jsonl", 40_000, &["--rate", "100", "--late-fraction", "0.01", "--malformed-fraction", "0.01"]);
+    let events = generate(
+        dir.path(),
+        "events.jsonl",
+        40_000,
+        &["--rate", "100", "--late-fraction", "0.01", "--malformed-fraction", "0.01"],
+    );
     let job = Job::new(dir.path(), "replayed", 1, &fresh_database("stream_replay"));
     produce(&job, &events);
     job.run_to_end(&[]);
@@ -47,10 +51,36 @@ fn one_partition_run_equals_replay() {
     assert!(!rejected.is_empty());
 }
 
+/// A job started over on tables that already hold its results (its checkpoint deleted, as an
+/// operator resetting a job might): each pane's first rows, which the job appends without
+/// looking, collide with the old ones, the checkpoint is redone with upserts, and the tables
+/// end as they were.
+#[test]
+fn started_over_on_its_own_tables_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = generate(dir.path(), "events.jsonl", 20_000, &["--rate", "100", "--late-fraction", "0.01"]);
+    let job = Job::new(dir.path(), "again", 2, &fresh_database("stream_again"));
+    produce(&job, &events);
+    job.run_to_end(&[]);
+    let first = dump_tables(&job.db);
+    assert!(!first["ad_click_counts"].is_empty());
+
+    let mut client = postgres::Client::connect(&job.db, postgres::NoTls).unwrap();
+    client.batch_execute("DELETE FROM source_offsets; DELETE FROM job_checkpoints; DELETE FROM raw_archive").unwrap();
+    let log = job.run_to_end(&[]);
+    assert!(log.contains("redoing the checkpoint with upserts"), "no pane's first rows collided:\n{log}");
+    assert_eq!(dump_tables(&job.db), first);
+}
+
 #[test]
 fn killed_again_and_again_ends_as_if_never_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let events = generate(dir.path(), "events.jsonl", 1_000_000, &["--rate", "2000", "--late-fraction", "0.01", "--malformed-fraction", "0.002"]);
+    let events = generate(
+        dir.path(),
+        "events.jsonl",
+        1_000_000,
+        &["--rate", "2000", "--late-fraction", "0.01", "--malformed-fraction", "0.002"],
+    );
     let undisturbed = Job::new(dir.path(), "calm", 4, &fresh_database("stream_calm"));
     produce(&undisturbed, &events);
     undisturbed.run_to_end(&[]);

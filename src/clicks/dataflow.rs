@@ -91,8 +91,10 @@ pub enum Emit {
     /// Once, when final (`end + allowed_lateness`): for files written in order.
     Final,
     /// When complete (the watermark passes its end), then every correction until final: for
-    /// tables that take upserts.
-    Changes,
+    /// tables that take upserts. A group that completes after `restored` (the job time of the
+    /// checkpoint the job started from) cannot have rows in the table yet, so its first rows
+    /// are written as [`Rows::fresh`](crate::sinks::Rows::fresh).
+    Changes { restored: u64 },
 }
 
 /// Makes the sink of a spec sink; called on worker 0 only.
@@ -626,7 +628,7 @@ fn sink_by_group<'s, D>(
             let parts = final_parts(stream, name, group_of, route);
             sink_final(parts, name, probe, sinks, slot, to_row);
         }
-        Emit::Changes => sink_changes(stream, name, probe, sinks, slot, group_of, to_row),
+        Emit::Changes { restored } => sink_changes(stream, name, probe, sinks, slot, restored, group_of, to_row),
     }
 }
 
@@ -729,25 +731,33 @@ fn sink_final<'s, D>(
 }
 
 /// `Emit::Changes`, on worker 0: gathers the updates by group and writes the rows whose value
-/// changed, whenever the frontier has passed the group's completion time.
+/// changed, whenever the frontier has passed the group's completion time. A group's first rows
+/// are fresh when it completes after `restored`: no committed checkpoint can hold rows of it.
+#[allow(clippy::too_many_arguments)]
 fn sink_changes<'s, D>(
     stream: StreamVec<'s, u64, (D, u64, isize)>,
     name: &str,
     probe: &ProbeHandle<u64>,
     sinks: &Rc<RefCell<SinkSet>>,
     slot: Option<usize>,
+    restored: u64,
     group_of: impl Fn(&D) -> Group + 'static,
     mut to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
 ) where
     D: differential_dataflow::ExchangeData,
 {
     /// A group's updates, and the records changed since its rows were last written. The updates
-    /// are summed by sorting when rows are due (a sorted vector costs far less than a map
-    /// updated per record, and gives the rows in key order).
+    /// are summed by sorting when rows are due, or when they have doubled since last summed, so
+    /// that an open pane holds about two updates per key (a sorted vector costs far less than a
+    /// map updated per record, and gives the rows in key order).
     struct State<D> {
         group: Group,
         updates: Vec<(D, isize)>,
         changed: Vec<D>,
+        /// `updates.len()` when last summed.
+        summed: usize,
+        /// Whether its rows have been written since the job started.
+        written: bool,
     }
     let sinks = Rc::clone(sinks);
     let mut groups: BTreeMap<GroupOrder, State<D>> = BTreeMap::new();
@@ -758,21 +768,30 @@ fn sink_changes<'s, D>(
                 group,
                 updates: Vec::new(),
                 changed: Vec::new(),
+                summed: 0,
+                written: false,
             });
             state.changed.push(record.clone());
             state.updates.push((record, diff));
         }
         let mut rows = Rows::default();
+        let mut fresh = Rows { fresh: true, ..Rows::default() };
         let mut done = Vec::new();
         for (key, state) in groups.iter_mut() {
-            if !state.changed.is_empty() && !frontier.less_than(&state.group.complete) {
+            let due = !state.changed.is_empty() && !frontier.less_than(&state.group.complete);
+            if due || state.updates.len() > 2 * state.summed + 4096 {
                 sum_updates(&mut state.updates);
+                state.summed = state.updates.len();
                 state.changed.sort_unstable();
                 state.changed.dedup();
+            }
+            if due {
+                let out = if !state.written && state.group.complete > restored { &mut fresh } else { &mut rows };
+                state.written = true;
                 for record in state.changed.drain(..) {
                     let found = state.updates.binary_search_by(|(r, _)| r.cmp(&record));
                     if let Some((_, total)) = found.ok().map(|i| &state.updates[i]).filter(|(_, t)| *t > 0) {
-                        to_row(&record, *total, &mut rows);
+                        to_row(&record, *total, out);
                     }
                 }
             }
@@ -783,6 +802,8 @@ fn sink_changes<'s, D>(
         for key in done {
             groups.remove(&key);
         }
+        // Fresh rows first: a correction in the same batch is to a later value.
+        write_rows(&sinks, slot, fresh);
         write_rows(&sinks, slot, rows);
     });
 }
@@ -815,6 +836,8 @@ fn written_below_frontier<'s, D>(
                 input.for_each(|_capability, data| arrived.append(data));
                 logic(&mut arrived, frontier);
                 arrived.clear();
+                // A pane's worth of updates can arrive at once: not kept for the next time.
+                arrived.shrink_to(1 << 16);
                 match frontier.frontier().iter().min() {
                     Some(time) => {
                         if let Some(held) = held.as_mut().filter(|h| h.time() < time) {
@@ -905,7 +928,7 @@ pub fn count_schema(name: &str, second: Option<Field>) -> TableSchema {
         columns.push((field.name(), field_kind(field)));
     }
     let key_columns = columns.len();
-    columns.push(("clicks", ColumnKind::Integer));
+    columns.push(("clicks", ColumnKind::Count));
     TableSchema::new(name, &columns, key_columns)
 }
 
@@ -914,7 +937,7 @@ pub fn top_schema(name: &str) -> TableSchema {
     use ColumnKind::*;
     TableSchema::new(
         name,
-        &[("window_start", Timestamp), ("window_end", Timestamp), ("rank", Integer), ("ad_id", Integer), ("clicks", Integer)],
+        &[("window_start", Timestamp), ("window_end", Timestamp), ("rank", Count), ("ad_id", Integer), ("clicks", Count)],
         3,
     )
 }
@@ -937,9 +960,9 @@ pub fn sink_schema(spec: &DataflowSpec, sink: &crate::spec::SinkSpec, positions:
 fn position_columns(positions: &Positions) -> Vec<(&'static str, ColumnKind)> {
     use ColumnKind::*;
     match positions {
-        Positions::Lines => vec![("line", Integer)],
+        Positions::Lines => vec![("line", Count)],
         Positions::Offsets { .. } => {
-            vec![("topic", Text), ("partition", Integer), ("offset", Integer)]
+            vec![("topic", Text), ("partition", Count), ("offset", Count)]
         }
     }
 }

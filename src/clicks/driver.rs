@@ -531,6 +531,8 @@ impl Driver {
                 let files = checkpointer.archive(*partition, own.archive_from, own.next, &own.raw)?;
                 let range = ArchivedRange { first: own.archive_from, next: own.next, files };
                 own.raw.clear();
+                // A backlog between two checkpoints can be millions of events: not kept.
+                own.raw.shrink_to(1 << 16);
                 own.archive_from = own.next;
                 Some(range)
             } else {

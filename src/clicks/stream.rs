@@ -149,7 +149,8 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     };
     let positions = Positions::Offsets { topic: job.kafka.topic.clone() };
     let make_sink = writer.is_some().then_some(&make_sink as dataflow::SinkFactory);
-    let mut dataflow = dataflow::build(worker, &job.spec, &positions, Emit::Changes, make_sink)?;
+    let mut dataflow =
+        dataflow::build(worker, &job.spec, &positions, Emit::Changes { restored: job.restore.job_time }, make_sink)?;
     let owned = |partition: u32| owns(&partition);
     let mut driver = Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
     let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };

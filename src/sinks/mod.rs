@@ -5,6 +5,7 @@
 
 pub mod csv;
 pub mod parquet;
+mod pg_copy;
 pub mod postgres;
 
 use anyhow::Result;
@@ -12,8 +13,12 @@ use anyhow::Result;
 /// The type of a column, which tells a connector how to store it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnKind {
-    /// An unsigned integer.
+    /// An unsigned 64-bit integer, such as an id: Postgres stores it as `numeric(20,0)`, since
+    /// `bigint` would refuse the upper half.
     Integer,
+    /// A count, rank, partition or offset: never near 2^63, so Postgres stores it as `bigint`,
+    /// which it compares and writes faster than `numeric`.
+    Count,
     /// A point in time, epoch milliseconds (CSV writes the number, Postgres a timestamptz).
     Timestamp,
     Text,
@@ -57,6 +62,10 @@ pub enum Value {
 #[derive(Debug, Default)]
 pub struct Rows {
     pub values: Vec<Value>,
+    /// No row with any of these keys was written to this table before (the first rows of a
+    /// pane or window since the job's restored checkpoint), so a connector that upserts may
+    /// simply append them. `false` (the default) promises nothing.
+    pub fresh: bool,
 }
 
 impl Rows {

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
@@ -98,14 +99,16 @@ pub fn write_archive(
 fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, events: &[&(i64, ClickEvent)]) -> Result<()> {
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
-    // Addresses are nearly all distinct: a dictionary of them would only cost time.
-    let properties = Arc::new(WriterProperties::builder().set_column_dictionary_enabled(ColumnPath::from("ip"), false).build());
+    // Offsets, times, users and addresses are (nearly) all distinct: a dictionary of them would
+    // only cost time. Topic, partition, ad and country repeat, and their dictionaries pay.
+    let mut properties = WriterProperties::builder();
+    for column in ["offset", "click_ts", "user_id", "ip"] {
+        properties = properties.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    let properties = Arc::new(properties.build());
     let mut writer = SerializedFileWriter::new(file, schema.clone(), properties)?;
     for chunk in events.chunks(ROW_GROUP_ROWS) {
         let mut row_group = writer.next_row_group()?;
-        let text = |f: &dyn Fn(&ClickEvent) -> String| -> Vec<ByteArray> {
-            chunk.iter().map(|(_, e)| ByteArray::from(f(e).into_bytes())).collect()
-        };
         let long = |f: &dyn Fn(&(i64, ClickEvent)) -> i64| -> Vec<i64> { chunk.iter().map(|e| f(e)).collect() };
         // In SCHEMA order.
         let topics = vec![ByteArray::from(topic); chunk.len()];
@@ -115,15 +118,20 @@ fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, even
         let ad_ids = long(&|(_, e)| e.ad_id as i64);
         let times = long(&|(_, e)| e.click_ts as i64);
         let user_ids = long(&|(_, e)| e.user_id as i64);
-        let ips: Vec<ByteArray> = chunk
-            .iter()
-            .map(|(_, e)| {
-                let mut ip = Vec::with_capacity(15);
-                crate::clicks::event::write_ipv4(e.ip, &mut ip);
-                ByteArray::from(ip)
-            })
-            .collect();
-        let countries = text(&|e| e.country.as_str().to_string());
+        // Every address is a slice of one buffer, and every country a static string: no
+        // allocation per event.
+        let mut ip_text = Vec::with_capacity(chunk.len() * 15);
+        let mut ip_ends = Vec::with_capacity(chunk.len());
+        for (_, event) in chunk {
+            crate::clicks::event::write_ipv4(event.ip, &mut ip_text);
+            ip_ends.push(ip_text.len());
+        }
+        let ip_text = Bytes::from(ip_text);
+        let mut start = 0;
+        let ips: Vec<ByteArray> =
+            ip_ends.iter().map(|&end| ByteArray::from(ip_text.slice(std::mem::replace(&mut start, end)..end))).collect();
+        let countries: Vec<ByteArray> =
+            chunk.iter().map(|(_, e)| ByteArray::from(Bytes::from_static(e.country.as_str().as_bytes()))).collect();
         write_column::<ByteArrayType>(&mut row_group, &topics)?;
         write_column::<Int32Type>(&mut row_group, &partitions)?;
         for column in [&offsets, &ad_ids, &times, &user_ids] {

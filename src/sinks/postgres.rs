@@ -5,6 +5,10 @@
 //! Rows carry absolute values keyed by the table's key columns (`INSERT ... ON CONFLICT DO
 //! UPDATE`), and late and rejected records are keyed by topic, partition and offset (`ON
 //! CONFLICT DO NOTHING`), so writing a row twice, as a restart may, changes nothing.
+//!
+//! Most rows are a pane's first ones ([`Rows::fresh`]): those are copied straight into their
+//! table, which costs PostgreSQL about a third of an upsert. Should one collide all the same
+//! (tables written by another run), the transaction is redone with upserts only.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -17,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use postgres::{Client, NoTls};
 use rustc_hash::FxHashMap;
 
+use super::pg_copy::CopyBuffer;
 use super::{ColumnKind, Rows, Sink, TableSchema, Value};
 use crate::clicks::driver::{Checkpoint, Restore, RestoredPartition};
 
@@ -29,10 +34,12 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(300);
 const MAX_BUFFERED_VALUES: usize = 1 << 21;
 
 /// Buffered rows of one table, back to back, in the order written (a later row replaces an
-/// earlier one with the same key; see [`latest_rows`]).
+/// earlier one with the same key; see [`TableRows::latest_rows`]).
 struct PendingTable {
     schema: TableSchema,
     table: String,
+    /// Rows no earlier checkpoint wrote ([`Rows::fresh`]); older than every row of `rows`.
+    fresh: Vec<Value>,
     rows: Vec<Value>,
 }
 
@@ -59,19 +66,26 @@ struct Transaction {
 struct TableRows {
     schema: TableSchema,
     table: String,
+    fresh: Vec<Value>,
     rows: Vec<Value>,
 }
 
 impl TableRows {
-    /// The last row written for each key, in no particular order: one upsert statement may
-    /// not touch a row twice. Worked out on the commit thread, off the dataflow's worker.
-    fn latest_rows(&self) -> impl Iterator<Item = &[Value]> {
+    /// The last row written for each key among the fresh rows (unless they are appended) and
+    /// the others, in no particular order: one upsert statement may not touch a row twice.
+    /// Worked out on the commit thread, off the dataflow's worker.
+    fn latest_rows(&self, append_fresh: bool) -> impl Iterator<Item = &[Value]> {
         let (width, keys) = (self.schema.columns.len(), self.schema.key_columns);
+        let fresh: &[Value] = if append_fresh { &[] } else { &self.fresh };
         let mut latest: FxHashMap<&[Value], &[Value]> = FxHashMap::default();
-        for row in self.rows.chunks_exact(width) {
+        for row in fresh.chunks_exact(width).chain(self.rows.chunks_exact(width)) {
             latest.insert(&row[..keys], row);
         }
         latest.into_values()
+    }
+
+    fn row_count(&self) -> usize {
+        (self.fresh.len() + self.rows.len()) / self.schema.columns.len()
     }
 }
 
@@ -101,13 +115,20 @@ impl Committer {
                             client = Some(connect_once(&url)?);
                         }
                         let connection = client.as_mut().context("not connected")?;
-                        let result = commit_transaction(connection, &job, &topic, &transaction);
+                        let mut result = commit_transaction(connection, &job, &topic, &transaction, true);
+                        if result.as_ref().is_err_and(is_unique_violation) {
+                            tracing::warn!(
+                                checkpoint = transaction.number,
+                                "a pane's first rows are in the table already: redoing the checkpoint with upserts"
+                            );
+                            result = commit_transaction(connection, &job, &topic, &transaction, false);
+                        }
                         if result.is_err() {
                             client = None; // start over on a fresh connection
                         }
                         result
                     });
-                    let rows: usize = transaction.tables.iter().map(|t| t.rows.len() / t.schema.columns.len()).sum();
+                    let rows: usize = transaction.tables.iter().map(TableRows::row_count).sum();
                     tracing::debug!(
                         checkpoint = transaction.number,
                         rows,
@@ -165,9 +186,47 @@ fn sql_type(kind: ColumnKind) -> &'static str {
     match kind {
         // Event ids are unsigned 64-bit: bigint would refuse the upper half.
         ColumnKind::Integer => "numeric(20,0)",
+        ColumnKind::Count => "bigint",
         ColumnKind::Timestamp => "timestamptz",
         ColumnKind::Text => "text",
     }
+}
+
+/// The name `information_schema.columns.data_type` gives the SQL type of `kind`.
+fn information_schema_type(kind: ColumnKind) -> &'static str {
+    match kind {
+        ColumnKind::Integer => "numeric",
+        ColumnKind::Count => "bigint",
+        ColumnKind::Timestamp => "timestamp with time zone",
+        ColumnKind::Text => "text",
+    }
+}
+
+/// Checks that an existing `table` has the schema's columns and types: the binary COPY sends
+/// values in exactly those types, and a table left by an older version may differ.
+fn check_table(client: &mut Client, table: &str, schema: &TableSchema) -> Result<()> {
+    let found: Vec<(String, String)> = client
+        .query(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            &[&table],
+        )?
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected: Vec<(String, String)> =
+        schema.columns.iter().map(|c| (c.name.clone(), information_schema_type(c.kind).to_string())).collect();
+    if found != expected {
+        let show = |columns: &[(String, String)]| {
+            columns.iter().map(|(name, kind)| format!("{name} {kind}")).collect::<Vec<_>>().join(", ")
+        };
+        bail!(
+            "table {table} has the columns ({}) but this job writes ({}): drop the table, or alter it to match",
+            show(&found),
+            show(&expected)
+        );
+    }
+    Ok(())
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for a sink's schema, its key columns as the primary key.
@@ -235,6 +294,7 @@ impl PgWriter {
         client.batch_execute(JOB_TABLES).context("cannot create the job tables")?;
         for (table, schema) in tables {
             client.batch_execute(&create_table_sql(table, schema)).with_context(|| format!("cannot create table {table}"))?;
+            check_table(&mut client, table, schema)?;
         }
         Ok(PgWriter {
             url: url.to_string(),
@@ -288,12 +348,13 @@ impl PgWriter {
     /// A sink for one table, buffering into this writer.
     pub fn table(writer: &Rc<RefCell<PgWriter>>, table: &str, schema: &TableSchema) -> PgTable {
         let mut this = writer.borrow_mut();
-        this.tables.push(PendingTable { schema: schema.clone(), table: table.to_string(), rows: Vec::new() });
+        this.tables.push(PendingTable { schema: schema.clone(), table: table.to_string(), fresh: Vec::new(), rows: Vec::new() });
         PgTable { writer: Rc::clone(writer), index: this.tables.len() - 1 }
     }
 
     fn buffer(&mut self, index: usize, rows: Rows) {
-        self.tables[index].rows.extend(rows.values);
+        let table = &mut self.tables[index];
+        if rows.fresh { table.fresh.extend(rows.values) } else { table.rows.extend(rows.values) }
     }
 
     /// Hands every buffered row and the checkpoint to the commit thread, to be committed in one
@@ -304,8 +365,13 @@ impl PgWriter {
         let tables = self
             .tables
             .iter_mut()
-            .filter(|t| !t.rows.is_empty())
-            .map(|t| TableRows { schema: t.schema.clone(), table: t.table.clone(), rows: std::mem::take(&mut t.rows) })
+            .filter(|t| !t.fresh.is_empty() || !t.rows.is_empty())
+            .map(|t| TableRows {
+                schema: t.schema.clone(),
+                table: t.table.clone(),
+                fresh: std::mem::take(&mut t.fresh),
+                rows: std::mem::take(&mut t.rows),
+            })
             .collect();
         let committer = match &mut self.committer {
             Some(committer) => committer,
@@ -322,7 +388,7 @@ impl PgWriter {
     /// Whether a checkpoint now would wait for the previous one to commit, with few enough rows
     /// buffered that waiting for it to finish first is better (see [`MAX_BUFFERED_VALUES`]).
     pub fn committing(&mut self) -> bool {
-        let buffered: usize = self.tables.iter().map(|t| t.rows.len()).sum();
+        let buffered: usize = self.tables.iter().map(|t| t.fresh.len() + t.rows.len()).sum();
         buffered < MAX_BUFFERED_VALUES && self.committer.as_mut().is_some_and(Committer::busy)
     }
 
@@ -332,27 +398,24 @@ impl PgWriter {
     }
 }
 
-/// Writes a checkpoint's rows (COPY into a temporary table, then one upsert per table) and the
-/// checkpoint itself in one transaction.
-fn commit_transaction(client: &mut Client, job: &str, topic: &str, transaction: &Transaction) -> Result<()> {
+/// Writes a checkpoint's rows and the checkpoint itself in one transaction: fresh rows copied
+/// straight into their table when `append_fresh`, the others copied into a temporary table and
+/// upserted from there.
+fn commit_transaction(client: &mut Client, job: &str, topic: &str, transaction: &Transaction, append_fresh: bool) -> Result<()> {
     let (checkpoint, number) = (&transaction.checkpoint, transaction.number);
     let mut tx = client.transaction()?;
     for table in &transaction.tables {
         let name = ident(&table.table);
+        let width = table.schema.columns.len();
+        if append_fresh && !table.fresh.is_empty() {
+            copy_rows(&mut tx, &name, &table.schema, table.fresh.chunks_exact(width))?;
+        }
+        if table.rows.is_empty() && (append_fresh || table.fresh.is_empty()) {
+            continue;
+        }
         let temp = ident(&format!("incoming_{}", table.table));
         tx.batch_execute(&format!("CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {name}) ON COMMIT DELETE ROWS"))?;
-        let mut copy = tx.copy_in(&format!("COPY {temp} FROM STDIN"))?;
-        let mut text = String::new();
-        let mut times = TimestampText::default();
-        for row in table.latest_rows() {
-            copy_line(row, &table.schema, &mut times, &mut text);
-            if text.len() >= 1 << 16 {
-                copy.write_all(text.as_bytes())?;
-                text.clear();
-            }
-        }
-        copy.write_all(text.as_bytes())?;
-        copy.finish()?;
+        copy_rows(&mut tx, &temp, &table.schema, table.latest_rows(append_fresh))?;
         let columns = &table.schema.columns;
         let keys: Vec<String> = columns[..table.schema.key_columns].iter().map(|c| ident(&c.name)).collect();
         let updates: Vec<String> =
@@ -415,54 +478,33 @@ fn is_append_only(schema: &TableSchema) -> bool {
     schema.columns.first().is_some_and(|c| c.name == "topic")
 }
 
-/// The COPY text of the last timestamp formatted: the rows of a pane or window share theirs,
-/// and formatting a date is the dearest part of a row.
-#[derive(Default)]
-struct TimestampText {
-    ms: Option<u64>,
-    text: String,
-}
-
-impl TimestampText {
-    fn format(&mut self, ms: u64) -> &str {
-        if self.ms != Some(ms) {
-            let time = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default();
-            self.text.clear();
-            let _ = write!(self.text, "{}", time.format("%Y-%m-%d %H:%M:%S%.3f+00"));
-            self.ms = Some(ms);
-        }
-        &self.text
-    }
-}
-
-/// One row in COPY's text format.
-fn copy_line(row: &[Value], schema: &TableSchema, times: &mut TimestampText, out: &mut String) {
-    for (index, value) in row.iter().enumerate() {
-        if index > 0 {
-            out.push('\t');
-        }
-        match value {
-            Value::Integer(n) => out.push_str(itoa::Buffer::new().format(*n)),
-            Value::Timestamp(ms) => out.push_str(times.format(*ms)),
-            Value::Text(text) => escape_copy(text, out),
-            Value::StaticText(text) => escape_copy(text, out),
+/// Copies `rows` into `table` in the binary COPY format, 64 KiB at a time.
+fn copy_rows<'a>(
+    tx: &mut postgres::Transaction<'_>,
+    table: &str,
+    schema: &TableSchema,
+    rows: impl Iterator<Item = &'a [Value]>,
+) -> Result<()> {
+    let kinds: Vec<ColumnKind> = schema.columns.iter().map(|c| c.kind).collect();
+    let mut copy = tx.copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))?;
+    let mut buffer = CopyBuffer::new();
+    for row in rows {
+        buffer.push_row(row, &kinds);
+        if buffer.len() >= 1 << 16 {
+            copy.write_all(&buffer.take())?;
         }
     }
-    debug_assert_eq!(row.len(), schema.columns.len());
-    out.push('\n');
+    copy.write_all(&buffer.finish())?;
+    copy.finish().with_context(|| format!("cannot copy rows into {table}"))?;
+    Ok(())
 }
 
-fn escape_copy(text: &str, out: &mut String) {
-    for c in text.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\0' => out.push('\u{FFFD}'), // text cannot hold NUL
-            c => out.push(c),
-        }
-    }
+/// Whether a commit failed on a duplicate key (a fresh row that was not).
+fn is_unique_violation(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<postgres::Error>().and_then(postgres::Error::code)
+            == Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+    })
 }
 
 /// One table of a [`PgWriter`], as a [`Sink`].
@@ -479,10 +521,11 @@ impl Sink for PgTable {
 
     fn finish(&mut self) -> Result<()> {
         let writer = self.writer.borrow();
-        if writer.tables[self.index].rows.is_empty() {
+        let table = &writer.tables[self.index];
+        if table.fresh.is_empty() && table.rows.is_empty() {
             Ok(())
         } else {
-            bail!("table {} has rows that no checkpoint committed", writer.tables[self.index].table)
+            bail!("table {} has rows that no checkpoint committed", table.table)
         }
     }
 }
@@ -495,26 +538,13 @@ mod tests {
     fn table_sql_quotes_names_and_keys() {
         let schema = TableSchema::new(
             "late_clicks",
-            &[("topic", ColumnKind::Text), ("offset", ColumnKind::Integer), ("click_ts", ColumnKind::Integer)],
+            &[("topic", ColumnKind::Text), ("offset", ColumnKind::Count), ("click_ts", ColumnKind::Integer)],
             2,
         );
         assert_eq!(
             create_table_sql("late_clicks", &schema),
-            "CREATE TABLE IF NOT EXISTS \"late_clicks\" (\"topic\" text NOT NULL, \"offset\" numeric(20,0) NOT NULL, \
+            "CREATE TABLE IF NOT EXISTS \"late_clicks\" (\"topic\" text NOT NULL, \"offset\" bigint NOT NULL, \
              \"click_ts\" numeric(20,0) NOT NULL, PRIMARY KEY (\"topic\", \"offset\"))"
         );
-    }
-
-    #[test]
-    fn copy_text_escapes_and_formats_times() {
-        let schema = TableSchema::new("t", &[("a", ColumnKind::Timestamp), ("b", ColumnKind::Text)], 1);
-        let mut line = String::new();
-        copy_line(
-            &[Value::Timestamp(1_767_225_600_123), Value::Text("x\ty\\z\n\0".into())],
-            &schema,
-            &mut Default::default(),
-            &mut line,
-        );
-        assert_eq!(line, "2026-01-01 00:00:00.123+00\tx\\ty\\\\z\\n\u{FFFD}\n");
     }
 }

@@ -91,11 +91,12 @@ impl Job {
         command
     }
 
-    /// Runs the job until it drains and exits successfully.
-    pub fn run_to_end(&self, env: &[(&str, &str)]) {
+    /// Runs the job until it drains and exits successfully; its log.
+    pub fn run_to_end(&self, env: &[(&str, &str)]) -> String {
         let mut command = self.command();
         command.envs(env.iter().copied());
-        check(command.output().unwrap(), &format!("clickstay run (job {})", self.name));
+        let output = check(command.output().unwrap(), &format!("clickstay run (job {})", self.name));
+        String::from_utf8_lossy(&output.stderr).into_owned()
     }
 
     /// Runs the job with fault injection that must make it die.
