@@ -88,8 +88,8 @@ impl KafkaSource {
         })
     }
 
-    /// Waits up to `wait` for messages and hands each (partition, offset, payload) to `take`;
-    /// how many came (errors included, which are logged).
+    /// Takes up to `limit` messages, waiting up to `wait` for as many, and hands each
+    /// (partition, offset, payload) to `take`; how many came (errors included, which are logged).
     fn consume_batch(&mut self, wait: Duration, limit: usize, mut take: impl FnMut(u32, u64, &[u8])) -> usize {
         let size = limit.min(self.taken.len());
         let timeout_ms = wait.as_millis().min(i32::MAX as u128) as i32;
@@ -132,19 +132,22 @@ impl Source for KafkaSource {
     fn read_round(&mut self) -> Result<Option<Vec<Batch>>> {
         let mut batches: BTreeMap<u32, Batch> = BTreeMap::new();
         let deadline = Instant::now() + ROUND_WAIT;
+        let mut add = |partition, offset, payload: &[u8]| {
+            let batch = batches.entry(partition).or_insert_with(|| Batch { partition, sequence: offset, ..Default::default() });
+            let start = batch.text.len();
+            // A message is one record, newlines and all; an over-long one is kept cut.
+            batch.text.extend_from_slice(&payload[..payload.len().min(MAX_LINE_BYTES)]);
+            batch.lines.push(Line { start, end: batch.text.len(), full_len: payload.len() });
+            batch.positions.push(offset);
+        };
         let mut taken = 0;
         while taken < MAX_MESSAGES_PER_ROUND {
-            // Wait for the first messages; after that take only what is already there.
-            let wait = if taken == 0 { deadline.saturating_duration_since(Instant::now()) } else { Duration::ZERO };
-            let count = self.consume_batch(wait, MAX_MESSAGES_PER_ROUND - taken, |partition, offset, payload| {
-                let batch =
-                    batches.entry(partition).or_insert_with(|| Batch { partition, sequence: offset, ..Default::default() });
-                let start = batch.text.len();
-                // A message is one record, newlines and all; an over-long one is kept cut.
-                batch.text.extend_from_slice(&payload[..payload.len().min(MAX_LINE_BYTES)]);
-                batch.lines.push(Line { start, end: batch.text.len(), full_len: payload.len() });
-                batch.positions.push(offset);
-            });
+            let mut count = self.consume_batch(Duration::ZERO, MAX_MESSAGES_PER_ROUND - taken, &mut add);
+            if count == 0 && taken == 0 {
+                // Nothing ready: wait for one message (a batch call would wait for a full batch).
+                let wait = deadline.saturating_duration_since(Instant::now());
+                count = self.consume_batch(wait, 1, &mut add);
+            }
             if count == 0 {
                 break;
             }
