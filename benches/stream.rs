@@ -19,8 +19,8 @@
 //!    wall-clock time it was first seen minus (pane end + max_out_of_orderness), i.e. what the
 //!    job adds beyond the watermark delay (checkpoint interval, 1 s by default, included).
 //!
-//! With the defaults a run takes about 2.5 minutes on the 2-core development machine (plus
-//! starting the broker and Postgres): producing 10M ~20 s, bare consumer ~10 s, job ~75 s,
+//! With the defaults a run takes about 1.5 minutes on the 2-core development machine (plus
+//! starting the broker and Postgres): producing 10M ~12 s, bare consumer ~5 s, job ~15 s,
 //! latency run ~30 s. Smaller sizes (e.g. `CLICKSTAY_BENCH_STREAM_EVENTS=2000000`) work too.
 
 use std::collections::BTreeMap;
