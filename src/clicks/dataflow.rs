@@ -622,13 +622,9 @@ fn sink_by_group<'s, D>(
 ) where
     D: differential_dataflow::ExchangeData,
 {
-    let SinkTarget { name, probe, sinks, slot, emit } = *target;
-    match emit {
-        Emit::Final => {
-            let parts = final_parts(stream, name, group_of, route);
-            sink_final(parts, name, probe, sinks, slot, to_row);
-        }
-        Emit::Changes { restored } => sink_changes(stream, name, probe, sinks, slot, restored, group_of, to_row),
+    match target.emit {
+        Emit::Final => sink_final(final_parts(stream, target.name, group_of, route), target, to_row),
+        Emit::Changes { restored } => sink_changes(stream, target, restored, group_of, to_row),
     }
 }
 
@@ -697,14 +693,12 @@ const VALUES_PER_WRITE: usize = 1 << 16;
 /// (the frontier is past its close time) and writes the rows.
 fn sink_final<'s, D>(
     parts: StreamVec<'s, u64, (GroupOrder, Vec<(D, isize)>)>,
-    name: &str,
-    probe: &ProbeHandle<u64>,
-    sinks: &Rc<RefCell<SinkSet>>,
-    slot: Option<usize>,
+    target: &SinkTarget,
     mut to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
 ) where
     D: differential_dataflow::ExchangeData,
 {
+    let SinkTarget { name, probe, sinks, slot, .. } = *target;
     let sinks = Rc::clone(sinks);
     let mut runs: BTreeMap<GroupOrder, Vec<(D, isize)>> = BTreeMap::new();
     written_below_frontier(parts, name, probe, move |arrived, frontier| {
@@ -733,13 +727,9 @@ fn sink_final<'s, D>(
 /// `Emit::Changes`, on worker 0: gathers the updates by group and writes the rows whose value
 /// changed, whenever the frontier has passed the group's completion time. A group's first rows
 /// are fresh when it completes after `restored`: no committed checkpoint can hold rows of it.
-#[allow(clippy::too_many_arguments)]
 fn sink_changes<'s, D>(
     stream: StreamVec<'s, u64, (D, u64, isize)>,
-    name: &str,
-    probe: &ProbeHandle<u64>,
-    sinks: &Rc<RefCell<SinkSet>>,
-    slot: Option<usize>,
+    target: &SinkTarget,
     restored: u64,
     group_of: impl Fn(&D) -> Group + 'static,
     mut to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
@@ -759,6 +749,7 @@ fn sink_changes<'s, D>(
         /// Whether its rows have been written since the job started.
         written: bool,
     }
+    let SinkTarget { name, probe, sinks, slot, .. } = *target;
     let sinks = Rc::clone(sinks);
     let mut groups: BTreeMap<GroupOrder, State<D>> = BTreeMap::new();
     written_below_frontier(stream, name, probe, move |arrived, frontier| {
