@@ -182,24 +182,21 @@ fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn sql_type(kind: ColumnKind) -> &'static str {
-    match kind {
-        // Event ids are unsigned 64-bit: bigint would refuse the upper half.
-        ColumnKind::Integer => "numeric(20,0)",
-        ColumnKind::Count => "bigint",
-        ColumnKind::Timestamp => "timestamptz",
-        ColumnKind::Text => "text",
-    }
+/// A column's SQL type: as declared, and as `information_schema.columns.data_type` reports it.
+struct SqlType {
+    declared: &'static str,
+    reported: &'static str,
 }
 
-/// The name `information_schema.columns.data_type` gives the SQL type of `kind`.
-fn information_schema_type(kind: ColumnKind) -> &'static str {
-    match kind {
-        ColumnKind::Integer => "numeric",
-        ColumnKind::Count => "bigint",
-        ColumnKind::Timestamp => "timestamp with time zone",
-        ColumnKind::Text => "text",
-    }
+fn sql_type(kind: ColumnKind) -> SqlType {
+    let (declared, reported) = match kind {
+        // Event ids are unsigned 64-bit: bigint would refuse the upper half.
+        ColumnKind::Integer => ("numeric(20,0)", "numeric"),
+        ColumnKind::Count => ("bigint", "bigint"),
+        ColumnKind::Timestamp => ("timestamptz", "timestamp with time zone"),
+        ColumnKind::Text => ("text", "text"),
+    };
+    SqlType { declared, reported }
 }
 
 /// Checks that an existing `table` has the schema's columns and types: the binary COPY sends
@@ -215,7 +212,7 @@ fn check_table(client: &mut Client, table: &str, schema: &TableSchema) -> Result
         .map(|row| (row.get(0), row.get(1)))
         .collect();
     let expected: Vec<(String, String)> =
-        schema.columns.iter().map(|c| (c.name.clone(), information_schema_type(c.kind).to_string())).collect();
+        schema.columns.iter().map(|c| (c.name.clone(), sql_type(c.kind).reported.to_string())).collect();
     if found != expected {
         let show = |columns: &[(String, String)]| {
             columns.iter().map(|(name, kind)| format!("{name} {kind}")).collect::<Vec<_>>().join(", ")
@@ -233,7 +230,7 @@ fn check_table(client: &mut Client, table: &str, schema: &TableSchema) -> Result
 pub fn create_table_sql(table: &str, schema: &TableSchema) -> String {
     let mut sql = format!("CREATE TABLE IF NOT EXISTS {} (", ident(table));
     for column in &schema.columns {
-        let _ = write!(sql, "{} {} NOT NULL, ", ident(&column.name), sql_type(column.kind));
+        let _ = write!(sql, "{} {} NOT NULL, ", ident(&column.name), sql_type(column.kind).declared);
     }
     let keys: Vec<String> = schema.columns[..schema.key_columns].iter().map(|c| ident(&c.name)).collect();
     let _ = write!(sql, "PRIMARY KEY ({}))", keys.join(", "));
