@@ -174,14 +174,13 @@ struct StreamCheckpointer {
 
 impl Checkpointer for StreamCheckpointer {
     fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>> {
-        let events: Vec<(i64, ClickEvent)> = events.iter().map(|(offset, event)| (*offset as i64, *event)).collect();
         let files = crate::sinks::parquet::write_archive(
             &self.archive,
             &self.topic,
             partition as i32,
             first as i64,
             next as i64,
-            &events,
+            events,
         )?;
         Ok(files.iter().map(|f| f.strip_prefix(&self.archive).unwrap_or(f).to_string_lossy().into_owned()).collect())
     }

@@ -72,9 +72,9 @@ pub fn write_archive(
     partition: i32,
     first: i64,
     next: i64,
-    events: &[(i64, ClickEvent)],
+    events: &[(u64, ClickEvent)],
 ) -> Result<Vec<PathBuf>> {
-    let mut hours: BTreeMap<u64, Vec<&(i64, ClickEvent)>> = BTreeMap::new();
+    let mut hours: BTreeMap<u64, Vec<&(u64, ClickEvent)>> = BTreeMap::new();
     for event in events {
         hours.entry(event.1.click_ts / MS_PER_HOUR).or_default().push(event);
     }
@@ -96,7 +96,7 @@ pub fn write_archive(
 }
 
 /// Writes one file under `path` + `.tmp`, fsyncs it and renames it to `path`.
-fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, events: &[&(i64, ClickEvent)]) -> Result<()> {
+fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, events: &[&(u64, ClickEvent)]) -> Result<()> {
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
     // Offsets, times, users and addresses are (nearly) all distinct: a dictionary of them would
@@ -109,11 +109,11 @@ fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, even
     let mut writer = SerializedFileWriter::new(file, schema.clone(), properties)?;
     for chunk in events.chunks(ROW_GROUP_ROWS) {
         let mut row_group = writer.next_row_group()?;
-        let long = |f: &dyn Fn(&(i64, ClickEvent)) -> i64| -> Vec<i64> { chunk.iter().map(|e| f(e)).collect() };
+        let long = |f: &dyn Fn(&(u64, ClickEvent)) -> i64| -> Vec<i64> { chunk.iter().map(|e| f(e)).collect() };
         // In SCHEMA order.
         let topics = vec![ByteArray::from(topic); chunk.len()];
         let partitions = vec![partition; chunk.len()];
-        let offsets = long(&|(offset, _)| *offset);
+        let offsets = long(&|(offset, _)| *offset as i64);
         // Unsigned values keep their bits; the logical type tells readers they are unsigned.
         let ad_ids = long(&|(_, e)| e.ad_id as i64);
         let times = long(&|(_, e)| e.click_ts as i64);
@@ -272,7 +272,7 @@ mod tests {
                 "hour=2026-01-01T01/partition=3/00000000000000000100-00000000000000000104.parquet",
             ]
         );
-        let first_hour: Vec<_> = [&events[0], &events[2]].iter().map(|(o, e)| ("clicks".to_string(), 3, *o, *e)).collect();
+        let first_hour: Vec<_> = [&events[0], &events[2]].iter().map(|(o, e)| ("clicks".to_string(), 3, *o as i64, *e)).collect();
         assert_eq!(read_back(&written[0]), first_hour);
         assert_eq!(read_back(&written[1]), [("clicks".to_string(), 3, 101, events[1].1)]);
         // No temporary file is left behind.
@@ -283,7 +283,7 @@ mod tests {
     #[test]
     fn the_same_input_gives_the_same_bytes_and_an_empty_range_no_file() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let events: Vec<_> = (0..1000).map(|i| (i, event(i as u64 % 17, MIDNIGHT + i as u64 * 7919))).collect();
+        let events: Vec<_> = (0..1000u64).map(|i| (i, event(i % 17, MIDNIGHT + i * 7919))).collect();
         let written_a = write_archive(a.path(), "t", 0, 0, 1000, &events).unwrap();
         let written_b = write_archive(b.path(), "t", 0, 0, 1000, &events).unwrap();
         assert_eq!(written_a.len(), written_b.len());
