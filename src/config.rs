@@ -63,8 +63,8 @@ pub struct PostgresConfig {
 impl WorkersConfig {
     /// Reads and checks `path`, then applies the environment overrides.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
         let mut config = Self::parse(&text, path)?;
         config.apply_env();
         Ok(config)
@@ -136,9 +136,9 @@ impl WorkersConfig {
 
     /// The `[kafka]` section, or an error naming the file.
     pub fn kafka(&self) -> Result<&KafkaConfig> {
-        self.kafka
-            .as_ref()
-            .with_context(|| format!("{}: missing [kafka] section (or set CLICKSTAY_KAFKA_BROKERS)", self.path.display()))
+        self.kafka.as_ref().with_context(|| {
+            format!("{}: missing [kafka] section (or set CLICKSTAY_KAFKA_BROKERS)", self.path.display())
+        })
     }
 
     /// The hotel shard URLs, or an error naming the file.
@@ -176,7 +176,10 @@ mod tests {
     fn bad_address_names_file_key_and_value() {
         let text = "[cluster]\nprocesses = [\"nowhere\"]\n";
         let error = WorkersConfig::parse(text, Path::new("w.toml")).unwrap_err().to_string();
-        assert!(error.contains("w.toml") && error.contains("cluster.processes[0]") && error.contains("nowhere"), "{error}");
+        assert!(
+            error.contains("w.toml") && error.contains("cluster.processes[0]") && error.contains("nowhere"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -99,7 +99,10 @@ fn java_partitioner_reference_values() {
     // Values of org.apache.kafka.common.utils.Utils.murmur2 from Kafka's own tests.
     assert_eq!(java_partition(b"21", i32::MAX), (-973932308i32 as u32 & 0x7fff_ffff) as i32 % i32::MAX);
     assert_eq!(java_partition(b"foobar", i32::MAX), (-790332482i32 as u32 & 0x7fff_ffff) as i32 % i32::MAX);
-    assert_eq!(java_partition(b"a-little-bit-long-string", i32::MAX), (-985981536i32 as u32 & 0x7fff_ffff) as i32 % i32::MAX);
+    assert_eq!(
+        java_partition(b"a-little-bit-long-string", i32::MAX),
+        (-985981536i32 as u32 & 0x7fff_ffff) as i32 % i32::MAX
+    );
 }
 
 #[test]
@@ -177,7 +180,11 @@ fn file_input_sends_valid_lines_in_the_wire_format_and_malformed_lines_raw() {
     produce_ok(&config, &["--input", jsonl.to_str().unwrap()]);
 
     let csv = dir.path().join("events.csv");
-    std::fs::write(&csv, "ad_id,click_ts,user_id,ip,country\r\n8,1767225600001,2,10.0.0.2,DE\r\n8,-5,2,10.0.0.2,DE\r\n").unwrap();
+    std::fs::write(
+        &csv,
+        "ad_id,click_ts,user_id,ip,country\r\n8,1767225600001,2,10.0.0.2,DE\r\n8,-5,2,10.0.0.2,DE\r\n",
+    )
+    .unwrap();
     produce_ok(&config, &["--input", csv.to_str().unwrap()]);
 
     let received = read_all(&kafka, 1 + malformed_json.len() + 2);

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use stream::{Job, dump_tables, fresh_database, generate, produce};
 
-
 fn script(name: &str, args: &[&str]) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/").to_string() + name;
     let status = Command::new(path).args(args).stdout(Stdio::null()).status().unwrap();
@@ -43,7 +42,12 @@ fn restart_postgres() {
 fn broker_frozen_and_postgres_restarted() {
     let broker_dir = std::env::var("CLICKSTAY_BROKER_DIR").unwrap_or_else(|_| "/tmp/clickstay-test-broker".into());
     let dir = tempfile::tempdir().unwrap();
-    let events = generate(dir.path(), "events.jsonl", 600_000, &["--rate", "2000", "--late-fraction", "0.01", "--malformed-fraction", "0.002"]);
+    let events = generate(
+        dir.path(),
+        "events.jsonl",
+        600_000,
+        &["--rate", "2000", "--late-fraction", "0.01", "--malformed-fraction", "0.002"],
+    );
     let calm = Job::new(dir.path(), "calm", 4, &fresh_database("faults_calm"));
     produce(&calm, &events);
     calm.run_to_end(&[]);
@@ -65,7 +69,10 @@ fn broker_frozen_and_postgres_restarted() {
     let output = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the job failed:\n{log}");
-    assert!(log.contains("cannot commit a checkpoint") && log.contains("retry_in_ms"), "no retry with backoff was logged:\n{log}");
+    assert!(
+        log.contains("cannot commit a checkpoint") && log.contains("retry_in_ms"),
+        "no retry with backoff was logged:\n{log}"
+    );
 
     let calm_tables = dump_tables(&calm.db);
     let troubled_tables = dump_tables(&troubled.db);

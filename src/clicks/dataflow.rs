@@ -176,7 +176,10 @@ pub fn build<R: timely::ExchangeData + Clone>(
         let received: Rc<RefCell<Vec<R>>> = Default::default();
         let (reports, report_stream) = scope.new_input::<Vec<R>>();
         let store = Rc::clone(&received);
-        report_stream.broadcast().inspect(move |report: &R| store.borrow_mut().push(report.clone())).probe_with(&round_probe);
+        report_stream
+            .broadcast()
+            .inspect(move |report: &R| store.borrow_mut().push(report.clone()))
+            .probe_with(&round_probe);
         let (late, late_stream) = scope.new_input::<Vec<LateClick>>();
         let (rejected, rejected_stream) = scope.new_input::<Vec<RejectedLine>>();
         for sink_spec in &spec.sinks {
@@ -222,7 +225,9 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     };
                     let predicates = predicates.clone();
                     NodeOutput::Clicks(
-                        clicks.clone().filter(move |click| predicates.iter().all(|p| p.values.contains(&click.field(p.field)))),
+                        clicks
+                            .clone()
+                            .filter(move |click| predicates.iter().all(|p| p.values.contains(&click.field(p.field)))),
                     )
                 }
                 Op::Count { input, group_by } => {
@@ -233,8 +238,9 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     // Consolidated where the key lives: one update per changed group and tick
                     // for everything downstream (the sink on worker 0, the ranking). Nothing
                     // keeps the consolidation's arrangement, so it holds no state across ticks.
-                    let keys =
-                        clicks.clone().map(move |click| (click.click_ts, click.ad_id, second.map_or(0, |f| click.field(f))));
+                    let keys = clicks
+                        .clone()
+                        .map(move |click| (click.click_ts, click.ad_id, second.map_or(0, |f| click.field(f))));
                     let keys = consolidate_by_ad(keys);
                     NodeOutput::Counts { second, keys }
                 }
@@ -258,15 +264,24 @@ pub fn build<R: timely::ExchangeData + Clone>(
                     let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
                     let second = *second;
                     let pane_ms = spec.time.pane_ms;
-                    let group =
-                        move |key: &GroupKey| Group { id: key.0, complete: key.0 + pane_ms, close: clock.pane_close(key.0) };
+                    let group = move |key: &GroupKey| Group {
+                        id: key.0,
+                        complete: key.0 + pane_ms,
+                        close: clock.pane_close(key.0),
+                    };
                     let route = |key: &GroupKey| exchange_hash(key.1);
                     let target = SinkTarget { name, probe: &probe, sinks: &sink_set, slot, emit };
-                    sink_by_group(keys.clone().inner, &target, group, route, move |&(pane, ad_id, value), clicks, rows| {
-                        rows.values.extend([Value::Timestamp(pane), Value::Integer(ad_id)]);
-                        rows.values.extend(second.map(|field| field_value(field, value)));
-                        rows.values.push(Value::Integer(clicks as u64));
-                    });
+                    sink_by_group(
+                        keys.clone().inner,
+                        &target,
+                        group,
+                        route,
+                        move |&(pane, ad_id, value), clicks, rows| {
+                            rows.values.extend([Value::Timestamp(pane), Value::Integer(ad_id)]);
+                            rows.values.extend(second.map(|field| field_value(field, value)));
+                            rows.values.push(Value::Integer(clicks as u64));
+                        },
+                    );
                 }
                 NodeOutput::Ranked { window, ranked } => {
                     let slot = attach(sink_spec, sink_schema(spec, sink_spec, positions))?;
@@ -365,7 +380,8 @@ fn local_top_n<'s>(
         move |(input, frontier), output| {
             input.for_each(|capability, data| {
                 for ((pane, ad_id, _), time, diff) in data.drain(..) {
-                    let (_, updates) = pending.entry(time).or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
+                    let (_, updates) =
+                        pending.entry(time).or_insert_with(|| (capability.delayed(&time, 0), Vec::new()));
                     updates.push((pane, ad_id, diff));
                 }
             });
@@ -667,8 +683,9 @@ where
                 for (record, time, diff) in data.drain(..) {
                     let group = group_of(&record);
                     let at = group.close.max(time);
-                    let (_, updates) =
-                        groups.entry((group.close, group.id)).or_insert_with(|| (capability.delayed(&at, 0), Vec::new()));
+                    let (_, updates) = groups
+                        .entry((group.close, group.id))
+                        .or_insert_with(|| (capability.delayed(&at, 0), Vec::new()));
                     updates.push((record, diff));
                 }
             });
@@ -928,7 +945,13 @@ pub fn top_schema(name: &str) -> TableSchema {
     use ColumnKind::*;
     TableSchema::new(
         name,
-        &[("window_start", Timestamp), ("window_end", Timestamp), ("rank", Count), ("ad_id", Integer), ("clicks", Count)],
+        &[
+            ("window_start", Timestamp),
+            ("window_end", Timestamp),
+            ("rank", Count),
+            ("ad_id", Integer),
+            ("clicks", Count),
+        ],
         3,
     )
 }

@@ -244,7 +244,8 @@ impl Driver {
             last_record: partitions.iter().map(|p| (*p, now)).collect(),
             last_any_record: now,
         });
-        let mut state: BTreeMap<u32, PartitionState> = partitions.iter().map(|p| (*p, PartitionState::default())).collect();
+        let mut state: BTreeMap<u32, PartitionState> =
+            partitions.iter().map(|p| (*p, PartitionState::default())).collect();
         let mut own = BTreeMap::new();
         for (partition, restored) in &restore.partitions {
             // Every worker starts from the same watermarks; each tracks only its partitions.
@@ -254,11 +255,18 @@ impl Driver {
             }
             own.insert(
                 *partition,
-                OwnPartition { next: restored.restart_offset, archive_from: restored.committed_next, ..Default::default() },
+                OwnPartition {
+                    next: restored.restart_offset,
+                    archive_from: restored.committed_next,
+                    ..Default::default()
+                },
             );
         }
-        let windows =
-            spec.nodes.iter().filter_map(|n| if let Op::TopN { window, .. } = n.op { Some(window) } else { None }).collect();
+        let windows = spec
+            .nodes
+            .iter()
+            .filter_map(|n| if let Op::TopN { window, .. } = n.op { Some(window) } else { None })
+            .collect();
         Driver {
             clock: Clock::new(spec.time),
             windows,
@@ -320,7 +328,8 @@ impl Driver {
             };
             let reports = self.exchange(worker, report, dataflow)?;
             if let Some(job_time) = self.commit_pending.take() {
-                let mut partitions: Vec<PartitionCheckpoint> = reports.iter().flat_map(|r| r.checkpoint.clone()).collect();
+                let mut partitions: Vec<PartitionCheckpoint> =
+                    reports.iter().flat_map(|r| r.checkpoint.clone()).collect();
                 partitions.sort_by_key(|p| p.partition);
                 if let Some(checkpointer) = checkpointer.as_deref_mut() {
                     let started = Instant::now();
@@ -377,7 +386,12 @@ impl Driver {
             leader.last_checkpoint = now;
             leader.checkpointed_time = self.input_time;
         }
-        let idle = leader.last_record.iter().filter(|(_, seen)| now - **seen >= policy.idle_partition).map(|(p, _)| *p).collect();
+        let idle = leader
+            .last_record
+            .iter()
+            .filter(|(_, seen)| now - **seen >= policy.idle_partition)
+            .map(|(p, _)| *p)
+            .collect();
         let drain = policy.drain_when_idle.is_some_and(|quiet| now - leader.last_any_record >= quiet);
         Some(Decisions { checkpoint, drain, idle })
     }
@@ -416,7 +430,8 @@ impl Driver {
             dataflow.sinks.borrow_mut().take_error()?;
         }
         let mut received = rounds.received.borrow_mut();
-        let (mut reports, later): (Vec<RoundReport>, Vec<RoundReport>) = received.drain(..).partition(|r| r.round == round);
+        let (mut reports, later): (Vec<RoundReport>, Vec<RoundReport>) =
+            received.drain(..).partition(|r| r.round == round);
         *received = later;
         reports.sort_by_key(|r| r.worker);
         Ok(reports)
@@ -425,8 +440,10 @@ impl Driver {
     /// For `batch`: the largest event time in its partition before it, and the lines before it.
     fn before(&self, batch: &Batch, reports: &[RoundReport]) -> (Option<u64>, u64) {
         let state = self.partitions.get(&batch.partition).copied().unwrap_or_default();
-        let earlier =
-            reports.iter().flat_map(|r| &r.batches).filter(|b| b.partition == batch.partition && b.sequence < batch.sequence);
+        let earlier = reports
+            .iter()
+            .flat_map(|r| &r.batches)
+            .filter(|b| b.partition == batch.partition && b.sequence < batch.sequence);
         earlier.fold((state.max_ts, state.lines), |(max, lines), b| (max.max(b.max_ts), lines + b.lines))
     }
 
@@ -478,7 +495,12 @@ impl Driver {
             if position(index) >= committed {
                 self.rejected += 1;
                 let raw = String::from_utf8_lossy(batch.text_of(&batch.lines[index as usize])).into_owned();
-                rounds.rejected.send(RejectedLine { partition, position: position(index), reason: reason.to_string(), raw });
+                rounds.rejected.send(RejectedLine {
+                    partition,
+                    position: position(index),
+                    reason: reason.to_string(),
+                    raw,
+                });
             }
         }
         // Rejected lines do not move the watermark, so valid events alone, in order, decide.
@@ -550,9 +572,19 @@ impl Driver {
                 },
                 _ => {
                     let max_ts = self.partitions.get(partition).and_then(|p| p.max_ts);
-                    let (restart_offset, restart_max_ts) =
-                        own.open_panes.values().min_by_key(|(offset, _)| *offset).copied().unwrap_or((own.next, max_ts));
-                    PartitionCheckpoint { partition: *partition, next_offset: own.next, restart_offset, restart_max_ts, archived }
+                    let (restart_offset, restart_max_ts) = own
+                        .open_panes
+                        .values()
+                        .min_by_key(|(offset, _)| *offset)
+                        .copied()
+                        .unwrap_or((own.next, max_ts));
+                    PartitionCheckpoint {
+                        partition: *partition,
+                        next_offset: own.next,
+                        restart_offset,
+                        restart_max_ts,
+                        archived,
+                    }
                 }
             };
             parts.push(part);

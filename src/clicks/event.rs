@@ -93,7 +93,9 @@ impl Country {
     /// The code if `text` is an assigned upper-case ISO 3166-1 alpha-2 code.
     pub fn parse(text: &[u8]) -> Option<Country> {
         match text {
-            [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] if ASSIGNED[slot(*a, *b)].is_some() => Some(Country(u16::from_be_bytes([*a, *b]))),
+            [a @ b'A'..=b'Z', b @ b'A'..=b'Z'] if ASSIGNED[slot(*a, *b)].is_some() => {
+                Some(Country(u16::from_be_bytes([*a, *b])))
+            }
             _ => None,
         }
     }
@@ -407,12 +409,13 @@ pub fn write_ipv4(ip: u32, out: &mut Vec<u8>) {
 pub fn encode_field_value(field: Field, value: &toml::Value) -> Result<u64, String> {
     match (field, value) {
         (Field::AdId | Field::UserId, toml::Value::Integer(i)) if *i >= 0 => Ok(*i as u64),
-        (Field::Country, toml::Value::String(s)) => {
-            Country::parse(s.as_bytes()).map(|c| c.0 as u64).ok_or_else(|| format!("`{s}` is not an ISO 3166-1 alpha-2 code"))
-        }
-        (Field::Ip, toml::Value::String(s)) => {
-            s.parse::<Ipv4Addr>().map(|ip| u32::from(ip) as u64).map_err(|_| format!("`{s}` is not a dotted IPv4 address"))
-        }
+        (Field::Country, toml::Value::String(s)) => Country::parse(s.as_bytes())
+            .map(|c| c.0 as u64)
+            .ok_or_else(|| format!("`{s}` is not an ISO 3166-1 alpha-2 code")),
+        (Field::Ip, toml::Value::String(s)) => s
+            .parse::<Ipv4Addr>()
+            .map(|ip| u32::from(ip) as u64)
+            .map_err(|_| format!("`{s}` is not a dotted IPv4 address")),
         (_, other) => Err(format!("`{other}` is not a valid {field}")),
     }
 }
@@ -588,7 +591,8 @@ mod tests {
 
     #[test]
     fn json_lines() {
-        let line = br#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US","extra":1}"#;
+        let line =
+            br#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US","extra":1}"#;
         let event = parse_json(line, line.len()).unwrap();
         assert_eq!(event, csv("4711,1767225600123,99123,10.1.2.3,US").unwrap());
         let cases: [(&[u8], &str); 6] = [

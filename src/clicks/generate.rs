@@ -190,7 +190,8 @@ impl ClickSource {
             user: Uniform::new_inclusive(1, args.users).context("--users")?,
             country: Uniform::new(0, total).context("country weights")?,
             country_upper_bounds,
-            country_codes: COUNTRIES.map(|(code, _)| Country::parse(code.as_bytes()).expect("COUNTRIES are assigned codes")),
+            country_codes: COUNTRIES
+                .map(|(code, _)| Country::parse(code.as_bytes()).expect("COUNTRIES are assigned codes")),
             late: Bernoulli::new(args.late_fraction).context("--late-fraction")?,
             disorder: Uniform::new_inclusive(0, args.max_disorder_ms).context("--max-disorder-ms")?,
             lateness: Uniform::new_inclusive(args.late_ms.min, args.late_ms.max).context("--late-ms")?,

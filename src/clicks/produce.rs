@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use rdkafka::ClientContext;
 
 use crate::clicks::event::{self, CSV_HEADER, Format};
 use crate::clicks::generate::{EventFormat, Generated, Generator, GeneratorOptions};
@@ -77,7 +77,9 @@ pub fn run(args: &ProduceArgs) -> Result<()> {
     if let Some(path) = &args.input {
         let format = match args.format.or_else(|| Format::from_path(path)) {
             Some(format) => format,
-            None => bail!("cannot tell the format of {} from its name; pass --format csv or --format jsonl", path.display()),
+            None => {
+                bail!("cannot tell the format of {} from its name; pass --format csv or --format jsonl", path.display())
+            }
         };
         crate::sources::file::check_header(path, format)?;
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;

@@ -16,8 +16,8 @@ use super::dataflow::{self, Emit, Positions};
 use super::driver::{Driver, Restore, RunTotals};
 use super::event::Format;
 use crate::cluster::{WorkerArgs, Workers};
-use crate::sinks::csv::CsvSink;
 use crate::sinks::Sink;
+use crate::sinks::csv::CsvSink;
 use crate::sources::Source;
 use crate::sources::file::{self, DEFAULT_CHUNK_BYTES, FileSource};
 use crate::spec::DataflowSpec;
@@ -48,7 +48,10 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let spec = Arc::new(DataflowSpec::load(&args.dataflow)?);
     let format = match args.format.or_else(|| Format::from_path(&args.input)) {
         Some(format) => format,
-        None => bail!("cannot tell the format of {} from its name; pass --format csv or --format jsonl", args.input.display()),
+        None => bail!(
+            "cannot tell the format of {} from its name; pass --format csv or --format jsonl",
+            args.input.display()
+        ),
     };
     file::check_header(&args.input, format)?;
     let workers = Workers::from_args(&args.workers)?;
@@ -59,8 +62,9 @@ pub fn run(args: ReplayArgs) -> Result<()> {
     let input = args.input.clone();
     let out = args.out.clone();
     let chunk_bytes = args.chunk_bytes;
-    let results =
-        crate::cluster::run_workers(&workers, move |worker| replay_worker(worker, &spec, &input, format, chunk_bytes, &out))?;
+    let results = crate::cluster::run_workers(&workers, move |worker| {
+        replay_worker(worker, &spec, &input, format, chunk_bytes, &out)
+    })?;
     let totals = results.into_iter().next().context("no worker ran")?;
     if workers.is_first_process() {
         let seconds = started.elapsed().as_secs_f64();

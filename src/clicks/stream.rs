@@ -152,7 +152,8 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     let mut dataflow =
         dataflow::build(worker, &job.spec, &positions, Emit::Changes { restored: job.restore.job_time }, make_sink)?;
     let owned = |partition: u32| owns(&partition);
-    let mut driver = Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
+    let mut driver =
+        Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
     let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
     let totals = driver.run(worker, &mut source, &mut dataflow, Some(&mut checkpointer), |_| {})?;
     if let Some(writer) = &checkpointer.writer {

@@ -41,8 +41,8 @@ impl Clock {
     /// Is an event at `ts` late, given the largest event time seen before it in its partition?
     pub fn is_late(&self, ts: u64, max_seen: Option<u64>) -> bool {
         // pane_end + lateness <= max_seen - out_of_orderness, without going below zero.
-        let threshold = self.pane_start(ts) + self.spec.pane_ms + self.spec.allowed_lateness_ms
-            + self.spec.max_out_of_orderness_ms;
+        let threshold =
+            self.pane_start(ts) + self.spec.pane_ms + self.spec.allowed_lateness_ms + self.spec.max_out_of_orderness_ms;
         max_seen.is_some_and(|max| max >= threshold)
     }
 

@@ -45,7 +45,11 @@ impl CsvSink {
                     write_rows(&mut writer, &rows, columns).with_context(context)?;
                 }
                 let file = writer.into_inner().map_err(|e| e.into_error()).with_context(context)?;
-                file.into_inner().map_err(|e| e.into_error()).with_context(context)?.sync_all().with_context(context)?;
+                file.into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(context)?
+                    .sync_all()
+                    .with_context(context)?;
                 std::fs::rename(&temp_path, &final_path)
                     .with_context(|| format!("cannot rename {} into place", temp_path.display()))
             })
@@ -57,7 +61,9 @@ impl CsvSink {
     fn join(&mut self) -> Result<()> {
         self.rows = None; // closes the queue: the thread finishes the file
         match self.writer.take() {
-            Some(thread) => thread.join().map_err(|_| anyhow::anyhow!("the writer of {} panicked", self.path.display()))?,
+            Some(thread) => {
+                thread.join().map_err(|_| anyhow::anyhow!("the writer of {} panicked", self.path.display()))?
+            }
             None => Ok(()),
         }
     }

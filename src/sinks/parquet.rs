@@ -96,7 +96,13 @@ pub fn write_archive(
 }
 
 /// Writes one file under `path` + `.tmp`, fsyncs it and renames it to `path`.
-fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, events: &[&(u64, ClickEvent)]) -> Result<()> {
+fn write_file(
+    path: &Path,
+    schema: &Arc<Type>,
+    topic: &str,
+    partition: i32,
+    events: &[&(u64, ClickEvent)],
+) -> Result<()> {
     let temporary = path.with_extension("parquet.tmp");
     let file = File::create(&temporary).with_context(|| format!("cannot create {}", temporary.display()))?;
     // Offsets, times, users and addresses are (nearly) all distinct: a dictionary of them would
@@ -128,8 +134,10 @@ fn write_file(path: &Path, schema: &Arc<Type>, topic: &str, partition: i32, even
         }
         let ip_text = Bytes::from(ip_text);
         let mut start = 0;
-        let ips: Vec<ByteArray> =
-            ip_ends.iter().map(|&end| ByteArray::from(ip_text.slice(std::mem::replace(&mut start, end)..end))).collect();
+        let ips: Vec<ByteArray> = ip_ends
+            .iter()
+            .map(|&end| ByteArray::from(ip_text.slice(std::mem::replace(&mut start, end)..end)))
+            .collect();
         let countries: Vec<ByteArray> =
             chunk.iter().map(|(_, e)| ByteArray::from(Bytes::from_static(e.country.as_str().as_bytes()))).collect();
         write_column::<ByteArrayType>(&mut row_group, &topics)?;
@@ -181,7 +189,9 @@ pub fn list_archive(root: &Path) -> Result<Vec<(PathBuf, i32, i64, i64)>> {
     let mut found = Vec::new();
     for hour in sub_directories(root, "hour=")? {
         for partition in sub_directories(&hour, "partition=")? {
-            for entry in std::fs::read_dir(&partition).with_context(|| format!("cannot list {}", partition.display()))? {
+            for entry in
+                std::fs::read_dir(&partition).with_context(|| format!("cannot list {}", partition.display()))?
+            {
                 let path = entry.with_context(|| format!("cannot list {}", partition.display()))?.path();
                 if let Some((p, first, next)) = parse_path(&path) {
                     found.push((path, p, first, next));
@@ -272,11 +282,13 @@ mod tests {
                 "hour=2026-01-01T01/partition=3/00000000000000000100-00000000000000000104.parquet",
             ]
         );
-        let first_hour: Vec<_> = [&events[0], &events[2]].iter().map(|(o, e)| ("clicks".to_string(), 3, *o as i64, *e)).collect();
+        let first_hour: Vec<_> =
+            [&events[0], &events[2]].iter().map(|(o, e)| ("clicks".to_string(), 3, *o as i64, *e)).collect();
         assert_eq!(read_back(&written[0]), first_hour);
         assert_eq!(read_back(&written[1]), [("clicks".to_string(), 3, 101, events[1].1)]);
         // No temporary file is left behind.
-        let names: Vec<_> = std::fs::read_dir(written[0].parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> =
+            std::fs::read_dir(written[0].parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -301,7 +313,8 @@ mod tests {
     fn list_archive_finds_finished_files_with_their_ranges() {
         let root = tempfile::tempdir().unwrap();
         assert!(list_archive(&root.path().join("missing")).unwrap().is_empty());
-        write_archive(root.path(), "t", 7, 0, 2, &[(0, event(1, MIDNIGHT)), (1, event(1, MIDNIGHT + MS_PER_HOUR))]).unwrap();
+        write_archive(root.path(), "t", 7, 0, 2, &[(0, event(1, MIDNIGHT)), (1, event(1, MIDNIGHT + MS_PER_HOUR))])
+            .unwrap();
         write_archive(root.path(), "t", 12, 5, 9_000_000_000_000, &[(6, event(1, MIDNIGHT))]).unwrap();
         // Leftovers of a crash and foreign files are not archive files.
         let dir = root.path().join("hour=2026-01-01T00/partition=7");

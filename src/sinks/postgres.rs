@@ -290,7 +290,9 @@ impl PgWriter {
         let mut client = connect(url)?;
         client.batch_execute(JOB_TABLES).context("cannot create the job tables")?;
         for (table, schema) in tables {
-            client.batch_execute(&create_table_sql(table, schema)).with_context(|| format!("cannot create table {table}"))?;
+            client
+                .batch_execute(&create_table_sql(table, schema))
+                .with_context(|| format!("cannot create table {table}"))?;
             check_table(&mut client, table, schema)?;
         }
         Ok(PgWriter {
@@ -337,15 +339,20 @@ impl PgWriter {
     /// Every archive file a committed checkpoint lists (relative to the archive root).
     pub fn archived_files(&mut self) -> Result<Vec<String>> {
         let client = self.client.as_mut().context("not connected")?;
-        let rows =
-            client.query("SELECT unnest(files) FROM raw_archive WHERE job = $1 AND topic = $2", &[&self.job, &self.topic])?;
+        let rows = client
+            .query("SELECT unnest(files) FROM raw_archive WHERE job = $1 AND topic = $2", &[&self.job, &self.topic])?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// A sink for one table, buffering into this writer.
     pub fn table(writer: &Rc<RefCell<PgWriter>>, table: &str, schema: &TableSchema) -> PgTable {
         let mut this = writer.borrow_mut();
-        this.tables.push(PendingTable { schema: schema.clone(), table: table.to_string(), fresh: Vec::new(), rows: Vec::new() });
+        this.tables.push(PendingTable {
+            schema: schema.clone(),
+            table: table.to_string(),
+            fresh: Vec::new(),
+            rows: Vec::new(),
+        });
         PgTable { writer: Rc::clone(writer), index: this.tables.len() - 1 }
     }
 
@@ -398,7 +405,13 @@ impl PgWriter {
 /// Writes a checkpoint's rows and the checkpoint itself in one transaction: fresh rows copied
 /// straight into their table when `append_fresh`, the others copied into a temporary table and
 /// upserted from there.
-fn commit_transaction(client: &mut Client, job: &str, topic: &str, transaction: &Transaction, append_fresh: bool) -> Result<()> {
+fn commit_transaction(
+    client: &mut Client,
+    job: &str,
+    topic: &str,
+    transaction: &Transaction,
+    append_fresh: bool,
+) -> Result<()> {
     let (checkpoint, number) = (&transaction.checkpoint, transaction.number);
     let mut tx = client.transaction()?;
     for table in &transaction.tables {
@@ -422,7 +435,10 @@ fn commit_transaction(client: &mut Client, job: &str, topic: &str, transaction: 
         } else {
             format!("DO UPDATE SET {}", updates.join(", "))
         };
-        tx.batch_execute(&format!("INSERT INTO {name} SELECT * FROM {temp} ON CONFLICT ({}) {on_conflict}", keys.join(", ")))?;
+        tx.batch_execute(&format!(
+            "INSERT INTO {name} SELECT * FROM {temp} ON CONFLICT ({}) {on_conflict}",
+            keys.join(", ")
+        ))?;
     }
     for partition in &checkpoint.partitions {
         tx.execute(
@@ -443,7 +459,14 @@ fn commit_transaction(client: &mut Client, job: &str, topic: &str, transaction: 
             tx.execute(
                 "INSERT INTO raw_archive (job, topic, partition, first_offset, next_offset, files, committed_at)
                  VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
-                &[&job, &topic, &(partition.partition as i32), &(range.first as i64), &(range.next as i64), &range.files],
+                &[
+                    &job,
+                    &topic,
+                    &(partition.partition as i32),
+                    &(range.first as i64),
+                    &(range.next as i64),
+                    &range.files,
+                ],
             )?;
         }
     }

@@ -231,7 +231,11 @@ mod tests {
         ];
         for chunk in [1, 2, 3, 7, 64, 4096, 1 << 20] {
             for workers in [1, 2, 3] {
-                assert_eq!(read_all(content.as_bytes(), Format::Csv, chunk, workers), expected, "chunk {chunk}, {workers} workers");
+                assert_eq!(
+                    read_all(content.as_bytes(), Format::Csv, chunk, workers),
+                    expected,
+                    "chunk {chunk}, {workers} workers"
+                );
             }
         }
     }

@@ -94,7 +94,8 @@ impl KafkaSource {
         let size = limit.min(self.taken.len());
         let timeout_ms = wait.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: `taken` has room for `size` message pointers, which librdkafka fills.
-        let count = unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue.0, timeout_ms, self.taken.as_mut_ptr(), size) };
+        let count =
+            unsafe { rdsys::rd_kafka_consume_batch_queue(self.queue.0, timeout_ms, self.taken.as_mut_ptr(), size) };
         let count = usize::try_from(count).unwrap_or(0); // -1: an error librdkafka also logs
         for &pointer in &self.taken[..count] {
             // SAFETY: librdkafka returned `count` valid messages; each is read, then destroyed once.
@@ -133,7 +134,8 @@ impl Source for KafkaSource {
         let mut batches: BTreeMap<u32, Batch> = BTreeMap::new();
         let deadline = Instant::now() + ROUND_WAIT;
         let mut add = |partition, offset, payload: &[u8]| {
-            let batch = batches.entry(partition).or_insert_with(|| Batch { partition, sequence: offset, ..Default::default() });
+            let batch =
+                batches.entry(partition).or_insert_with(|| Batch { partition, sequence: offset, ..Default::default() });
             let start = batch.text.len();
             // A message is one record, newlines and all; an over-long one is kept cut.
             batch.text.extend_from_slice(&payload[..payload.len().min(MAX_LINE_BYTES)]);

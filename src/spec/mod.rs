@@ -134,8 +134,8 @@ pub struct DataflowSpec {
 impl DataflowSpec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read dataflow spec {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read dataflow spec {}", path.display()))?;
         Self::parse(&text, path)
     }
 
@@ -451,7 +451,10 @@ mod tests {
     #[test]
     fn the_shipped_spec_is_valid() {
         let spec = parse(SPEC).unwrap();
-        assert_eq!(spec.time, TimeSpec { pane_ms: 60_000, max_out_of_orderness_ms: 5_000, allowed_lateness_ms: 60_000 });
+        assert_eq!(
+            spec.time,
+            TimeSpec { pane_ms: 60_000, max_out_of_orderness_ms: 5_000, allowed_lateness_ms: 60_000 }
+        );
         let top = spec.node("top_ads").unwrap();
         assert_eq!(
             top.op,
@@ -462,7 +465,9 @@ mod tests {
             }
         );
         let files: Vec<_> = spec.sinks.iter().map(|s| s.file.as_str()).collect();
-        for file in ["ad_click_counts.csv", "top_ads.csv", "ad_click_counts_by_country.csv", "late_clicks.csv", "rejected.csv"] {
+        for file in
+            ["ad_click_counts.csv", "top_ads.csv", "ad_click_counts_by_country.csv", "late_clicks.csv", "rejected.csv"]
+        {
             assert!(files.contains(&file), "{file} missing from {files:?}");
         }
     }

@@ -102,7 +102,11 @@ impl Job {
     /// Runs the job with fault injection that must make it die.
     pub fn run_expecting_crash(&self, env: &[(&str, &str)]) {
         let output = self.command().envs(env.iter().copied()).output().unwrap();
-        assert!(!output.status.success(), "the job was expected to crash:\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            !output.status.success(),
+            "the job was expected to crash:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// Messages this job has committed as consumed (the sum of its partitions' next offsets).
@@ -183,7 +187,10 @@ impl Job {
                 assert_eq!(first, expected_first, "partition {partition}: archive ranges leave a gap or overlap");
                 expected_first = next;
             }
-            assert_eq!(expected_first, next_offset, "partition {partition}: archive stops short of the committed offset");
+            assert_eq!(
+                expected_first, next_offset,
+                "partition {partition}: archive stops short of the committed offset"
+            );
         }
     }
 }
@@ -205,7 +212,13 @@ pub fn generate(dir: &Path, name: &str, events: u64, options: &[&str]) -> PathBu
 /// Sends every line of `file` to the job's topic, as is.
 pub fn produce(job: &Job, file: &Path) {
     let mut command = Command::new(BIN);
-    command.arg("produce").arg("--config").arg(&job.config).arg("--input").arg(file).env_remove("CLICKSTAY_KAFKA_BROKERS");
+    command
+        .arg("produce")
+        .arg("--config")
+        .arg(&job.config)
+        .arg("--input")
+        .arg(file)
+        .env_remove("CLICKSTAY_KAFKA_BROKERS");
     check(command.output().unwrap(), "clickstay produce");
 }
 
@@ -232,15 +245,25 @@ pub fn dump_tables(db: &str) -> BTreeMap<String, Vec<Vec<String>>> {
         ("ad_click_counts", format!("SELECT {}, ad_id, clicks FROM ad_click_counts ORDER BY 1, 2", ms("window_start"))),
         (
             "ad_click_counts_by_country",
-            format!("SELECT {}, ad_id, country, clicks FROM ad_click_counts_by_country ORDER BY 1, 2, 3", ms("window_start")),
+            format!(
+                "SELECT {}, ad_id, country, clicks FROM ad_click_counts_by_country ORDER BY 1, 2, 3",
+                ms("window_start")
+            ),
         ),
         (
             "top_ads",
-            format!("SELECT {}, {}, rank, ad_id, clicks FROM top_ads ORDER BY 1, 3", ms("window_start"), ms("window_end")),
+            format!(
+                "SELECT {}, {}, rank, ad_id, clicks FROM top_ads ORDER BY 1, 3",
+                ms("window_start"),
+                ms("window_end")
+            ),
         ),
         ("late_clicks", "SELECT * FROM late_clicks ORDER BY partition, \"offset\"".to_string()),
         ("rejected_events", "SELECT * FROM rejected_events ORDER BY partition, \"offset\"".to_string()),
-        ("source_offsets", "SELECT job, topic, partition, next_offset FROM source_offsets ORDER BY partition".to_string()),
+        (
+            "source_offsets",
+            "SELECT job, topic, partition, next_offset FROM source_offsets ORDER BY partition".to_string(),
+        ),
     ];
     let mut client = postgres::Client::connect(db, postgres::NoTls).unwrap();
     let mut tables = BTreeMap::new();
