@@ -86,7 +86,7 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
     let kafka = KafkaConfig { brokers: services.brokers.clone(), topic: name.clone(), partitions: PARTITIONS };
     let db = services.create_database(&name)?;
     let config = write_config(work, &name, &kafka, &db)?;
-    clickstay::kafka::ensure_topic(&kafka)?;
+    clickstay::sources::kafka::ensure_topic(&kafka)?;
 
     eprintln!("producing {events} events to {name}");
     let started = Instant::now();
@@ -101,7 +101,7 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
     let produce_rate = events as f64 / started.elapsed().as_secs_f64();
 
     eprintln!("bare consumer");
-    let (messages, bare_seconds) = clickstay::kafka::bare_consume(&kafka, events, Duration::from_secs(1800))?;
+    let (messages, bare_seconds) = clickstay::sources::kafka::bare_consume(&kafka, events, Duration::from_secs(1800))?;
     let bare_rate = messages as f64 / bare_seconds;
     eprintln!("bare consumer: {messages} messages in {bare_seconds:.2} s ({bare_rate:.0}/s)");
 
@@ -180,7 +180,7 @@ fn latency(services: &Services, work: &Path, rate: u64, seconds: u64) -> Result<
     let kafka = KafkaConfig { brokers: services.brokers.clone(), topic: name.clone(), partitions: PARTITIONS };
     let db = services.create_database(&name)?;
     let config = write_config(work, &name, &kafka, &db)?;
-    clickstay::kafka::ensure_topic(&kafka)?;
+    clickstay::sources::kafka::ensure_topic(&kafka)?;
 
     let spec_path = Path::new(MANIFEST_DIR).join("dataflows/ad_clicks.toml");
     let mut spec =

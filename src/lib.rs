@@ -2,11 +2,11 @@
 //!
 //! Modules are split by concern; each folder has a `CONTEXT.md` naming what each file owns.
 
+pub mod checkpoint;
 pub mod clicks;
 pub mod cluster;
 pub mod config;
-pub mod kafka;
+pub mod duration;
 pub mod rooms;
 pub mod sinks;
 pub mod sources;
-pub mod spec;

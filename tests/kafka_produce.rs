@@ -40,7 +40,7 @@ struct Received {
 /// Reads `expected` messages of the topic from offset 0 of every partition, in offset order per
 /// partition; fails if they do not all arrive within a minute.
 fn read_all(kafka: &KafkaConfig, expected: usize) -> Vec<Received> {
-    let consumer: BaseConsumer = clickstay::kafka::client_config(kafka)
+    let consumer: BaseConsumer = clickstay::sources::kafka::client_config(kafka)
         .set("group.id", "clickstay-test-reader")
         .set("enable.auto.commit", "false")
         .create()
@@ -115,7 +115,7 @@ fn generated_events_arrive_once_in_the_wire_format_keyed_and_partitioned_by_ad()
     let summary = produce_ok(&config, &[&["--events", &EVENTS.to_string()][..], &options].concat());
     assert!(summary.contains(&format!("sent {EVENTS} messages")), "{summary}");
 
-    let (count, seconds) = clickstay::kafka::bare_consume(&kafka, EVENTS, Duration::from_secs(60)).unwrap();
+    let (count, seconds) = clickstay::sources::kafka::bare_consume(&kafka, EVENTS, Duration::from_secs(60)).unwrap();
     assert_eq!(count, EVENTS);
     assert!(seconds > 0.0);
 
@@ -211,7 +211,7 @@ fn file_input_sends_valid_lines_in_the_wire_format_and_malformed_lines_raw() {
 fn an_existing_topic_with_another_partition_count_is_an_error_naming_both() {
     let dir = TempDir::new().unwrap();
     let topic = broker::fresh_topic("produce-partitions");
-    clickstay::kafka::ensure_topic(&broker::kafka_config(&topic, 3)).unwrap();
+    clickstay::sources::kafka::ensure_topic(&broker::kafka_config(&topic, 3)).unwrap();
     let config = broker::workers_toml(dir.path(), &broker::kafka_config(&topic, 5));
     let output = produce(&config, &["--events", "10"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -229,6 +229,6 @@ fn throughput() {
     let kafka = broker::kafka_config(&broker::fresh_topic("throughput"), 8);
     let config = broker::workers_toml(dir.path(), &kafka);
     println!("{}", produce_ok(&config, &["--events", &EVENTS.to_string()]).trim());
-    let (count, seconds) = clickstay::kafka::bare_consume(&kafka, EVENTS, Duration::from_secs(120)).unwrap();
+    let (count, seconds) = clickstay::sources::kafka::bare_consume(&kafka, EVENTS, Duration::from_secs(120)).unwrap();
     println!("bare consume: {count} messages in {seconds:.2} s ({:.0} messages/s)", count as f64 / seconds);
 }

@@ -13,9 +13,9 @@ mod pg;
 
 use chrono::{Days, NaiveDate};
 use clickstay::rooms::shards::Shards;
+use clickstay::rooms::spec::RoomsSpec;
 use clickstay::rooms::view::RoomsView;
 use clickstay::rooms::{audit, migrate, server};
-use clickstay::spec::rooms::RoomsSpec;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;

@@ -44,8 +44,8 @@ use timely::worker::Worker;
 
 use super::event::ClickEvent;
 use super::time::Clock;
+use crate::clicks::spec::{DataflowSpec, Field, Op, SinkInput, SlidingWindow};
 use crate::sinks::{ColumnKind, Rows, Sink, TableSchema, Value};
-use crate::spec::{DataflowSpec, Field, Op, SinkInput, SlidingWindow};
 
 /// A count's group: (pane start, ad_id, the value of the second `group_by` field or 0).
 pub type GroupKey = (u64, u64, u64);
@@ -98,7 +98,7 @@ pub enum Emit {
 }
 
 /// Makes the sink of a spec sink; called on worker 0 only.
-pub type SinkFactory<'a> = &'a dyn Fn(&crate::spec::SinkSpec, &TableSchema) -> anyhow::Result<Box<dyn Sink>>;
+pub type SinkFactory<'a> = &'a dyn Fn(&crate::clicks::spec::SinkSpec, &TableSchema) -> anyhow::Result<Box<dyn Sink>>;
 
 /// The round-timed inputs: reports to every worker, late and rejected records to the sinks.
 pub struct RoundInputs<R: timely::ExchangeData + Clone> {
@@ -162,7 +162,7 @@ pub fn build<R: timely::ExchangeData + Clone>(
     let clock = Clock::new(spec.time);
     let probe = ProbeHandle::new();
     let sink_set = Rc::new(RefCell::new(SinkSet::default()));
-    let attach = |sink_spec: &crate::spec::SinkSpec, schema: TableSchema| -> anyhow::Result<Option<usize>> {
+    let attach = |sink_spec: &crate::clicks::spec::SinkSpec, schema: TableSchema| -> anyhow::Result<Option<usize>> {
         let Some(make) = make_sink else {
             return Ok(None);
         };
@@ -957,7 +957,7 @@ pub fn top_schema(name: &str) -> TableSchema {
 }
 
 /// The table a spec sink writes.
-pub fn sink_schema(spec: &DataflowSpec, sink: &crate::spec::SinkSpec, positions: &Positions) -> TableSchema {
+pub fn sink_schema(spec: &DataflowSpec, sink: &crate::clicks::spec::SinkSpec, positions: &Positions) -> TableSchema {
     let name = sink.name.as_str();
     match &sink.input {
         SinkInput::Late => late_schema(name, positions),

@@ -30,8 +30,9 @@ use timely::worker::Worker;
 use super::dataflow::{ClickDataflow, LateClick, RejectedLine};
 use super::event::{self, ClickEvent, Country};
 use super::time::Clock;
+use crate::checkpoint::{ArchivedRange, Checkpoint, Checkpointer, PartitionCheckpoint, Restore};
+use crate::clicks::spec::{DataflowSpec, Field, Op, SlidingWindow};
 use crate::sources::{Batch, Source};
-use crate::spec::{DataflowSpec, Field, Op, SlidingWindow};
 
 /// Pre-aggregated clicks held back at most, before they go to the dataflow anyway: few enough
 /// that the map stays in the CPU's cache (a map of a whole pane's ~150,000 groups misses it on
@@ -62,27 +63,6 @@ pub struct Decisions {
     pub idle: Vec<u32>,
 }
 
-/// Files of the raw archive written for a partition's offsets `[first, next)`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ArchivedRange {
-    pub first: u64,
-    pub next: u64,
-    pub files: Vec<String>,
-}
-
-/// One partition's part of a checkpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PartitionCheckpoint {
-    pub partition: u32,
-    /// Everything before this offset is in the committed tables.
-    pub next_offset: u64,
-    /// Where a restart re-reads from: the first record of the oldest pane not yet final.
-    pub restart_offset: u64,
-    /// The partition's largest event time before `restart_offset`.
-    pub restart_max_ts: Option<u64>,
-    pub archived: Option<ArchivedRange>,
-}
-
 /// A worker's report for a round. The counts are this worker's totals through the previous
 /// round, so the last round's reports carry the final totals.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,44 +78,6 @@ pub struct RoundReport {
     pub decisions: Option<Decisions>,
     /// This worker's parts of the checkpoint cut after the previous round.
     pub checkpoint: Vec<PartitionCheckpoint>,
-}
-
-/// A consistent cut of the job, committed by worker 0 together with the sinks' rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Checkpoint {
-    /// The job's watermark time at the cut: panes that close by then are final and committed.
-    pub job_time: u64,
-    pub partitions: Vec<PartitionCheckpoint>,
-}
-
-/// Where a restarted job picks up, from its last committed checkpoint.
-#[derive(Debug, Clone, Default)]
-pub struct Restore {
-    pub job_time: u64,
-    pub partitions: BTreeMap<u32, RestoredPartition>,
-}
-
-/// A partition's state in the last committed checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestoredPartition {
-    pub committed_next: u64,
-    pub restart_offset: u64,
-    pub restart_max_ts: Option<u64>,
-}
-
-/// What a streaming job does at checkpoints (replay has none).
-pub trait Checkpointer {
-    /// On every worker, per partition it reads: keeps the valid events of offsets
-    /// `[first, next)` durably (the raw archive) and returns the files written.
-    fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>>;
-    /// On worker 0: commits the sinks' buffered rows and the checkpoint in one transaction.
-    fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()>;
-    /// On worker 0: whether a checkpoint now would not wait for the previous one to commit.
-    /// While it would, the job goes on reading and no checkpoint is taken: the next one then
-    /// carries more rows (corrections of a row in between count once) instead of stalling.
-    fn ready(&mut self) -> bool {
-        true
-    }
 }
 
 /// When a streaming job checkpoints and how it treats quiet partitions.
@@ -294,7 +236,7 @@ impl Driver {
         worker: &mut Worker,
         source: &mut dyn Source,
         dataflow: &mut ClickDataflow<RoundReport>,
-        mut checkpointer: Option<&mut dyn Checkpointer>,
+        mut checkpointer: Option<&mut dyn Checkpointer<ClickEvent>>,
         mut on_round: impl FnMut(&dyn Source),
     ) -> Result<RunTotals> {
         let format = source.format();
@@ -545,7 +487,11 @@ impl Driver {
 
     /// This worker's parts of a checkpoint at `job_time`: archives what its partitions read
     /// since the last one and works out where each would restart.
-    fn cut(&mut self, checkpointer: &mut dyn Checkpointer, job_time: u64) -> Result<Vec<PartitionCheckpoint>> {
+    fn cut(
+        &mut self,
+        checkpointer: &mut dyn Checkpointer<ClickEvent>,
+        job_time: u64,
+    ) -> Result<Vec<PartitionCheckpoint>> {
         let mut parts = Vec::new();
         let (clock, windows) = (self.clock, &self.windows);
         for (partition, own) in self.own.iter_mut() {

@@ -5,11 +5,10 @@
 //! strings from the line.
 
 use std::fmt;
+use std::io::Write;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
-
-use crate::spec::Field;
 
 /// The longest line accepted, without its newline; longer lines are rejected.
 pub const MAX_LINE_BYTES: usize = 4096;
@@ -19,6 +18,38 @@ pub const MAX_CLICK_TS: u64 = 253_402_300_799_999;
 
 /// The CSV header every CSV input starts with.
 pub const CSV_HEADER: &str = "ad_id,click_ts,user_id,ip,country";
+
+/// An attribute of a click event that a spec can group or filter by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Field {
+    AdId,
+    Country,
+    UserId,
+    Ip,
+}
+
+impl Field {
+    /// The column name, as in the event format and the output tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::AdId => "ad_id",
+            Field::Country => "country",
+            Field::UserId => "user_id",
+            Field::Ip => "ip",
+        }
+    }
+
+    /// The field named `name`, as a spec writes it.
+    pub fn parse(name: &str) -> Option<Field> {
+        [Field::AdId, Field::Country, Field::UserId, Field::Ip].into_iter().find(|f| f.name() == name)
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// One ad click.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -377,31 +408,159 @@ pub fn parse(format: Format, line: &[u8], full_len: usize) -> Result<ClickEvent,
     }
 }
 
-/// Writes an event as a CSV data line (no newline), the format `gen`, `late_clicks` and the
-/// Kafka wire format's text form share.
-pub fn write_csv(event: &ClickEvent, out: &mut Vec<u8>) {
-    let mut buffer = itoa::Buffer::new();
-    out.extend_from_slice(buffer.format(event.ad_id).as_bytes());
-    out.push(b',');
-    out.extend_from_slice(buffer.format(event.click_ts).as_bytes());
-    out.push(b',');
-    out.extend_from_slice(buffer.format(event.user_id).as_bytes());
-    out.push(b',');
-    write_ipv4(event.ip, out);
-    out.push(b',');
-    out.extend_from_slice(event.country.as_str().as_bytes());
+/// How one field of a line is written. Valid lines use `Int` and `Str`; the other variants let
+/// `clickstay gen` write its malformed lines with the same code.
+#[derive(Clone, Copy)]
+pub enum FieldText<'a> {
+    Int(u64),
+    Str(&'a str),
+    /// Written as is in both formats (not quoted in JSON).
+    Verbatim(&'a str),
+    /// The field or key is left out.
+    Missing,
 }
 
-/// Appends an IPv4 address in dotted form (as `Ipv4Addr`'s `Display`, without its formatting
-/// machinery: the archive writes one per event).
-pub fn write_ipv4(ip: u32, out: &mut Vec<u8>) {
-    let mut buffer = itoa::Buffer::new();
-    for (i, octet) in ip.to_be_bytes().into_iter().enumerate() {
-        if i > 0 {
-            out.push(b'.');
-        }
-        out.extend_from_slice(buffer.format(octet).as_bytes());
+/// The field names: the CSV columns and the JSON keys, in this order.
+const KEYS: [&str; 5] = ["ad_id", "click_ts", "user_id", "ip", "country"];
+
+/// Writes event lines in one format with reused buffers (no allocation per valid line): the one
+/// writer behind `gen`, the Kafka wire format and [`write_csv`] / [`write_json`].
+pub struct EventWriter<W: Write> {
+    pub out: W,
+    pub format: Format,
+    digits: itoa::Buffer,
+}
+
+impl<W: Write> EventWriter<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        EventWriter { out, format, digits: itoa::Buffer::new() }
     }
+
+    /// The CSV header line (nothing for JSON Lines).
+    pub fn header(&mut self) -> std::io::Result<()> {
+        match self.format {
+            Format::Csv => writeln!(self.out, "{CSV_HEADER}"),
+            Format::Jsonl => Ok(()),
+        }
+    }
+
+    /// Writes one line of the five fields in `KEYS` order; with `unterminated`
+    /// a JSON object's closing brace is left out.
+    pub fn line(&mut self, values: [FieldText<'_>; 5], unterminated: bool) -> std::io::Result<()> {
+        let json = self.format == Format::Jsonl;
+        if json {
+            self.out.write_all(b"{")?;
+        }
+        let mut first = true;
+        for (key, value) in KEYS.iter().zip(values) {
+            if matches!(value, FieldText::Missing) {
+                continue;
+            }
+            if !first {
+                self.out.write_all(b",")?;
+            }
+            first = false;
+            if json {
+                self.out.write_all(b"\"")?;
+                self.out.write_all(key.as_bytes())?;
+                self.out.write_all(b"\":")?;
+            }
+            match value {
+                FieldText::Int(n) => self.out.write_all(self.digits.format(n).as_bytes())?,
+                FieldText::Str(s) if json => {
+                    self.out.write_all(b"\"")?;
+                    self.out.write_all(s.as_bytes())?;
+                    self.out.write_all(b"\"")?;
+                }
+                FieldText::Str(s) | FieldText::Verbatim(s) => self.out.write_all(s.as_bytes())?,
+                FieldText::Missing => unreachable!("skipped above"),
+            }
+        }
+        if json && !unterminated {
+            self.out.write_all(b"}")?;
+        }
+        self.out.write_all(b"\n")
+    }
+
+    /// Writes a valid event as one line.
+    pub fn event(&mut self, click: &ClickEvent) -> std::io::Result<()> {
+        let mut ip = IpText::default();
+        self.line(fields(click, &mut ip), false)
+    }
+}
+
+/// The fields of a valid line; the address is written into `ip`.
+pub fn fields<'a>(click: &ClickEvent, ip: &'a mut IpText) -> [FieldText<'a>; 5] {
+    [
+        FieldText::Int(click.ad_id),
+        FieldText::Int(click.click_ts),
+        FieldText::Int(click.user_id),
+        FieldText::Str(ip.format(click.ip)),
+        FieldText::Str(click.country.as_str()),
+    ]
+}
+
+/// Appends an event as a CSV data line (no newline).
+pub fn write_csv(event: &ClickEvent, out: &mut Vec<u8>) {
+    write_line(event, Format::Csv, out);
+}
+
+/// Appends the JSON Lines form of a valid event (no newline): the bytes `clickstay gen --format
+/// jsonl` writes, and the value of a Kafka message ([`wire_event`]).
+pub fn write_json(event: &ClickEvent, out: &mut Vec<u8>) {
+    write_line(event, Format::Jsonl, out);
+}
+
+fn write_line(event: &ClickEvent, format: Format, out: &mut Vec<u8>) {
+    EventWriter::new(&mut *out, format).event(event).expect("writing to a Vec cannot fail");
+    out.pop(); // the newline
+}
+
+/// A stack buffer for a dotted IPv4 address (at most 15 bytes): `Ipv4Addr`'s `Display` without
+/// its formatting machinery (the archive writes one per event).
+#[derive(Default)]
+pub struct IpText {
+    bytes: [u8; 15],
+}
+
+impl IpText {
+    pub fn format(&mut self, ip: u32) -> &str {
+        let mut len = 0;
+        let mut buffer = itoa::Buffer::new();
+        for (i, octet) in ip.to_be_bytes().into_iter().enumerate() {
+            if i > 0 {
+                self.bytes[len] = b'.';
+                len += 1;
+            }
+            let digits = buffer.format(octet).as_bytes();
+            self.bytes[len..len + digits.len()].copy_from_slice(digits);
+            len += digits.len();
+        }
+        std::str::from_utf8(&self.bytes[..len]).expect("digits and dots are ASCII")
+    }
+}
+
+/// Appends an IPv4 address in dotted form.
+pub fn write_ipv4(ip: u32, out: &mut Vec<u8>) {
+    out.extend_from_slice(IpText::default().format(ip).as_bytes());
+}
+
+// The Kafka wire format: one click event per message. The value is the event as one JSON
+// object, exactly the JSON Lines form (`{"ad_id":7,"click_ts":1767225600000,"user_id":42,
+// "ip":"203.0.113.7","country":"US"}`, no newline) that [`parse_json`] reads; the key is the
+// `ad_id` in decimal ASCII. Producers partition with librdkafka's `murmur2_random`, the
+// partitioner of the Java client, so every message of one ad lands in one partition whichever
+// client wrote it. Malformed input is sent as is, without a key, so that the job's rejected
+// output sees it.
+
+/// Appends the Kafka message value of `event` to `out` (its JSON Lines form).
+pub fn wire_event(event: &ClickEvent, out: &mut Vec<u8>) {
+    write_json(event, out);
+}
+
+/// Appends the Kafka message key of `event` to `out`: its `ad_id` in decimal ASCII.
+pub fn wire_key(event: &ClickEvent, out: &mut Vec<u8>) {
+    out.extend_from_slice(itoa::Buffer::new().format(event.ad_id).as_bytes());
 }
 
 /// Encodes a filter value from a spec (`country = ["US"]`, `ad_id = [7]`) the way
@@ -607,5 +766,26 @@ mod tests {
             let reason = parse_json(line, line.len()).unwrap_err().to_string();
             assert!(reason.contains(expected), "{}: {reason}", String::from_utf8_lossy(line));
         }
+    }
+
+    #[test]
+    fn wire_value_is_json_that_parse_json_reads_back() {
+        let event = ClickEvent {
+            ad_id: 18_446_744_073_709_551_615,
+            click_ts: 1_767_225_600_123,
+            user_id: 42,
+            ip: u32::from(std::net::Ipv4Addr::new(203, 0, 113, 7)),
+            country: Country::parse(b"US").unwrap(),
+        };
+        let mut value = Vec::new();
+        wire_event(&event, &mut value);
+        assert_eq!(
+            std::str::from_utf8(&value).unwrap(),
+            r#"{"ad_id":18446744073709551615,"click_ts":1767225600123,"user_id":42,"ip":"203.0.113.7","country":"US"}"#
+        );
+        assert_eq!(parse_json(&value, value.len()), Ok(event));
+        let mut key = Vec::new();
+        wire_key(&event, &mut key);
+        assert_eq!(key, b"18446744073709551615");
     }
 }

@@ -14,17 +14,17 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use rand::distr::{Bernoulli, Distribution, Uniform};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::Zipf;
 
-use crate::clicks::event::{ClickEvent, Country};
+use crate::clicks::event::{self, ClickEvent, Country, EventWriter, FieldText, Format, IpText};
 
 /// Options of `clickstay gen`.
 #[derive(Args, Debug)]
@@ -32,9 +32,10 @@ pub struct GenArgs {
     /// How many lines to write (not counting the CSV header); malformed lines count.
     #[arg(long)]
     pub events: u64,
-    /// Output format; by default from the extension of `--out` (`.jsonl` or else CSV).
+    /// Output format; by default from the extension of `--out` (`.jsonl`, `.ndjson` or `.json`:
+    /// JSON Lines; anything else CSV).
     #[arg(long, value_enum)]
-    pub format: Option<EventFormat>,
+    pub format: Option<Format>,
     /// The file to write (`-` for standard output).
     #[arg(long)]
     pub out: PathBuf,
@@ -73,25 +74,6 @@ pub struct GeneratorOptions {
     /// Fraction of lines replaced by a malformed line of a random kind.
     #[arg(long, default_value_t = 0.0, value_parser = parse_fraction)]
     pub malformed_fraction: f64,
-}
-
-/// The two event file formats of the replay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum EventFormat {
-    /// Comma-separated with the header `ad_id,click_ts,user_id,ip,country`.
-    Csv,
-    /// One JSON object per line.
-    Jsonl,
-}
-
-impl EventFormat {
-    /// The format a file name suggests: `.jsonl` is JSON Lines, anything else CSV.
-    fn from_path(path: &Path) -> EventFormat {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("jsonl") => EventFormat::Jsonl,
-            _ => EventFormat::Csv,
-        }
-    }
 }
 
 /// An inclusive range of milliseconds, written `MIN..MAX` on the command line.
@@ -281,150 +263,39 @@ const JSONL_MALFORMATIONS: &[Malformation] = &[
     Malformation::WrongType,
 ];
 
-/// How one field is written. Valid lines use `Int` and `Str`; the other
-/// variants exist to write the malformed lines with the same code.
-#[derive(Clone, Copy)]
-enum Value<'a> {
-    Int(u64),
-    Str(&'a str),
-    /// Written as is in both formats (not quoted in JSON).
-    Verbatim(&'a str),
-    /// The field or key is left out.
-    Missing,
-}
-
-const KEYS: [&str; 5] = ["ad_id", "click_ts", "user_id", "ip", "country"];
-
-/// Writes lines in one format with reused buffers (no allocation per valid line).
-struct LineWriter<W: Write> {
-    out: W,
-    format: EventFormat,
-    digits: itoa::Buffer,
-}
-
-impl<W: Write> LineWriter<W> {
-    fn header(&mut self) -> std::io::Result<()> {
-        match self.format {
-            EventFormat::Csv => self.out.write_all(b"ad_id,click_ts,user_id,ip,country\n"),
-            EventFormat::Jsonl => Ok(()),
+/// Writes `click` broken in the way `kind` says; `variant` picks among the
+/// concrete forms of that kind so that the file covers all of them.
+fn write_malformed<W: Write>(
+    writer: &mut EventWriter<W>,
+    click: &ClickEvent,
+    kind: Malformation,
+    variant: u32,
+) -> std::io::Result<()> {
+    let mut ip = IpText::default();
+    let mut values = event::fields(click, &mut ip);
+    let negative_time = format!("-{}", click.click_ts.max(1));
+    let padded_ad_id = match writer.format {
+        // Leading zeros keep a CSV number valid; JSON allows whitespace instead.
+        Format::Csv => format!("{:0>5000}", click.ad_id),
+        Format::Jsonl => format!("{:>5000}", click.ad_id),
+    };
+    match kind {
+        Malformation::BadNumber => {
+            const BAD: [&str; 5] = ["12a4", "1.5", "-7", "18446744073709551616", ""];
+            let field = if variant.is_multiple_of(2) { 0 } else { 2 };
+            values[field] = FieldText::Verbatim(BAD[(variant / 2) as usize % BAD.len()]);
         }
-    }
-
-    /// Writes one line of the five fields in `KEYS` order; with `unterminated`
-    /// a JSON object's closing brace is left out.
-    fn line(&mut self, values: [Value<'_>; 5], unterminated: bool) -> std::io::Result<()> {
-        let json = self.format == EventFormat::Jsonl;
-        if json {
-            self.out.write_all(b"{")?;
+        Malformation::MissingField => values[2] = FieldText::Missing,
+        Malformation::BadCountry => {
+            const BAD: [&str; 5] = ["us", "XX", "ZZ", "USA", "U1"];
+            values[4] = FieldText::Str(BAD[variant as usize % BAD.len()]);
         }
-        let mut first = true;
-        for (key, value) in KEYS.iter().zip(values) {
-            if matches!(value, Value::Missing) {
-                continue;
-            }
-            if !first {
-                self.out.write_all(b",")?;
-            }
-            first = false;
-            if json {
-                self.out.write_all(b"\"")?;
-                self.out.write_all(key.as_bytes())?;
-                self.out.write_all(b"\":")?;
-            }
-            match value {
-                Value::Int(n) => self.out.write_all(self.digits.format(n).as_bytes())?,
-                Value::Str(s) if json => {
-                    self.out.write_all(b"\"")?;
-                    self.out.write_all(s.as_bytes())?;
-                    self.out.write_all(b"\"")?;
-                }
-                Value::Str(s) | Value::Verbatim(s) => self.out.write_all(s.as_bytes())?,
-                Value::Missing => unreachable!("skipped above"),
-            }
-        }
-        if json && !unterminated {
-            self.out.write_all(b"}")?;
-        }
-        self.out.write_all(b"\n")
+        Malformation::NegativeTime => values[1] = FieldText::Verbatim(&negative_time),
+        Malformation::OverLong => values[0] = FieldText::Verbatim(&padded_ad_id),
+        Malformation::NotJson => return writer.line(values, true),
+        Malformation::WrongType => values[0] = FieldText::Str("4711"),
     }
-
-    fn click(&mut self, click: &ClickEvent) -> std::io::Result<()> {
-        let mut ip = IpText::default();
-        self.line(Self::values(click, &mut ip), false)
-    }
-
-    /// The fields of a valid line.
-    fn values<'a>(click: &ClickEvent, ip: &'a mut IpText) -> [Value<'a>; 5] {
-        [
-            Value::Int(click.ad_id),
-            Value::Int(click.click_ts),
-            Value::Int(click.user_id),
-            Value::Str(ip.format(Ipv4Addr::from(click.ip))),
-            Value::Str(click.country.as_str()),
-        ]
-    }
-
-    /// Writes `click` broken in the way `kind` says; `variant` picks among the
-    /// concrete forms of that kind so that the file covers all of them.
-    fn malformed(&mut self, click: &ClickEvent, kind: Malformation, variant: u32) -> std::io::Result<()> {
-        let mut ip = IpText::default();
-        let mut values = Self::values(click, &mut ip);
-        let negative_time = format!("-{}", click.click_ts.max(1));
-        let padded_ad_id = match self.format {
-            // Leading zeros keep a CSV number valid; JSON allows whitespace instead.
-            EventFormat::Csv => format!("{:0>5000}", click.ad_id),
-            EventFormat::Jsonl => format!("{:>5000}", click.ad_id),
-        };
-        match kind {
-            Malformation::BadNumber => {
-                const BAD: [&str; 5] = ["12a4", "1.5", "-7", "18446744073709551616", ""];
-                let field = if variant.is_multiple_of(2) { 0 } else { 2 };
-                values[field] = Value::Verbatim(BAD[(variant / 2) as usize % BAD.len()]);
-            }
-            Malformation::MissingField => values[2] = Value::Missing,
-            Malformation::BadCountry => {
-                const BAD: [&str; 5] = ["us", "XX", "ZZ", "USA", "U1"];
-                values[4] = Value::Str(BAD[variant as usize % BAD.len()]);
-            }
-            Malformation::NegativeTime => values[1] = Value::Verbatim(&negative_time),
-            Malformation::OverLong => values[0] = Value::Verbatim(&padded_ad_id),
-            Malformation::NotJson => return self.line(values, true),
-            Malformation::WrongType => values[0] = Value::Str("4711"),
-        }
-        self.line(values, false)
-    }
-}
-
-/// A stack buffer for a dotted IPv4 address (at most 15 bytes).
-#[derive(Default)]
-struct IpText {
-    bytes: [u8; 15],
-}
-
-impl IpText {
-    fn format(&mut self, ip: Ipv4Addr) -> &str {
-        let mut len = 0;
-        let mut buffer = itoa::Buffer::new();
-        for (i, octet) in ip.octets().into_iter().enumerate() {
-            if i > 0 {
-                self.bytes[len] = b'.';
-                len += 1;
-            }
-            let digits = buffer.format(octet).as_bytes();
-            self.bytes[len..len + digits.len()].copy_from_slice(digits);
-            len += digits.len();
-        }
-        std::str::from_utf8(&self.bytes[..len]).expect("digits and dots are ASCII")
-    }
-}
-
-/// The JSON Lines form of a valid event, without a newline, appended to `out`: the same bytes
-/// `clickstay gen --format jsonl` writes, and the value of a Kafka message
-/// ([`crate::kafka::wire_event`]).
-pub fn write_json(event: &ClickEvent, out: &mut Vec<u8>) {
-    let mut writer = LineWriter { out, format: EventFormat::Jsonl, digits: itoa::Buffer::new() };
-    writer.click(event).expect("writing to a Vec cannot fail");
-    writer.out.pop();
+    writer.line(values, false)
 }
 
 /// One item of the generated stream.
@@ -441,7 +312,7 @@ pub struct Generator {
     malformed: Bernoulli,
     kinds: &'static [Malformation],
     /// Where a malformed line is written before it is handed out.
-    scratch: LineWriter<Vec<u8>>,
+    scratch: EventWriter<Vec<u8>>,
     next: u64,
     events: u64,
 }
@@ -449,15 +320,15 @@ pub struct Generator {
 impl Generator {
     /// `events` items whose nominal times are `events_per_second` apart; malformed lines are of
     /// the kinds `format` can have.
-    pub fn new(options: &GeneratorOptions, events: u64, events_per_second: f64, format: EventFormat) -> Result<Self> {
+    pub fn new(options: &GeneratorOptions, events: u64, events_per_second: f64, format: Format) -> Result<Self> {
         Ok(Generator {
             source: ClickSource::new(options, events_per_second)?,
             malformed: Bernoulli::new(options.malformed_fraction).context("--malformed-fraction")?,
             kinds: match format {
-                EventFormat::Csv => CSV_MALFORMATIONS,
-                EventFormat::Jsonl => JSONL_MALFORMATIONS,
+                Format::Csv => CSV_MALFORMATIONS,
+                Format::Jsonl => JSONL_MALFORMATIONS,
             },
-            scratch: LineWriter { out: Vec::new(), format, digits: itoa::Buffer::new() },
+            scratch: EventWriter::new(Vec::new(), format),
             next: 0,
             events,
         })
@@ -478,7 +349,7 @@ impl Generator {
         let kind = self.kinds[self.source.rng.random_range(0..self.kinds.len())];
         let variant = self.source.rng.random_range(0..10);
         self.scratch.out.clear();
-        self.scratch.malformed(&click, kind, variant).expect("writing to a Vec cannot fail");
+        write_malformed(&mut self.scratch, &click, kind, variant).expect("writing to a Vec cannot fail");
         self.scratch.out.pop();
         Some(Generated::Malformed(&self.scratch.out))
     }
@@ -493,7 +364,7 @@ struct Tally {
 }
 
 pub fn run(args: &GenArgs) -> Result<()> {
-    let format = args.format.unwrap_or_else(|| EventFormat::from_path(&args.out));
+    let format = args.format.unwrap_or_else(|| Format::from_path(&args.out).unwrap_or(Format::Csv));
     let started = Instant::now();
     let tally = if args.out.as_os_str() == "-" {
         generate(args, format, std::io::stdout().lock())
@@ -517,15 +388,15 @@ pub fn run(args: &GenArgs) -> Result<()> {
     Ok(())
 }
 
-fn generate(args: &GenArgs, format: EventFormat, out: impl Write) -> Result<Tally> {
+fn generate(args: &GenArgs, format: Format, out: impl Write) -> Result<Tally> {
     let mut generator = Generator::new(&args.generator, args.events, args.rate, format)?;
-    let mut writer = LineWriter { out: BufWriter::with_capacity(1 << 20, out), format, digits: itoa::Buffer::new() };
+    let mut writer = EventWriter::new(BufWriter::with_capacity(1 << 20, out), format);
     let mut tally = Tally::default();
     writer.header()?;
     while let Some(item) = generator.next_item() {
         match item {
             Generated::Valid { event, late } => {
-                writer.click(&event)?;
+                writer.event(&event)?;
                 tally.valid += 1;
                 tally.late += u64::from(late);
             }
@@ -575,9 +446,25 @@ mod tests {
     }
 
     #[test]
-    fn ip_text_is_dotted_quad() {
-        let mut text = IpText::default();
-        assert_eq!(text.format(Ipv4Addr::new(203, 0, 113, 7)), "203.0.113.7");
-        assert_eq!(text.format(Ipv4Addr::new(1, 22, 255, 100)), "1.22.255.100");
+    fn generated_events_round_trip_through_the_wire_format() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: GeneratorOptions,
+        }
+        let options = Cli::parse_from(["test", "--late-fraction", "0.1"]).options;
+        let mut generator = Generator::new(&options, 10_000, 1000.0, Format::Jsonl).unwrap();
+        let mut value = Vec::new();
+        while let Some(Generated::Valid { event, .. }) = generator.next_item() {
+            value.clear();
+            crate::clicks::event::wire_event(&event, &mut value);
+            assert_eq!(
+                crate::clicks::event::parse_json(&value, value.len()),
+                Ok(event),
+                "{}",
+                String::from_utf8_lossy(&value)
+            );
+        }
     }
 }

@@ -6,5 +6,6 @@ pub mod event;
 pub mod generate;
 pub mod produce;
 pub mod replay;
+pub mod spec;
 pub mod stream;
 pub mod time;

@@ -1,5 +1,5 @@
 //! `clickstay produce`: click events onto the Kafka topic, in the wire format of
-//! [`crate::kafka`].
+//! [`crate::clicks::event`] (`wire_event`, `wire_key`).
 //!
 //! The events are either generated (the generator and options of `clickstay gen`, so a topic
 //! can be compared with a file made from the same command line) or read from a CSV or JSON
@@ -21,9 +21,9 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 
 use crate::clicks::event::{self, CSV_HEADER, Format};
-use crate::clicks::generate::{EventFormat, Generated, Generator, GeneratorOptions};
+use crate::clicks::generate::{Generated, Generator, GeneratorOptions};
 use crate::config::{KafkaConfig, WorkersConfig};
-use crate::kafka;
+use crate::sources::kafka;
 
 /// Simulated events per second of generated events when `--rate` is 0 (gen's default).
 const UNPACED_EVENT_RATE: f64 = 10_000.0;
@@ -70,8 +70,8 @@ pub fn run(args: &ProduceArgs) -> Result<()> {
     let mut send_valid = |sender: &mut Sender, event: &event::ClickEvent| {
         value.clear();
         key.clear();
-        kafka::wire_event(event, &mut value);
-        kafka::wire_key(event, &mut key);
+        event::wire_event(event, &mut value);
+        event::wire_key(event, &mut key);
         sender.send(Some(&key), &value)
     };
     if let Some(path) = &args.input {
@@ -104,7 +104,7 @@ pub fn run(args: &ProduceArgs) -> Result<()> {
     } else {
         let events = args.events.context("--events or --input is required")?;
         let event_rate = if args.rate > 0.0 { args.rate } else { UNPACED_EVENT_RATE };
-        let mut generator = Generator::new(&args.generator, events, event_rate, EventFormat::Jsonl)?;
+        let mut generator = Generator::new(&args.generator, events, event_rate, Format::Jsonl)?;
         while let Some(item) = generator.next_item() {
             match item {
                 Generated::Valid { event, .. } => send_valid(&mut sender, &event)?,
@@ -176,7 +176,7 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(330);
 
 impl Sender {
     fn new(kafka: &KafkaConfig, rate: f64) -> Result<Self> {
-        let producer = kafka::producer_config(kafka)
+        let producer = producer_config(kafka)
             .create_with_context(Deliveries::default())
             .context("cannot create a Kafka producer")?;
         let interval = if rate > 0.0 { 1.0 / rate } else { 0.0 };
@@ -226,5 +226,34 @@ impl Sender {
             bail!("sent {} messages but only {delivered} were reported delivered", self.sent);
         }
         Ok((self.sent, self.started.elapsed().as_secs_f64()))
+    }
+}
+
+/// The settings of a producer of click events: idempotent (a retried batch is not written
+/// twice), keyed partitioning compatible with the Java client, and large batches for throughput.
+pub fn producer_config(kafka: &KafkaConfig) -> rdkafka::ClientConfig {
+    let mut config = kafka::client_config(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "10")
+        .set("batch.size", "1000000")
+        .set("batch.num.messages", "100000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576");
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_settings_are_idempotent_and_java_compatible() {
+        let kafka = KafkaConfig { brokers: "127.0.0.1:1".into(), topic: "t".into(), partitions: 3 };
+        let config = producer_config(&kafka);
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:1"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
     }
 }

@@ -13,14 +13,15 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::dataflow::{self, Emit, Positions};
-use super::driver::{Driver, Restore, RunTotals};
+use super::driver::{Driver, RunTotals};
 use super::event::Format;
+use crate::checkpoint::Restore;
+use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::sinks::Sink;
 use crate::sinks::csv::CsvSink;
 use crate::sources::Source;
 use crate::sources::file::{self, DEFAULT_CHUNK_BYTES, FileSource};
-use crate::spec::DataflowSpec;
 
 /// Options of `clickstay replay`.
 #[derive(Args, Debug)]
@@ -92,9 +93,9 @@ fn replay_worker(
     out: &Path,
 ) -> Result<RunTotals> {
     let mut source = FileSource::open(input, format, chunk_bytes, worker.index(), worker.peers())?;
-    let make_sink = |sink: &crate::spec::SinkSpec, schema: &crate::sinks::TableSchema| -> Result<Box<dyn Sink>> {
-        Ok(Box::new(CsvSink::create(out, &sink.file, schema)?))
-    };
+    let make_sink = |sink: &crate::clicks::spec::SinkSpec,
+                     schema: &crate::sinks::TableSchema|
+     -> Result<Box<dyn Sink>> { Ok(Box::new(CsvSink::create(out, &sink.file, schema)?)) };
     let first_worker = worker.index() == 0;
     let make_sink = first_worker.then_some(&make_sink as dataflow::SinkFactory);
     let mut dataflow = dataflow::build(worker, spec, &Positions::Lines, Emit::Final, make_sink)?;

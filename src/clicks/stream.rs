@@ -13,15 +13,16 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::dataflow::{self, Emit, Positions};
-use super::driver::{Checkpoint, Checkpointer, Driver, Restore, StreamPolicy};
+use super::driver::{Driver, StreamPolicy};
 use super::event::ClickEvent;
+use crate::checkpoint::{Checkpoint, Checkpointer, Restore};
+use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::config::{KafkaConfig, WorkersConfig};
 use crate::sinks::Sink;
 use crate::sinks::postgres::PgWriter;
 use crate::sources::Source;
 use crate::sources::kafka::KafkaSource;
-use crate::spec::DataflowSpec;
 
 /// Options of `clickstay run`.
 #[derive(Args, Debug)]
@@ -78,7 +79,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         idle_partition: seconds("idle-timeout", args.idle_timeout)?,
         drain_when_idle: args.exit_when_idle.map(|s| seconds("exit-when-idle", s)).transpose()?,
     };
-    crate::kafka::ensure_topic(&kafka)?;
+    crate::sources::kafka::ensure_topic(&kafka)?;
     let tables: Vec<_> = table_schemas(&spec, &kafka.topic);
     let mut writer = PgWriter::open(&clicks_db, &job, &kafka.topic, &tables)?;
     let restore = writer.restore()?;
@@ -143,10 +144,11 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     } else {
         None
     };
-    let make_sink = |sink: &crate::spec::SinkSpec, schema: &crate::sinks::TableSchema| -> Result<Box<dyn Sink>> {
-        let writer = writer.as_ref().context("sinks live on worker 0")?;
-        Ok(Box::new(PgWriter::table(writer, &sink.table, schema)))
-    };
+    let make_sink =
+        |sink: &crate::clicks::spec::SinkSpec, schema: &crate::sinks::TableSchema| -> Result<Box<dyn Sink>> {
+            let writer = writer.as_ref().context("sinks live on worker 0")?;
+            Ok(Box::new(PgWriter::table(writer, &sink.table, schema)))
+        };
     let positions = Positions::Offsets { topic: job.kafka.topic.clone() };
     let make_sink = writer.is_some().then_some(&make_sink as dataflow::SinkFactory);
     let mut dataflow =
@@ -173,7 +175,7 @@ struct StreamCheckpointer {
     writer: Option<Rc<RefCell<PgWriter>>>,
 }
 
-impl Checkpointer for StreamCheckpointer {
+impl Checkpointer<ClickEvent> for StreamCheckpointer {
     fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>> {
         let files = crate::sinks::parquet::write_archive(
             &self.archive,

@@ -15,7 +15,7 @@
 //!   it; a pane is complete when the frontier reaches its end, and final (its state evicted)
 //!   when the frontier reaches `end + allowed_lateness`.
 
-use crate::spec::{SlidingWindow, TimeSpec};
+use crate::clicks::spec::{SlidingWindow, TimeSpec};
 
 /// Event-time arithmetic for one spec.
 #[derive(Debug, Clone, Copy)]

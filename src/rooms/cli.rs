@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use super::shards::{DEFAULT_POOL_SIZE, Shards};
 use super::view::RoomsView;
 use super::{audit, bench, migrate, seed, server};
-use crate::spec::rooms::RoomsSpec;
+use crate::rooms::spec::RoomsSpec;
 
 /// Hotel reservation commands. Each reads the hotel shards from `[postgres] shards` in the
 /// config file (the environment variable CLICKSTAY_HOTEL_SHARDS, comma-separated URLs,

@@ -14,4 +14,5 @@ pub mod model;
 pub mod seed;
 pub mod server;
 pub mod shards;
+pub mod spec;
 pub mod view;

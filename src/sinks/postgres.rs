@@ -23,7 +23,7 @@ use rustc_hash::FxHashMap;
 
 use super::pg_copy::CopyBuffer;
 use super::{ColumnKind, Rows, Sink, TableSchema, Value};
-use crate::clicks::driver::{Checkpoint, Restore, RestoredPartition};
+use crate::checkpoint::{Checkpoint, Restore, RestoredPartition};
 
 /// How long a commit keeps retrying an unreachable database before the job gives up.
 const GIVE_UP_AFTER: Duration = Duration::from_secs(300);

@@ -8,14 +8,92 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::bindings as rdsys;
+use rdkafka::client::{Client, ClientContext, DefaultClientContext};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{Batch, Line, Source};
 use crate::clicks::event::{Format, MAX_LINE_BYTES};
 use crate::config::KafkaConfig;
+
+/// How long [`ensure_topic`] keeps trying to reach a broker that is not up yet.
+const REACH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one metadata request may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The settings every clickstay client shares: where the brokers are.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers).set("client.id", "clickstay");
+    config
+}
+
+/// The number of partitions of `topic`, or `None` when the broker does not know the topic.
+/// Asks for the metadata of all topics: asking for one topic by name may create it on brokers
+/// that create topics on first use.
+pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<Option<i32>> {
+    let metadata = client.fetch_metadata(None, METADATA_TIMEOUT).context("cannot fetch metadata from the brokers")?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic);
+    Ok(found.filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len() as i32))
+}
+
+/// Creates the topic of `kafka` with `kafka.partitions` partitions if it is missing, and checks
+/// that an existing one has that many: the job maps partitions to workers and the archive and
+/// offsets are per partition, so a different count is a configuration error, not something to
+/// work around. Waits (with backoff, up to a minute) for brokers that are still starting.
+pub fn ensure_topic(kafka: &KafkaConfig) -> Result<()> {
+    let topic = kafka.topic.as_str();
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(kafka).create().context("cannot create a Kafka admin client")?;
+    // rdkafka's admin futures are completed by librdkafka's own thread; any executor will do.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    let mut backoff = Duration::from_millis(100);
+    let mut created = false;
+    loop {
+        match partition_count(admin.inner(), topic) {
+            Ok(Some(count)) if count == kafka.partitions => {
+                tracing::info!(topic, partitions = count, created, "topic is ready");
+                return Ok(());
+            }
+            Ok(Some(count)) => bail!(
+                "Kafka topic `{topic}` has {count} partitions but [kafka] partitions is {}; \
+                 use another topic or set partitions = {count}",
+                kafka.partitions
+            ),
+            Ok(None) if !created => {
+                let new_topic = NewTopic::new(topic, kafka.partitions, TopicReplication::Fixed(1));
+                let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+                let results = runtime
+                    .block_on(admin.create_topics([&new_topic], &options))
+                    .with_context(|| format!("cannot create Kafka topic `{topic}`"))?;
+                for result in results {
+                    match result {
+                        Ok(_) => tracing::info!(topic, partitions = kafka.partitions, "created topic"),
+                        // Someone else created it meanwhile: the check above decides.
+                        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((_, code)) => bail!("cannot create Kafka topic `{topic}`: {code}"),
+                    }
+                }
+                created = true;
+                continue;
+            }
+            // Created, but the metadata does not show it yet.
+            Ok(None) => tracing::debug!(topic, "waiting for the new topic to appear in the metadata"),
+            Err(error) => tracing::warn!(brokers = %kafka.brokers, "brokers not reachable yet: {error:#}"),
+        }
+        if Instant::now() >= deadline {
+            bail!("Kafka topic `{topic}` not ready on {} after {REACH_TIMEOUT:?}", kafka.brokers);
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
 
 /// At most this many messages in a round, so that rounds (and checkpoints) keep coming.
 const MAX_MESSAGES_PER_ROUND: usize = 65_536;
@@ -54,7 +132,7 @@ impl Drop for ConsumerQueue {
 impl KafkaSource {
     /// Assigns this worker's partitions, each from `start[p]` (or the beginning).
     pub fn open(kafka: &KafkaConfig, worker: usize, workers: usize, start: &BTreeMap<u32, u64>) -> Result<Self> {
-        let mut config = crate::kafka::client_config(kafka);
+        let mut config = client_config(kafka);
         config
             .set("group.id", "clickstay")
             .set("enable.auto.commit", "false")
@@ -162,4 +240,41 @@ impl Source for KafkaSource {
     fn progress(&self) -> (u64, u64) {
         (self.read, 0)
     }
+}
+
+/// Reads the topic of `kafka` from offset 0 of every partition without a consumer group
+/// (assign, no commits) until `expected` messages have arrived, and returns how many arrived
+/// and the seconds from the assignment to the last one: the ceiling any consumer of this broker
+/// can reach. Counts messages instead of comparing with high watermarks, which some brokers
+/// (tansu) report too low. Fails when `timeout` passes first.
+pub fn bare_consume(kafka: &KafkaConfig, expected: u64, timeout: Duration) -> Result<(u64, f64)> {
+    let topic = kafka.topic.as_str();
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", "clickstay-bare-consume")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()
+        .context("cannot create a Kafka consumer")?;
+    let partitions = partition_count(consumer.client(), topic)?
+        .with_context(|| format!("Kafka topic `{topic}` does not exist on {}", kafka.brokers))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Offset(0))?;
+    }
+    consumer.assign(&assignment).with_context(|| format!("cannot assign the partitions of `{topic}`"))?;
+    let started = Instant::now();
+    let mut count = 0;
+    while count < expected {
+        if started.elapsed() > timeout {
+            bail!("bare consume of `{topic}`: {count} of {expected} messages after {timeout:?}");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => count += 1,
+            Some(Err(error)) => tracing::warn!(topic, "bare consume: {error}"),
+            None => {}
+        }
+    }
+    Ok((count, started.elapsed().as_secs_f64()))
 }

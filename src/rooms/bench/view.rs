@@ -22,11 +22,11 @@ use crate::rooms::cli::ConfigArg;
 use crate::rooms::model::ReservationRequest;
 use crate::rooms::server;
 use crate::rooms::shards::{DEFAULT_POOL_SIZE, Shards};
+use crate::rooms::spec::RoomsSpec;
 use crate::rooms::view::RoomsView;
 use crate::rooms::view::answers::Ask;
 use crate::rooms::view::committer::Committer;
 use crate::rooms::view::rows::day_of;
-use crate::spec::rooms::RoomsSpec;
 
 #[derive(Args, Debug)]
 pub struct ViewBenchArgs {

@@ -23,8 +23,8 @@ use anyhow::{Context, Result, anyhow};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
+use crate::rooms::spec::{RoomsSpec, VIEW_TABLES};
 use crate::sources::postgres_cdc::{CdcReader, Lsn, format_lsn};
-use crate::spec::rooms::{RoomsSpec, VIEW_TABLES};
 use answers::{Ask, Found};
 use dataflow::{Feed, Submitted, WorkerChannels};
 

@@ -9,48 +9,15 @@
 //! [`DataflowSpec::load`] reads and validates a spec at start-up; every error names the file,
 //! the node and the problem.
 
-pub mod duration;
-pub mod rooms;
-
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use duration::{format_duration_ms, parse_duration_ms};
+use crate::duration::{format_duration_ms, parse_duration_ms};
 
-/// An attribute of a click event that a spec can group or filter by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Field {
-    AdId,
-    Country,
-    UserId,
-    Ip,
-}
-
-impl Field {
-    /// The column name, as in the event format and the output tables.
-    pub fn name(self) -> &'static str {
-        match self {
-            Field::AdId => "ad_id",
-            Field::Country => "country",
-            Field::UserId => "user_id",
-            Field::Ip => "ip",
-        }
-    }
-
-    fn parse(name: &str) -> Option<Field> {
-        [Field::AdId, Field::Country, Field::UserId, Field::Ip].into_iter().find(|f| f.name() == name)
-    }
-}
-
-impl fmt::Display for Field {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use super::event::Field;
 
 /// Event-time settings shared by every node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

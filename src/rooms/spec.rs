@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use serde::Deserialize;
 
-use super::duration::parse_duration_ms;
+use crate::duration::parse_duration_ms;
 
 /// The tables the view reads, each needing `REPLICA IDENTITY FULL` (the migrations set it).
 pub const VIEW_TABLES: [&str; 4] = ["hotel", "room_type", "room_type_inventory", "reservation"];

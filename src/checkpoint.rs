@@ -1,0 +1,68 @@
+//! Checkpoints of a streaming job: the consistent cut worker 0 commits with the sinks' rows,
+//! what a restarted job reads back, and the [`Checkpointer`] a job implements to archive its
+//! input and commit a cut. Shared by the driver (which cuts checkpoints) and the sinks (which
+//! store them), so it knows neither a job's events nor a database.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+/// Files of the raw archive written for a partition's offsets `[first, next)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchivedRange {
+    pub first: u64,
+    pub next: u64,
+    pub files: Vec<String>,
+}
+
+/// One partition's part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionCheckpoint {
+    pub partition: u32,
+    /// Everything before this offset is in the committed tables.
+    pub next_offset: u64,
+    /// Where a restart re-reads from: the first record of the oldest pane not yet final.
+    pub restart_offset: u64,
+    /// The partition's largest event time before `restart_offset`.
+    pub restart_max_ts: Option<u64>,
+    pub archived: Option<ArchivedRange>,
+}
+
+/// A consistent cut of the job, committed by worker 0 together with the sinks' rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The job's watermark time at the cut: panes that close by then are final and committed.
+    pub job_time: u64,
+    pub partitions: Vec<PartitionCheckpoint>,
+}
+
+/// Where a restarted job picks up, from its last committed checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Restore {
+    pub job_time: u64,
+    pub partitions: BTreeMap<u32, RestoredPartition>,
+}
+
+/// A partition's state in the last committed checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoredPartition {
+    pub committed_next: u64,
+    pub restart_offset: u64,
+    pub restart_max_ts: Option<u64>,
+}
+
+/// What a streaming job does at checkpoints (replay has none).
+pub trait Checkpointer<Event> {
+    /// On every worker, per partition it reads: keeps the valid events of offsets
+    /// `[first, next)` durably (the raw archive) and returns the files written.
+    fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, Event)]) -> Result<Vec<String>>;
+    /// On worker 0: commits the sinks' buffered rows and the checkpoint in one transaction.
+    fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()>;
+    /// On worker 0: whether a checkpoint now would not wait for the previous one to commit.
+    /// While it would, the job goes on reading and no checkpoint is taken: the next one then
+    /// carries more rows (corrections of a row in between count once) instead of stalling.
+    fn ready(&mut self) -> bool {
+        true
+    }
+}
