@@ -32,7 +32,7 @@ use super::event::{self, ClickEvent, Country};
 use super::time::Clock;
 use crate::checkpoint::{ArchivedRange, Checkpoint, Checkpointer, PartitionCheckpoint, Restore};
 use crate::clicks::spec::{DataflowSpec, Field, Op, SlidingWindow};
-use crate::sources::{Batch, Source};
+use crate::sources::{LineBatch, LineSource};
 
 /// Pre-aggregated clicks held back at most, before they go to the dataflow anyway: few enough
 /// that the map stays in the CPU's cache (a map of a whole pane's ~150,000 groups misses it on
@@ -229,17 +229,17 @@ impl Driver {
         }
     }
 
-    /// Runs the source to its end (or until worker 0 decides to drain); `on_round` sees the
-    /// source after each round (progress).
-    pub fn run(
+    /// Runs the source, whose lines are in `format`, to its end (or until worker 0 decides to
+    /// drain); `on_round` sees the source after each round (progress).
+    pub fn run<S: LineSource>(
         &mut self,
         worker: &mut Worker,
-        source: &mut dyn Source,
+        source: &mut S,
+        format: event::Format,
         dataflow: &mut ClickDataflow<RoundReport>,
         mut checkpointer: Option<&mut dyn Checkpointer<ClickEvent>>,
-        mut on_round: impl FnMut(&dyn Source),
+        mut on_round: impl FnMut(&S),
     ) -> Result<RunTotals> {
-        let format = source.format();
         // A restarted job resumes at its checkpoint's time (the session only moves on flush).
         dataflow.accepted.advance_to(self.input_time);
         dataflow.accepted.flush();
@@ -259,7 +259,7 @@ impl Driver {
                         sequence: b.sequence,
                         max_ts: p.max_ts,
                         lines: b.line_count(),
-                        records: b.lines.len() as u64,
+                        records: b.records.lines.len() as u64,
                     })
                     .collect(),
                 ended: ended || self.finishing,
@@ -380,7 +380,7 @@ impl Driver {
     }
 
     /// For `batch`: the largest event time in its partition before it, and the lines before it.
-    fn before(&self, batch: &Batch, reports: &[RoundReport]) -> (Option<u64>, u64) {
+    fn before(&self, batch: &LineBatch, reports: &[RoundReport]) -> (Option<u64>, u64) {
         let state = self.partitions.get(&batch.partition).copied().unwrap_or_default();
         let earlier = reports
             .iter()
@@ -414,7 +414,7 @@ impl Driver {
     /// Judges each parsed line of `batch` and feeds the dataflow at the current input time.
     fn feed(
         &mut self,
-        batch: &Batch,
+        batch: &LineBatch,
         parsed: ParsedBatch,
         mut max_seen: Option<u64>,
         lines_before: u64,
@@ -436,7 +436,7 @@ impl Driver {
         for (index, reason) in parsed.rejected {
             if position(index) >= committed {
                 self.rejected += 1;
-                let raw = String::from_utf8_lossy(batch.text_of(&batch.lines[index as usize])).into_owned();
+                let raw = String::from_utf8_lossy(batch.text_of(&batch.records.lines[index as usize])).into_owned();
                 rounds.rejected.send(RejectedLine {
                     partition,
                     position: position(index),
@@ -567,9 +567,10 @@ struct ParsedBatch {
 }
 
 /// Parses every line of a batch, noting the largest event time on the way.
-fn parse_batch(format: event::Format, batch: &Batch) -> ParsedBatch {
-    let mut parsed = ParsedBatch { events: Vec::with_capacity(batch.lines.len()), rejected: Vec::new(), max_ts: None };
-    for (index, line) in batch.lines.iter().enumerate() {
+fn parse_batch(format: event::Format, batch: &LineBatch) -> ParsedBatch {
+    let lines = &batch.records.lines;
+    let mut parsed = ParsedBatch { events: Vec::with_capacity(lines.len()), rejected: Vec::new(), max_ts: None };
+    for (index, line) in lines.iter().enumerate() {
         match event::parse(format, batch.text_of(line), line.full_len) {
             Ok(event) => {
                 parsed.max_ts = parsed.max_ts.max(Some(event.click_ts));

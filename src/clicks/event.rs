@@ -408,6 +408,25 @@ pub fn parse(format: Format, line: &[u8], full_len: usize) -> Result<ClickEvent,
     }
 }
 
+/// Checks, before any worker starts, that a CSV file begins with the header; the error names the
+/// file and line 1.
+pub fn check_header(path: &std::path::Path, format: Format) -> anyhow::Result<()> {
+    if format != Format::Csv {
+        return Ok(());
+    }
+    let Some(first) = crate::sources::file::first_line(path, CSV_HEADER.len() + 2)? else {
+        return Ok(()); // an empty file is an empty input
+    };
+    if first != CSV_HEADER.as_bytes() {
+        anyhow::bail!(
+            "{}: line 1: expected the CSV header `{CSV_HEADER}`, found `{}`",
+            path.display(),
+            String::from_utf8_lossy(&first)
+        );
+    }
+    Ok(())
+}
+
 /// How one field of a line is written. Valid lines use `Int` and `Str`; the other variants let
 /// `clickstay gen` write its malformed lines with the same code.
 #[derive(Clone, Copy)]
@@ -787,5 +806,15 @@ mod tests {
         let mut key = Vec::new();
         wire_key(&event, &mut key);
         assert_eq!(key, b"18446744073709551615");
+    }
+
+    #[test]
+    fn header_is_checked() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, b"ad,ts\n1,2\n").unwrap();
+        let error = check_header(file.path(), Format::Csv).unwrap_err().to_string();
+        assert!(error.contains("line 1") && error.contains("expected the CSV header"), "{error}");
+        std::io::Write::write_all(&mut file, b"").unwrap();
+        assert!(check_header(file.path(), Format::Jsonl).is_ok());
     }
 }

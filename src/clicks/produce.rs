@@ -81,7 +81,7 @@ pub fn run(args: &ProduceArgs) -> Result<()> {
                 bail!("cannot tell the format of {} from its name; pass --format csv or --format jsonl", path.display())
             }
         };
-        crate::sources::file::check_header(path, format)?;
+        event::check_header(path, format)?;
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut line = Vec::new();

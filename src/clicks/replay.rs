@@ -15,13 +15,14 @@ use clap::Args;
 use super::dataflow::{self, Emit, Positions};
 use super::driver::{Driver, RunTotals};
 use super::event::Format;
+use super::event::{self, MAX_LINE_BYTES};
 use crate::checkpoint::Restore;
 use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::sinks::Sink;
 use crate::sinks::csv::CsvSink;
-use crate::sources::Source;
-use crate::sources::file::{self, DEFAULT_CHUNK_BYTES, FileSource};
+use crate::sources::file::{DEFAULT_CHUNK_BYTES, FileOptions, FileSource};
+use crate::sources::{Share, Source};
 
 /// Options of `clickstay replay`.
 #[derive(Args, Debug)]
@@ -54,7 +55,7 @@ pub fn run(args: ReplayArgs) -> Result<()> {
             args.input.display()
         ),
     };
-    file::check_header(&args.input, format)?;
+    event::check_header(&args.input, format)?;
     let workers = Workers::from_args(&args.workers)?;
     if workers.is_first_process() {
         std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -92,7 +93,14 @@ fn replay_worker(
     chunk_bytes: u64,
     out: &Path,
 ) -> Result<RunTotals> {
-    let mut source = FileSource::open(input, format, chunk_bytes, worker.index(), worker.peers())?;
+    let options = FileOptions {
+        path: input.to_path_buf(),
+        chunk_bytes,
+        header: format == Format::Csv,
+        max_line_bytes: MAX_LINE_BYTES,
+    };
+    let share = Share::new(worker.index(), worker.peers());
+    let mut source = FileSource::open(&options, share, &Default::default())?;
     let make_sink = |sink: &crate::clicks::spec::SinkSpec,
                      schema: &crate::sinks::TableSchema|
      -> Result<Box<dyn Sink>> { Ok(Box::new(CsvSink::create(out, &sink.file, schema)?)) };
@@ -108,7 +116,7 @@ fn replay_worker(
         );
         bar
     });
-    let totals = driver.run(worker, &mut source, &mut dataflow, None, |source| {
+    let totals = driver.run(worker, &mut source, format, &mut dataflow, None, |source| {
         if let Some(bar) = &progress {
             bar.set_position(source.progress().0);
         }

@@ -15,14 +15,15 @@ use clap::Args;
 use super::dataflow::{self, Emit, Positions};
 use super::driver::{Driver, StreamPolicy};
 use super::event::ClickEvent;
+use super::event::{Format, MAX_LINE_BYTES};
 use crate::checkpoint::{Checkpoint, Checkpointer, Restore};
 use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::config::{KafkaConfig, WorkersConfig};
 use crate::sinks::Sink;
 use crate::sinks::postgres::PgWriter;
-use crate::sources::Source;
-use crate::sources::kafka::KafkaSource;
+use crate::sources::kafka::{KafkaOptions, KafkaSource};
+use crate::sources::{Share, Source};
 
 /// Options of `clickstay run`.
 #[derive(Args, Debug)]
@@ -132,10 +133,12 @@ fn remove_temporary_files(dir: &Path) -> Result<()> {
 
 /// One worker of the streaming job.
 fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
-    let (index, peers) = (worker.index(), worker.peers());
-    let owns = |partition: &u32| *partition as usize % peers == index;
-    let start = job.restore.partitions.iter().filter(|(p, _)| owns(p)).map(|(p, r)| (*p, r.restart_offset)).collect();
-    let mut source = KafkaSource::open(&job.kafka, index, peers, &start)?;
+    let index = worker.index();
+    let share = Share::new(index, worker.peers());
+    let resume =
+        job.restore.partitions.iter().filter(|(p, _)| share.owns(**p)).map(|(p, r)| (*p, r.restart_offset)).collect();
+    let options = KafkaOptions { kafka: job.kafka.clone(), max_record_bytes: MAX_LINE_BYTES };
+    let mut source = KafkaSource::open(&options, share, &resume)?;
     let writer = if index == 0 {
         let tables = table_schemas(&job.spec, &job.kafka.topic);
         let mut writer = PgWriter::open(&job.clicks_db, &job.job, &job.kafka.topic, &tables)?;
@@ -153,11 +156,11 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     let make_sink = writer.is_some().then_some(&make_sink as dataflow::SinkFactory);
     let mut dataflow =
         dataflow::build(worker, &job.spec, &positions, Emit::Changes { restored: job.restore.job_time }, make_sink)?;
-    let owned = |partition: u32| owns(&partition);
+    let owned = |partition: u32| share.owns(partition);
     let mut driver =
         Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
     let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
-    let totals = driver.run(worker, &mut source, &mut dataflow, Some(&mut checkpointer), |_| {})?;
+    let totals = driver.run(worker, &mut source, Format::Jsonl, &mut dataflow, Some(&mut checkpointer), |_| {})?;
     if let Some(writer) = &checkpointer.writer {
         writer.borrow_mut().wait_committed()?; // the last checkpoint commits in the background
     }

@@ -1,4 +1,5 @@
-//! A Kafka topic of click events (JSON values, one event per message; see `crate::kafka`).
+//! A Kafka topic: each message value is one record, positioned by its offset; and the Kafka
+//! plumbing every clickstay client shares (client settings, the topic's partitions).
 //!
 //! Partition `p` is read by worker `p % workers`, assigned directly (no consumer group, no
 //! offsets committed to Kafka): where to start comes from the job's own checkpoint in
@@ -16,8 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{Batch, Line, Source};
-use crate::clicks::event::{Format, MAX_LINE_BYTES};
+use super::{Batch, Line, LineBatch, Lines, Share, Source};
 use crate::config::KafkaConfig;
 
 /// How long [`ensure_topic`] keeps trying to reach a broker that is not up yet.
@@ -104,6 +104,14 @@ const ROUND_WAIT: Duration = Duration::from_millis(20);
 /// Messages taken from librdkafka in one call.
 const MESSAGES_PER_CALL: usize = 4096;
 
+/// What [`KafkaSource::open`] needs.
+#[derive(Debug, Clone)]
+pub struct KafkaOptions {
+    pub kafka: KafkaConfig,
+    /// Longer message values are cut to this many bytes (their full length is kept).
+    pub max_record_bytes: usize,
+}
+
 /// One worker's partitions of the topic.
 pub struct KafkaSource {
     /// Declared before the consumer: the queue must be released first.
@@ -111,6 +119,7 @@ pub struct KafkaSource {
     /// Owns the client the queue belongs to; only read through the queue.
     _consumer: BaseConsumer,
     partitions: u32,
+    max_record_bytes: usize,
     read: u64,
     /// Room for the messages of one `rd_kafka_consume_batch_queue` call.
     taken: Vec<*mut rdsys::rd_kafka_message_t>,
@@ -129,9 +138,15 @@ impl Drop for ConsumerQueue {
     }
 }
 
-impl KafkaSource {
-    /// Assigns this worker's partitions, each from `start[p]` (or the beginning).
-    pub fn open(kafka: &KafkaConfig, worker: usize, workers: usize, start: &BTreeMap<u32, u64>) -> Result<Self> {
+impl Source for KafkaSource {
+    type Options = KafkaOptions;
+    type Records = Lines;
+    /// A Kafka offset.
+    type Position = u64;
+
+    /// Assigns this reader's partitions, each from `resume[p]` (or the beginning).
+    fn open(options: &KafkaOptions, share: Share, resume: &BTreeMap<u32, u64>) -> Result<Self> {
+        let kafka = &options.kafka;
         let mut config = client_config(kafka);
         config
             .set("group.id", "clickstay")
@@ -147,12 +162,12 @@ impl KafkaSource {
             .set("queued.min.messages", "20000");
         let consumer: BaseConsumer = config.create().context("cannot create the Kafka consumer")?;
         let mut assignment = TopicPartitionList::new();
-        for partition in (0..kafka.partitions as u32).filter(|p| *p as usize % workers == worker) {
-            let offset = start.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o as i64));
+        for partition in (0..kafka.partitions as u32).filter(|p| share.owns(*p)) {
+            let offset = resume.get(&partition).map_or(Offset::Beginning, |o| Offset::Offset(*o as i64));
             assignment.add_partition_offset(&kafka.topic, partition as i32, offset)?;
         }
         consumer.assign(&assignment).context("cannot assign the topic's partitions")?;
-        tracing::info!(worker, topic = %kafka.topic, partitions = assignment.count(), "reading");
+        tracing::info!(worker = share.index, topic = %kafka.topic, partitions = assignment.count(), "reading");
         // SAFETY: the client pointer is valid while `consumer` lives; the queue is released
         // before it (see `ConsumerQueue`).
         let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
@@ -161,11 +176,56 @@ impl KafkaSource {
             queue: ConsumerQueue(queue),
             _consumer: consumer,
             partitions: kafka.partitions as u32,
+            max_record_bytes: options.max_record_bytes,
             read: 0,
             taken: vec![std::ptr::null_mut(); MESSAGES_PER_CALL],
         })
     }
 
+    fn partitions(&self) -> Vec<u32> {
+        (0..self.partitions).collect()
+    }
+
+    fn read_round(&mut self) -> Result<Option<Vec<LineBatch>>> {
+        let mut batches: BTreeMap<u32, LineBatch> = BTreeMap::new();
+        let deadline = Instant::now() + ROUND_WAIT;
+        let max_record_bytes = self.max_record_bytes;
+        let mut add = |partition, offset, payload: &[u8]| {
+            let batch = batches.entry(partition).or_insert_with(|| Batch {
+                partition,
+                sequence: offset,
+                records: Lines::default(),
+            });
+            let lines = &mut batch.records;
+            let start = lines.text.len();
+            // A message is one record, newlines and all; an over-long one is kept cut.
+            lines.text.extend_from_slice(&payload[..payload.len().min(max_record_bytes)]);
+            lines.lines.push(Line { start, end: lines.text.len(), full_len: payload.len() });
+            lines.positions.push(offset);
+        };
+        let mut taken = 0;
+        while taken < MAX_MESSAGES_PER_ROUND {
+            let mut count = self.consume_batch(Duration::ZERO, MAX_MESSAGES_PER_ROUND - taken, &mut add);
+            if count == 0 && taken == 0 {
+                // Nothing ready: wait for one message (a batch call would wait for a full batch).
+                let wait = deadline.saturating_duration_since(Instant::now());
+                count = self.consume_batch(wait, 1, &mut add);
+            }
+            if count == 0 {
+                break;
+            }
+            taken += count;
+        }
+        self.read += taken as u64;
+        Ok(Some(batches.into_values().collect()))
+    }
+
+    fn progress(&self) -> (u64, u64) {
+        (self.read, 0)
+    }
+}
+
+impl KafkaSource {
     /// Takes up to `limit` messages, waiting up to `wait` for as many, and hands each
     /// (partition, offset, payload) to `take`; how many came (errors included, which are logged).
     fn consume_batch(&mut self, wait: Duration, limit: usize, mut take: impl FnMut(u32, u64, &[u8])) -> usize {
@@ -196,49 +256,6 @@ impl KafkaSource {
             unsafe { rdsys::rd_kafka_message_destroy(pointer) };
         }
         count
-    }
-}
-
-impl Source for KafkaSource {
-    fn partitions(&self) -> Vec<u32> {
-        (0..self.partitions).collect()
-    }
-
-    fn format(&self) -> Format {
-        Format::Jsonl
-    }
-
-    fn read_round(&mut self) -> Result<Option<Vec<Batch>>> {
-        let mut batches: BTreeMap<u32, Batch> = BTreeMap::new();
-        let deadline = Instant::now() + ROUND_WAIT;
-        let mut add = |partition, offset, payload: &[u8]| {
-            let batch =
-                batches.entry(partition).or_insert_with(|| Batch { partition, sequence: offset, ..Default::default() });
-            let start = batch.text.len();
-            // A message is one record, newlines and all; an over-long one is kept cut.
-            batch.text.extend_from_slice(&payload[..payload.len().min(MAX_LINE_BYTES)]);
-            batch.lines.push(Line { start, end: batch.text.len(), full_len: payload.len() });
-            batch.positions.push(offset);
-        };
-        let mut taken = 0;
-        while taken < MAX_MESSAGES_PER_ROUND {
-            let mut count = self.consume_batch(Duration::ZERO, MAX_MESSAGES_PER_ROUND - taken, &mut add);
-            if count == 0 && taken == 0 {
-                // Nothing ready: wait for one message (a batch call would wait for a full batch).
-                let wait = deadline.saturating_duration_since(Instant::now());
-                count = self.consume_batch(wait, 1, &mut add);
-            }
-            if count == 0 {
-                break;
-            }
-            taken += count;
-        }
-        self.read += taken as u64;
-        Ok(Some(batches.into_values().collect()))
-    }
-
-    fn progress(&self) -> (u64, u64) {
-        (self.read, 0)
     }
 }
 

@@ -1,25 +1,77 @@
-//! Sources of raw click lines: the one interface every connector implements (see `CONTEXT.md`).
+//! Sources: the one interface every connector implements (see `CONTEXT.md`).
 //!
-//! A source hands each worker *batches*: consecutive lines of one partition, in partition
-//! order. The dataflow driver does the rest the same way for every connector: parsing, the
-//! per-partition watermark, lateness, and feeding the dataflow.
+//! A source is a set of *partitions* (a file is one, a Kafka topic has many, a database's change
+//! stream is one), each an ordered sequence of records with a *position* (a line number, a Kafka
+//! offset, a WAL position). A job's worker opens its [`Share`] of a source with the positions to
+//! resume from, and reads it in *rounds*: each round hands over at most one [`Batch`] of
+//! consecutive records per partition it reads, in partition order. What a record means (a click
+//! line, a changed row) is the job's business, never the source's.
 
 pub mod file;
 pub mod kafka;
 pub mod postgres_cdc;
 
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
 use anyhow::Result;
 
-use crate::clicks::event::Format;
+/// Which part of a source one reader takes: reader `index` of `count` (a job's timely worker).
+/// Partition `p` belongs to reader `p % count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: usize,
+    pub count: usize,
+}
 
-/// Consecutive raw lines of one partition.
+impl Share {
+    pub fn new(index: usize, count: usize) -> Self {
+        Share { index, count: count.max(1) }
+    }
+
+    /// Whether this reader reads `partition`.
+    pub fn owns(&self, partition: u32) -> bool {
+        partition as usize % self.count == self.index
+    }
+}
+
+/// Consecutive records of one partition.
 #[derive(Debug, Default)]
-pub struct Batch {
+pub struct Batch<R> {
     /// The source partition (a file is partition 0; a Kafka topic has many).
     pub partition: u32,
     /// Orders this partition's batches: a batch follows every batch of the same partition with a
-    /// smaller sequence number (file chunk index, Kafka offset of the first message).
+    /// smaller sequence number (file chunk index, Kafka offset of the first message, LSN).
     pub sequence: u64,
+    pub records: R,
+}
+
+/// A connector. Each reader (worker) owns one instance, which reads its share of the partitions.
+pub trait Source: Sized {
+    /// What the connector needs to open: a path, a topic, a database.
+    type Options;
+    /// The records of one batch.
+    type Records;
+    /// Where a record lies in its partition. Positions only grow along a partition, so resuming
+    /// after one reads exactly what follows it.
+    type Position: Ord + Copy + Debug;
+
+    /// Opens `share` of the source; each partition in `resume` starts at that position (the
+    /// first record to read again), the others at their beginning.
+    fn open(options: &Self::Options, share: Share, resume: &BTreeMap<u32, Self::Position>) -> Result<Self>;
+    /// Every partition of the source, over all readers (a job's watermark is their minimum).
+    fn partitions(&self) -> Vec<u32>;
+    /// This reader's batches for one round, at most one per partition; `None` once the source
+    /// has ended for good (a file; a stream never ends).
+    fn read_round(&mut self) -> Result<Option<Vec<Batch<Self::Records>>>>;
+    /// (work done, work in all) for a progress bar, in the source's own unit.
+    fn progress(&self) -> (u64, u64);
+}
+
+/// The records of a text source (a file's lines, a topic's message values): raw lines back to
+/// back in one buffer.
+#[derive(Debug, Default)]
+pub struct Lines {
     /// Lines consumed before `lines` that are not records (a CSV header), for line numbering.
     pub skipped_lines: u64,
     /// The text of the lines, back to back.
@@ -29,51 +81,45 @@ pub struct Batch {
     pub positions: Vec<u64>,
 }
 
-/// One line of a batch.
+/// One line of [`Lines`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Line {
-    /// Where the line's text lies in [`Batch::text`] (without newline; an over-long line is cut).
+    /// Where the line's text lies in [`Lines::text`] (without newline; an over-long line is cut).
     pub start: usize,
     pub end: usize,
     /// The line's full length in the source, before any cut.
     pub full_len: usize,
 }
 
-impl Batch {
+/// A batch of lines.
+pub type LineBatch = Batch<Lines>;
+
+impl Batch<Lines> {
     /// The (possibly cut) text of `line`.
     pub fn text_of(&self, line: &Line) -> &[u8] {
-        &self.text[line.start..line.end]
+        &self.records.text[line.start..line.end]
     }
 
     /// The position of line `index`: its offset, or its line number given the lines before.
     pub fn position(&self, index: usize, lines_before: u64) -> u64 {
-        match self.positions.get(index) {
+        match self.records.positions.get(index) {
             Some(offset) => *offset,
-            None => lines_before + self.skipped_lines + index as u64 + 1,
+            None => lines_before + self.records.skipped_lines + index as u64 + 1,
         }
     }
 
     /// The position after the batch's last line, where positions are offsets.
     pub fn next_position(&self) -> Option<u64> {
-        self.positions.last().map(|last| last + 1)
+        self.records.positions.last().map(|last| last + 1)
     }
 
     /// How many source lines this batch covers, records or not.
     pub fn line_count(&self) -> u64 {
-        self.skipped_lines + self.lines.len() as u64
+        self.records.skipped_lines + self.records.lines.len() as u64
     }
 }
 
-/// A connector that reads click lines. Each worker owns one instance, which reads that worker's
-/// share of the partitions.
-pub trait Source {
-    /// Every partition of the source, over all workers: the job's watermark is their minimum.
-    fn partitions(&self) -> Vec<u32>;
-    /// The text format of the lines.
-    fn format(&self) -> Format;
-    /// This worker's batches for one round, at most one per partition; `None` once the source
-    /// has ended for good (a file; a stream never ends).
-    fn read_round(&mut self) -> Result<Option<Vec<Batch>>>;
-    /// (work done, work in all) for a progress bar, in the source's own unit.
-    fn progress(&self) -> (u64, u64);
-}
+/// A source of text lines positioned by a number (line number or offset): what the click job reads.
+pub trait LineSource: Source<Records = Lines, Position = u64> {}
+
+impl<S: Source<Records = Lines, Position = u64>> LineSource for S {}
