@@ -1,5 +1,5 @@
-//! How many timely workers a job runs on, and `clickstay launch`, which starts the local
-//! processes of a cluster.
+//! How many timely workers a job runs on, the one place that starts them, and `clickstay
+//! launch`, which starts the local processes of a cluster.
 //!
 //! A job runs either on `-w THREADS` threads of one process, or as process `--process I` of the
 //! cluster in `workers.toml` (`[cluster] processes = [...]`, `threads = N`). Timely's own
@@ -163,20 +163,29 @@ pub fn config_path(args: &WorkerArgs) -> Option<PathBuf> {
     args.config.clone().or_else(|| Path::new("workers.toml").exists().then(|| PathBuf::from("workers.toml")))
 }
 
+/// Starts `work` on every local worker of `workers` (threads of this process) and returns at
+/// once; join the guards to wait for them. The one place that starts timely workers: the click
+/// jobs through [`run_workers`], the rooms view directly.
+pub fn start_workers<T: Send + 'static>(
+    workers: &Workers,
+    work: impl Fn(&mut timely::worker::Worker) -> T + Send + Sync + 'static,
+) -> Result<timely::communication::initialize::WorkerGuards<T>> {
+    timely::execute(workers.timely_config(), work).map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))
+}
+
 /// Runs `work` on every worker of `workers` and returns each local worker's result. A worker
 /// that fails stops the whole process: the others would wait for it at every round.
 pub fn run_workers<T: Send + 'static>(
     workers: &Workers,
     work: impl Fn(&mut timely::worker::Worker) -> Result<T> + Send + Sync + 'static,
 ) -> Result<Vec<T>> {
-    let guards = timely::execute(workers.timely_config(), move |worker| match work(worker) {
+    let guards = start_workers(workers, move |worker| match work(worker) {
         Ok(result) => result,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::exit(1);
         }
-    })
-    .map_err(|e| anyhow::anyhow!("cannot start the timely workers: {e}"))?;
+    })?;
     guards.join().into_iter().map(|r| r.map_err(|e| anyhow::anyhow!("{e}"))).collect()
 }
 

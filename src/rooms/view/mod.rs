@@ -3,8 +3,8 @@
 //! answers questions (availability, search, "is this booking already sold out?") that enter it
 //! as records. See `CONTEXT.md` in this folder.
 //!
-//! [`RoomsView::start`] starts the timely workers (threads of this process) and one CDC reader
-//! per shard; shard `s` feeds worker `s % workers`, and the arrangements spread hotels over all
+//! [`RoomsView::start`] starts the timely workers (threads of this process) and one CDC source
+//! per shard, each read on a thread of its own; shard `s` feeds worker `s % workers`, and the arrangements spread hotels over all
 //! workers by hash. [`RoomsView::ask`] waits (bounded) until the view has reached the commit
 //! positions a caller asks for, then puts the question into the dataflow and awaits its answer.
 
@@ -19,17 +19,16 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
+use crate::cluster::{self, Workers};
 use crate::rooms::spec::{RoomsSpec, VIEW_TABLES};
-use crate::sources::postgres_cdc::{CdcReader, Lsn, format_lsn};
+use crate::sources::postgres_cdc::{CdcOptions, CdcSource, Lsn, format_lsn};
+use crate::sources::{Batch, Share, Source};
 use answers::{Ask, Found};
 use dataflow::{Feed, Submitted, WorkerChannels};
-
-/// Rows per message while a snapshot streams into the dataflow.
-const SNAPSHOT_CHUNK: usize = 10_000;
 
 /// How far the view has applied one shard's changes: every commit before `lsn`, inserted at
 /// logical time `time` or earlier. `lsn == 0`: the snapshot is not loaded yet.
@@ -164,31 +163,28 @@ impl RoomsView {
         let failure_tx = Arc::new(failure_tx);
 
         let worker_shared = shared.clone();
-        let worker_failure = failure_tx.clone();
-        std::thread::Builder::new().name("rooms-view".into()).spawn(move || {
-            let result = timely::execute(timely::Config::process(workers), move |worker| {
-                let mine =
-                    channels.lock().expect("channels lock")[worker.index()].take().expect("one worker per index");
-                dataflow::run(worker, mine, worker_shared.clone());
-            });
-            match result {
-                Ok(guards) => drop(guards.join()),
-                Err(problem) => {
-                    worker_failure.send_replace(Some(format!("cannot start the view's workers: {problem}")));
-                }
-            }
+        let guards = cluster::start_workers(&Workers::Threads(workers), move |worker| {
+            let mine = channels.lock().expect("channels lock")[worker.index()].take().expect("one worker per index");
+            dataflow::run(worker, mine, worker_shared.clone());
         })?;
+        std::thread::Builder::new().name("rooms-view".into()).spawn(move || drop(guards.join()))?;
 
         for (shard, url) in shard_urls.iter().enumerate() {
             let feed = feeds[shard % workers].clone();
-            let (spec, url, failure_tx, shared) = (spec.clone(), url.clone(), failure_tx.clone(), shared.clone());
-            tokio::spawn(async move {
-                if let Err(problem) = follow(shard as u32, &url, &spec, feed, &shared).await {
+            let options = CdcOptions {
+                url: url.clone(),
+                slot_prefix: spec.slot_prefix.clone(),
+                tables: VIEW_TABLES.iter().map(|t| t.to_string()).collect(),
+                poll_interval: spec.poll_interval,
+            };
+            let (failure_tx, shared) = (failure_tx.clone(), shared.clone());
+            std::thread::Builder::new().name(format!("rooms-cdc-{shard}")).spawn(move || {
+                if let Err(problem) = follow(shard as u32, &options, feed, &shared) {
                     let message = format!("CDC of shard {shard} failed: {problem:#}");
                     error!("{message}");
                     failure_tx.send_replace(Some(message));
                 }
-            });
+            })?;
         }
         info!(workers, shards = shard_urls.len(), spec = %spec.path.display(), "room availability view starting");
         Ok(Self { inner: Arc::new(Inner { spec, shared, questions, next_id: AtomicU64::new(0), failure }) })
@@ -292,50 +288,44 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Feeds one shard into the dataflow: its snapshot, then its changes, forever. Returns `Ok`
-/// when the dataflow is gone, `Err` when the database is (the view cannot be patched across
-/// a lost slot; restarting rebuilds it from a fresh snapshot).
-async fn follow(shard: u32, url: &str, spec: &RoomsSpec, feed: Sender<Feed>, shared: &Shared) -> Result<()> {
-    let gone = |_| anyhow!("the view's workers stopped");
-    let mut reader =
-        CdcReader::open(url, &spec.slot_prefix, &VIEW_TABLES).await.with_context(|| format!("shard {shard}"))?;
+/// Feeds one shard into the dataflow through its change-data-capture source: the snapshot's
+/// rows, then the changes and the positions they reach, forever. Returns `Ok` when the dataflow
+/// is gone, `Err` when the database is (the view cannot be patched across a lost slot;
+/// restarting rebuilds it from a fresh snapshot).
+fn follow(shard: u32, options: &CdcOptions, feed: Sender<Feed>, shared: &Shared) -> Result<()> {
     let started = Instant::now();
-    let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK);
-    let rows = reader
-        .snapshot(|table, tuple| {
-            chunk.push((rows::from_tuple(table, &tuple)?, 1));
-            if chunk.len() >= SNAPSHOT_CHUNK {
-                feed.send(Feed::Rows(std::mem::take(&mut chunk))).map_err(gone)?;
-            }
-            Ok(())
-        })
-        .await?;
-    feed.send(Feed::Rows(chunk)).map_err(gone)?;
-    info!(shard, rows, seconds = started.elapsed().as_secs_f64(), "snapshot loaded into the view");
-    let mut reached = 0;
+    let mut source =
+        CdcSource::open(options, Share::new(0, 1), &BTreeMap::new()).with_context(|| format!("shard {shard}"))?;
+    let (mut loaded, mut reached) = (false, 0);
     while !shared.is_stopped() {
-        let polled = Instant::now();
-        let batch = reader.poll().await?;
-        tracing::debug!(shard, changes = batch.changes.len(), ms = polled.elapsed().as_secs_f64() * 1e3, "polled");
-        let changed = !batch.changes.is_empty();
-        if changed {
-            let mut updates = Vec::with_capacity(batch.changes.len() * 2);
-            for change in &batch.changes {
-                updates.extend(rows::updates_of(change)?);
+        let Some(batches) = source.read_round()? else { return Ok(()) };
+        for Batch { records, .. } in batches {
+            if !records.changes.is_empty() {
+                let mut updates = Vec::with_capacity(records.changes.len() * 2);
+                for change in &records.changes {
+                    updates.extend(rows::updates_of(change)?);
+                }
+                if feed.send(Feed::Rows(updates)).is_err() {
+                    return Ok(());
+                }
             }
-            if feed.send(Feed::Rows(updates)).is_err() {
-                return Ok(());
+            let Some(lsn) = records.reached else { continue };
+            if !loaded {
+                loaded = true;
+                info!(
+                    shard,
+                    rows = source.progress().0,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "snapshot loaded into the view"
+                );
             }
-        }
-        if batch.lsn != reached {
-            reached = batch.lsn;
-            if feed.send(Feed::Reached { shard, lsn: reached }).is_err() {
-                return Ok(());
+            if lsn != reached {
+                reached = lsn;
+                if feed.send(Feed::Reached { shard, lsn }).is_err() {
+                    return Ok(());
+                }
+                shared.wake_workers();
             }
-            shared.wake_workers();
-        }
-        if !changed {
-            tokio::time::sleep(spec.poll_interval).await;
         }
     }
     Ok(())
