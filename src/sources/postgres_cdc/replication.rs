@@ -82,9 +82,7 @@ impl Slot {
                     }
                 }
                 Decoded::Commit => skipping = false,
-                Decoded::Change(change) if !skipping && tables.iter().any(|t| *t == change.table) => {
-                    changes.push(change)
-                }
+                Decoded::Change(change) if !skipping && tables.contains(&change.table) => changes.push(change),
                 Decoded::Truncate(table) if !skipping && tables.contains(&table) => {
                     bail!("table {table} was truncated; restart to rebuild from a fresh snapshot")
                 }
