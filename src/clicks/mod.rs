@@ -1,5 +1,6 @@
 //! The ad-click aggregation job (see `CONTEXT.md`).
 
+pub mod archive;
 pub mod dataflow;
 pub mod driver;
 pub mod event;

@@ -108,7 +108,7 @@ fn remove_uncommitted_archive_files(root: &Path, committed: &[String]) -> Result
     }
     remove_temporary_files(root)?;
     let committed: std::collections::HashSet<&str> = committed.iter().map(String::as_str).collect();
-    for (path, ..) in crate::sinks::parquet::list_archive(root)? {
+    for (path, ..) in super::archive::list_archive(root)? {
         let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
         if !committed.contains(relative.as_str()) {
             tracing::info!(file = %path.display(), "removing an archive file no checkpoint committed");
@@ -180,7 +180,7 @@ struct StreamCheckpointer {
 
 impl Checkpointer<ClickEvent> for StreamCheckpointer {
     fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>> {
-        let files = crate::sinks::parquet::write_archive(
+        let files = super::archive::write_archive(
             &self.archive,
             &self.topic,
             partition as i32,

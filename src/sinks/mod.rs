@@ -1,11 +1,12 @@
-//! Output tables: the one interface every sink connector implements (see `CONTEXT.md`).
+//! Outputs: the one interface every sink connector implements (see `CONTEXT.md`). Knows no job:
+//! nothing here imports `clicks` or `rooms`.
 //!
 //! The dataflow turns each spec sink into rows of a [`TableSchema`] and hands them to a
-//! [`Sink`]; which connector (CSV file, Postgres table, Parquet file) is the command's choice.
+//! [`Sink`]; which connector (CSV file, Postgres table) is the command's choice. A sink of
+//! other records names them: the Parquet sink is a `Sink<ParquetFile>`.
 
 pub mod csv;
 pub mod parquet;
-mod pg_copy;
 pub mod postgres;
 
 use anyhow::Result;
@@ -77,10 +78,10 @@ impl Rows {
     }
 }
 
-/// A destination for the rows of one table.
-pub trait Sink {
-    /// Writes rows that are final or that replace earlier rows with the same key.
-    fn write(&mut self, rows: Rows) -> Result<()>;
+/// A destination for records of type `R`: by default the rows of one table.
+pub trait Sink<R = Rows> {
+    /// Writes records; rows are final or replace earlier rows with the same key.
+    fn write(&mut self, records: R) -> Result<()>;
     /// Makes everything written durable and visible (e.g. renames a finished file into place).
     fn finish(&mut self) -> Result<()>;
 }

@@ -1,4 +1,5 @@
-//! Sink rows in PostgreSQL's binary COPY format (`COPY … FROM STDIN (FORMAT binary)`).
+//! Rows copied into a table in PostgreSQL's binary COPY format (`COPY … FROM STDIN (FORMAT
+//! binary)`).
 //!
 //! The server takes binary values as they are, instead of parsing a date or a decimal per
 //! value, which is a good part of a row's cost in the text format. The encoding is written by
@@ -6,18 +7,22 @@
 //! hand-off per row, and has no `numeric` type; the format itself is small and fixed
 //! (<https://www.postgresql.org/docs/15/sql-copy.html#id-1.9.3.55.9.4>).
 
-use super::{ColumnKind, Value};
+use std::io::Write as _;
+
+use anyhow::{Context, Result};
+
+use crate::sinks::{ColumnKind, TableSchema, Value};
 
 /// Milliseconds from the Unix epoch to PostgreSQL's (2000-01-01 00:00:00 UTC).
 const POSTGRES_EPOCH_MS: i64 = 946_684_800_000;
 
 /// A binary COPY stream being built: the header, then rows, then [`CopyBuffer::finish`].
-pub struct CopyBuffer {
+struct CopyBuffer {
     bytes: Vec<u8>,
 }
 
 impl CopyBuffer {
-    pub fn new() -> Self {
+    fn new() -> Self {
         let mut bytes = Vec::with_capacity(1 << 16);
         bytes.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         bytes.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
@@ -26,7 +31,7 @@ impl CopyBuffer {
     }
 
     /// Appends one row whose values are of `kinds`, column by column.
-    pub fn push_row(&mut self, row: &[Value], kinds: &[ColumnKind]) {
+    fn push_row(&mut self, row: &[Value], kinds: &[ColumnKind]) {
         debug_assert_eq!(row.len(), kinds.len());
         self.bytes.extend_from_slice(&(row.len() as i16).to_be_bytes());
         for (value, kind) in row.iter().zip(kinds) {
@@ -88,20 +93,41 @@ impl CopyBuffer {
     }
 
     /// Bytes written so far, to send once enough have gathered.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.bytes.len()
     }
 
     /// The bytes so far, emptied for the next ones (the header is sent with the first).
-    pub fn take(&mut self) -> Vec<u8> {
+    fn take(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.bytes)
     }
 
     /// The trailer that ends the stream.
-    pub fn finish(&mut self) -> Vec<u8> {
+    fn finish(&mut self) -> Vec<u8> {
         self.bytes.extend_from_slice(&(-1i16).to_be_bytes());
         self.take()
     }
+}
+
+/// Copies `rows` into `table` (quoted) in the binary COPY format, 64 KiB at a time.
+pub(super) fn copy_rows<'a>(
+    tx: &mut postgres::Transaction<'_>,
+    table: &str,
+    schema: &TableSchema,
+    rows: impl Iterator<Item = &'a [Value]>,
+) -> Result<()> {
+    let kinds: Vec<ColumnKind> = schema.columns.iter().map(|c| c.kind).collect();
+    let mut copy = tx.copy_in(&format!("COPY {table} FROM STDIN (FORMAT binary)"))?;
+    let mut buffer = CopyBuffer::new();
+    for row in rows {
+        buffer.push_row(row, &kinds);
+        if buffer.len() >= 1 << 16 {
+            copy.write_all(&buffer.take())?;
+        }
+    }
+    copy.write_all(&buffer.finish())?;
+    copy.finish().with_context(|| format!("cannot copy rows into {table}"))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,283 @@
+//! The raw-event archive of the streaming job: the valid events of each committed offset range,
+//! as Parquet files (written by [`ParquetSink`]) that DuckDB, pandas (pyarrow) or Spark read
+//! directly.
+//!
+//! Layout: `root/hour=YYYY-MM-DDTHH/partition=P/<first>-<next>.parquet`, one file per event-time
+//! hour (UTC) of the range `[first, next)` of Kafka partition `P`. The `key=value` directory
+//! names are Hive partitioning, so `read_parquet('root/**/*.parquet', hive_partitioning=true)`
+//! prunes by hour; offsets are zero-padded to 20 digits so that names sort by offset.
+//!
+//! Each file is atomic, and its contents a function of the input alone, so a range redone after
+//! a crash rewrites the same bytes under the same name. Files of ranges that were never
+//! committed are found with [`list_archive`] and removed by the job.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use parquet::data_type::ByteArray;
+
+use super::event::{ClickEvent, write_ipv4};
+use crate::sinks::Sink;
+use crate::sinks::parquet::{ColumnValues, ParquetFile, ParquetSink};
+
+/// The columns of an archive file. `ad_id` and `user_id` are unsigned 64-bit integers (stored
+/// as INT64 bits, read back as uint64); `click_ts` is a UTC timestamp in milliseconds.
+const SCHEMA: &str = "
+message click {
+    REQUIRED BYTE_ARRAY topic (STRING);
+    REQUIRED INT32 partition;
+    REQUIRED INT64 offset;
+    REQUIRED INT64 ad_id (INTEGER(64, false));
+    REQUIRED INT64 click_ts (TIMESTAMP(MILLIS, true));
+    REQUIRED INT64 user_id (INTEGER(64, false));
+    REQUIRED BYTE_ARRAY ip (STRING);
+    REQUIRED BYTE_ARRAY country (STRING);
+}";
+
+/// Offsets, times, users and addresses are (nearly) all distinct: a dictionary of them would
+/// only cost time. Topic, partition, ad and country repeat, and their dictionaries pay.
+const WITHOUT_DICTIONARY: [&str; 4] = ["offset", "click_ts", "user_id", "ip"];
+
+const MS_PER_HOUR: u64 = 3_600_000;
+
+/// Rows per row group: bounds the memory of one column chunk for very large ranges.
+const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// The file name of the range `[first, next)`.
+fn file_name(first: i64, next: i64) -> String {
+    format!("{first:020}-{next:020}.parquet")
+}
+
+/// The `hour=…` directory of the hour starting at `hour * MS_PER_HOUR`.
+fn hour_dir(hour: u64) -> String {
+    let start = chrono::DateTime::from_timestamp_millis((hour * MS_PER_HOUR) as i64)
+        .expect("click_ts is at most year 9999, which chrono represents");
+    format!("hour={}", start.format("%Y-%m-%dT%H"))
+}
+
+/// Writes the valid events of one partition's offset range `[first, next)` into `root`, one file
+/// per event-time hour: `root/hour=YYYY-MM-DDTHH/partition=P/<first>-<next>.parquet`, each
+/// written to a temporary name, fsynced and renamed (atomic). Returns the paths written, in
+/// hour order. Deterministic: the same input gives the same files. An empty range writes none.
+pub fn write_archive(
+    root: &Path,
+    topic: &str,
+    partition: i32,
+    first: i64,
+    next: i64,
+    events: &[(u64, ClickEvent)],
+) -> Result<Vec<PathBuf>> {
+    let mut hours: BTreeMap<u64, Vec<&(u64, ClickEvent)>> = BTreeMap::new();
+    for event in events {
+        hours.entry(event.1.click_ts / MS_PER_HOUR).or_default().push(event);
+    }
+    let mut sink = ParquetSink::new(root, SCHEMA, &WITHOUT_DICTIONARY)?;
+    for (hour, events) in &hours {
+        let path = Path::new(&hour_dir(*hour)).join(format!("partition={partition}")).join(file_name(first, next));
+        let row_groups = events.chunks(ROW_GROUP_ROWS).map(|chunk| columns(topic, partition, chunk));
+        sink.write(ParquetFile { path, row_groups: Box::new(row_groups) })?;
+    }
+    sink.finish()?;
+    Ok(sink.take_written())
+}
+
+/// The columns of one row group, in [`SCHEMA`] order.
+fn columns(topic: &str, partition: i32, chunk: &[&(u64, ClickEvent)]) -> Vec<ColumnValues> {
+    let long = |f: &dyn Fn(&(u64, ClickEvent)) -> i64| ColumnValues::Int64(chunk.iter().map(|e| f(e)).collect());
+    let topics = vec![ByteArray::from(topic); chunk.len()];
+    // Every address is a slice of one buffer, and every country a static string: no
+    // allocation per event.
+    let mut ip_text = Vec::with_capacity(chunk.len() * 15);
+    let mut ip_ends = Vec::with_capacity(chunk.len());
+    for (_, event) in chunk {
+        write_ipv4(event.ip, &mut ip_text);
+        ip_ends.push(ip_text.len());
+    }
+    let ip_text = Bytes::from(ip_text);
+    let mut start = 0;
+    let ips: Vec<ByteArray> =
+        ip_ends.iter().map(|&end| ByteArray::from(ip_text.slice(std::mem::replace(&mut start, end)..end))).collect();
+    let countries: Vec<ByteArray> =
+        chunk.iter().map(|(_, e)| ByteArray::from(Bytes::from_static(e.country.as_str().as_bytes()))).collect();
+    vec![
+        ColumnValues::ByteArray(topics),
+        ColumnValues::Int32(vec![partition; chunk.len()]),
+        long(&|(offset, _)| *offset as i64),
+        // Unsigned values keep their bits; the logical type tells readers they are unsigned.
+        long(&|(_, e)| e.ad_id as i64),
+        long(&|(_, e)| e.click_ts as i64),
+        long(&|(_, e)| e.user_id as i64),
+        ColumnValues::ByteArray(ips),
+        ColumnValues::ByteArray(countries),
+    ]
+}
+
+/// The `(partition, first, next)` an archive path names, if it is a finished archive file.
+fn parse_path(path: &Path) -> Option<(i32, i64, i64)> {
+    let name = path.file_name()?.to_str()?.strip_suffix(".parquet")?;
+    let (first, next) = name.split_once('-')?;
+    let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(first) || !digits(next) {
+        return None;
+    }
+    let partition = path.parent()?.file_name()?.to_str()?.strip_prefix("partition=")?.parse().ok()?;
+    Some((partition, first.parse().ok()?, next.parse().ok()?))
+}
+
+/// Every finished archive file under `root` with its `(partition, first, next)`, sorted by path;
+/// for garbage-collecting the files of ranges that were never committed. Temporary files and
+/// anything else that does not follow the layout are left out. A missing `root` is empty.
+pub fn list_archive(root: &Path) -> Result<Vec<(PathBuf, i32, i64, i64)>> {
+    let mut found = Vec::new();
+    for hour in sub_directories(root, "hour=")? {
+        for partition in sub_directories(&hour, "partition=")? {
+            for entry in
+                std::fs::read_dir(&partition).with_context(|| format!("cannot list {}", partition.display()))?
+            {
+                let path = entry.with_context(|| format!("cannot list {}", partition.display()))?.path();
+                if let Some((p, first, next)) = parse_path(&path) {
+                    found.push((path, p, first, next));
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The directories in `dir` whose names start with `prefix`; none when `dir` does not exist.
+fn sub_directories(dir: &Path, prefix: &str) -> Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let is_match = entry.file_name().to_str().is_some_and(|name| name.starts_with(prefix));
+        if is_match && entry.file_type()?.is_dir() {
+            found.push(entry.path());
+        }
+    }
+    Ok(found)
+}
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+    use crate::clicks::event::Country;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+
+    fn event(ad_id: u64, click_ts: u64) -> ClickEvent {
+        ClickEvent {
+            ad_id,
+            click_ts,
+            user_id: u64::MAX - ad_id,
+            ip: u32::from(std::net::Ipv4Addr::new(203, 0, 113, (ad_id % 250) as u8 + 1)),
+            country: Country::parse(if ad_id.is_multiple_of(2) { b"US" } else { b"DE" }).unwrap(),
+        }
+    }
+
+    /// 2026-01-01T00:00:00Z.
+    const MIDNIGHT: u64 = 1_767_225_600_000;
+
+    /// Every row of a file as `(topic, partition, offset, event)`, through the crate's reader.
+    fn read_back(path: &Path) -> Vec<(String, i32, i64, ClickEvent)> {
+        let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+        let columns: Vec<String> =
+            reader.metadata().file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
+        assert_eq!(columns, ["topic", "partition", "offset", "ad_id", "click_ts", "user_id", "ip", "country"]);
+        reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(|row| {
+                let row = row.unwrap();
+                let ip: std::net::Ipv4Addr = row.get_string(6).unwrap().parse().unwrap();
+                let event = ClickEvent {
+                    ad_id: row.get_ulong(3).unwrap(),
+                    click_ts: row.get_timestamp_millis(4).unwrap() as u64,
+                    user_id: row.get_ulong(5).unwrap(),
+                    ip: ip.into(),
+                    country: Country::parse(row.get_string(7).unwrap().as_bytes()).unwrap(),
+                };
+                (row.get_string(0).unwrap().clone(), row.get_int(1).unwrap(), row.get_long(2).unwrap(), event)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_one_file_per_hour_that_reads_back_column_for_column() {
+        let root = tempfile::tempdir().unwrap();
+        let events = vec![
+            (100, event(1, MIDNIGHT + 5)),
+            (101, event(2, MIDNIGHT + MS_PER_HOUR + 1)),
+            (103, event(u64::MAX, MIDNIGHT + MS_PER_HOUR - 1)),
+        ];
+        let written = write_archive(root.path(), "clicks", 3, 100, 104, &events).unwrap();
+        let relative: Vec<_> = written.iter().map(|p| p.strip_prefix(root.path()).unwrap().to_str().unwrap()).collect();
+        assert_eq!(
+            relative,
+            [
+                "hour=2026-01-01T00/partition=3/00000000000000000100-00000000000000000104.parquet",
+                "hour=2026-01-01T01/partition=3/00000000000000000100-00000000000000000104.parquet",
+            ]
+        );
+        let first_hour: Vec<_> =
+            [&events[0], &events[2]].iter().map(|(o, e)| ("clicks".to_string(), 3, *o as i64, *e)).collect();
+        assert_eq!(read_back(&written[0]), first_hour);
+        assert_eq!(read_back(&written[1]), [("clicks".to_string(), 3, 101, events[1].1)]);
+        // No temporary file is left behind.
+        let names: Vec<_> =
+            std::fs::read_dir(written[0].parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn the_same_input_gives_the_same_bytes_and_an_empty_range_no_file() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let events: Vec<_> = (0..1000u64).map(|i| (i, event(i % 17, MIDNIGHT + i * 7919))).collect();
+        let written_a = write_archive(a.path(), "t", 0, 0, 1000, &events).unwrap();
+        let written_b = write_archive(b.path(), "t", 0, 0, 1000, &events).unwrap();
+        assert_eq!(written_a.len(), written_b.len());
+        for (x, y) in written_a.iter().zip(&written_b) {
+            assert_eq!(std::fs::read(x).unwrap(), std::fs::read(y).unwrap());
+        }
+        // Rewriting a range (a redo after a crash) replaces the file with the same bytes.
+        let before = std::fs::read(&written_a[0]).unwrap();
+        write_archive(a.path(), "t", 0, 0, 1000, &events).unwrap();
+        assert_eq!(std::fs::read(&written_a[0]).unwrap(), before);
+        assert!(write_archive(a.path(), "t", 0, 1000, 1000, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn list_archive_finds_finished_files_with_their_ranges() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(list_archive(&root.path().join("missing")).unwrap().is_empty());
+        write_archive(root.path(), "t", 7, 0, 2, &[(0, event(1, MIDNIGHT)), (1, event(1, MIDNIGHT + MS_PER_HOUR))])
+            .unwrap();
+        write_archive(root.path(), "t", 12, 5, 9_000_000_000_000, &[(6, event(1, MIDNIGHT))]).unwrap();
+        // Leftovers of a crash and foreign files are not archive files.
+        let dir = root.path().join("hour=2026-01-01T00/partition=7");
+        std::fs::write(dir.join("00000000000000000002-00000000000000000004.parquet.tmp"), b"x").unwrap();
+        std::fs::write(dir.join("notes.parquet"), b"x").unwrap();
+        let found: Vec<_> = list_archive(root.path()).unwrap().into_iter().map(|(_, p, f, n)| (p, f, n)).collect();
+        assert_eq!(found, [(12, 5, 9_000_000_000_000), (7, 0, 2), (7, 0, 2)]);
+        assert_eq!(
+            parse_path(Path::new("hour=x/partition=-1/00000000000000000001-00000000000000000002.parquet")),
+            Some((-1, 1, 2))
+        );
+        assert_eq!(parse_path(Path::new("partition=1/1-2.parquet")), None);
+    }
+
+    #[test]
+    fn hour_directories_are_utc() {
+        assert_eq!(hour_dir(MIDNIGHT / MS_PER_HOUR), "hour=2026-01-01T00");
+        assert_eq!(hour_dir(crate::clicks::event::MAX_CLICK_TS / MS_PER_HOUR), "hour=9999-12-31T23");
+        assert_eq!(hour_dir(0), "hour=1970-01-01T00");
+    }
+}
