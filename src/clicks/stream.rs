@@ -1,7 +1,7 @@
 //! `clickstay run`: the streaming job. Click events from a Kafka topic, the dataflow of a spec,
 //! results and consumed offsets committed to PostgreSQL in one transaction per checkpoint, raw
 //! events archived as Parquet files; a crash at any moment costs neither a lost nor a doubled
-//! click (see `driver.rs` for the checkpoint and recovery protocol).
+//! click (see `driver/` for the checkpoint and recovery protocol).
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};

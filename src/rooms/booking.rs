@@ -1,6 +1,6 @@
 //! The reservation transaction and its companions (cancel, look up, availability), each a
-//! function of one database client so that the HTTP API and a future per-shard committer
-//! share exactly the same SQL.
+//! function of one database client so that the HTTP API and the view's per-shard committer
+//! (`view/committer.rs`) share exactly the same SQL.
 //!
 //! Concurrency control: a *conditional UPDATE guarded by the CHECK*. One statement takes one
 //! room on every night of the stay only where a room is left, and inserts the reservation only

@@ -1,7 +1,8 @@
 //! Hotel reservations on PostgreSQL (see `CONTEXT.md` in this folder).
 //!
 //! The booking transaction lives in [`booking`] and takes a plain database client, so that the
-//! HTTP API ([`api`]) and, later, a per-shard committer can share it.
+//! HTTP API ([`api`]) and the availability view's per-shard committer ([`view::committer`])
+//! share it.
 
 pub mod api;
 pub mod audit;

@@ -2,7 +2,7 @@
 //! the late and rejected side outputs, each ending in a sink on worker 0.
 //!
 //! The results dataflow runs in watermark time; a second, small dataflow runs in rounds (see
-//! `driver.rs`) and carries the round reports and the late and rejected records, so that these
+//! `driver/`) and carries the round reports and the late and rejected records, so that these
 //! reach worker 0 by the next round whatever the watermark does.
 //!
 //! The logical time of the results is watermark time (see [`crate::clicks::time`]). Accepted clicks enter as
@@ -12,10 +12,10 @@
 //! window's best ads per worker incrementally, and differential's `reduce` merges the workers'
 //! candidates.
 //!
-//! Where the time goes (10M clicks, 100,000 ads, 2 workers): parsing and pre-aggregating the
-//! clicks, then the few million (pane, ad[, country]) groups, which every stage after the driver
-//! handles with hash maps or sorted vectors rather than differential's arrangements; sorting
-//! and merging a final pane's rows is spread over the workers, worker 0 only merges.
+//! The work is in parsing and pre-aggregating the clicks (the driver), then in the (pane, ad[,
+//! country]) groups, which every stage after the driver handles with hash maps or sorted vectors
+//! rather than differential's arrangements; sorting and merging a final pane's rows is spread
+//! over the workers, worker 0 only merges.
 //!
 //! State is bounded by the open panes: a ranking drops a window's state when it is final and
 //! its candidates are retracted then (the "temporal filter" idiom: an update is inserted at `t`
