@@ -77,7 +77,9 @@ impl ClickEvent {
 /// The input text formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 pub enum Format {
+    /// Comma-separated with the header `ad_id,click_ts,user_id,ip,country`.
     Csv,
+    /// One JSON object per line.
     Jsonl,
 }
 
