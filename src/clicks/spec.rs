@@ -188,120 +188,157 @@ fn duration(what: &str, text: &str) -> Result<u64, String> {
     parse_duration_ms(text).map_err(|e| format!("{what}: {e}"))
 }
 
+/// The model of a raw spec, checked in this order: time, each node, inputs, dependency order,
+/// sinks; the first problem is the error.
 fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
+    let time = time_spec(&raw.time)?;
+    let (source, nodes) = compile_nodes(&raw.nodes, &time)?;
+    check_inputs(&nodes, &source, &raw.nodes)?;
+    let nodes = in_dependency_order(nodes, &source.name)?;
+    let sinks = compile_sinks(raw.sinks, &source, &nodes)?;
+    Ok(DataflowSpec { path: path.to_path_buf(), name: raw.name, time, source, nodes, sinks })
+}
+
+/// The `[time]` section.
+fn time_spec(raw: &RawTime) -> Result<TimeSpec, String> {
     let time = TimeSpec {
-        pane_ms: duration("time.pane", &raw.time.pane)?,
-        max_out_of_orderness_ms: duration("time.max_out_of_orderness", &raw.time.max_out_of_orderness)?,
-        allowed_lateness_ms: duration("time.allowed_lateness", &raw.time.allowed_lateness)?,
+        pane_ms: duration("time.pane", &raw.pane)?,
+        max_out_of_orderness_ms: duration("time.max_out_of_orderness", &raw.max_out_of_orderness)?,
+        allowed_lateness_ms: duration("time.allowed_lateness", &raw.allowed_lateness)?,
     };
     if time.pane_ms == 0 {
         return Err("time.pane: must be longer than 0s".into());
     }
+    Ok(time)
+}
 
+/// Every node on its own, in name order: the one source, and the other nodes (inputs unchecked).
+fn compile_nodes(raw: &BTreeMap<String, RawNode>, time: &TimeSpec) -> Result<(SourceSpec, Vec<Node>), String> {
     let mut source = None;
     let mut nodes = Vec::new();
-    for (name, node) in &raw.nodes {
+    for (name, node) in raw {
         let context = |problem: String| format!("node `{name}`: {problem}");
-        let allowed: &[&str] = match node.op.as_str() {
-            "source" => &["key"],
-            "filter" => &["input", "where"],
-            "count" => &["input", "group_by"],
-            "top_n" => &["input", "window", "n"],
-            other => {
-                return Err(context(format!("unknown op `{other}` (expected one of: source, filter, count, top_n)")));
-            }
-        };
-        for (key, present) in [
-            ("input", node.input.is_some()),
-            ("key", node.key.is_some()),
-            ("group_by", node.group_by.is_some()),
-            ("where", node.where_.is_some()),
-            ("window", node.window.is_some()),
-            ("n", node.n.is_some()),
-        ] {
-            if present && !allowed.contains(&key) {
-                return Err(context(format!("`{key}` does not apply to op `{}`", node.op)));
-            }
-        }
-        let input = || node.input.clone().ok_or_else(|| context(format!("op `{}` needs an `input`", node.op)));
+        check_keys(node).map_err(context)?;
         let op = match node.op.as_str() {
             "source" => {
                 if source.is_some() {
                     return Err(context("a dataflow has exactly one source".into()));
                 }
-                let key = node.key.as_deref().unwrap_or("ad_id");
-                let key = Field::parse(key).ok_or_else(|| context(format!("key: unknown field `{key}`")))?;
-                if key != Field::AdId {
-                    return Err(context(format!("key: clicks are keyed by ad_id, not `{key}`")));
-                }
-                source = Some(SourceSpec { name: name.clone(), key });
+                source = Some(SourceSpec { name: name.clone(), key: source_key(node).map_err(context)? });
                 continue;
             }
-            "filter" => {
-                let clauses = node.where_.as_ref().ok_or_else(|| context("op `filter` needs `where`".into()))?;
-                if clauses.is_empty() {
-                    return Err(context("where: names no field".into()));
-                }
-                let predicates = clauses
-                    .iter()
-                    .map(|(field, values)| predicate(field, values))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(context)?;
-                Op::Filter { input: input()?, predicates }
-            }
-            "count" => {
-                let names = node.group_by.as_ref().ok_or_else(|| context("op `count` needs `group_by`".into()))?;
-                let group_by = names
-                    .iter()
-                    .map(|n| Field::parse(n).ok_or_else(|| context(format!("group_by: unknown field `{n}`"))))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if group_by.first() != Some(&Field::AdId) || group_by.len() > 2 || group_by.get(1) == Some(&Field::AdId)
-                {
-                    return Err(context(
-                        "group_by: must be [\"ad_id\"] or [\"ad_id\", FIELD] with FIELD one of country, user_id, ip"
-                            .into(),
-                    ));
-                }
-                Op::Count { input: input()?, group_by }
-            }
-            "top_n" => {
-                let window = node.window.as_ref().ok_or_else(|| context("op `top_n` needs `window`".into()))?;
-                let window = SlidingWindow {
-                    size_ms: duration("window.size", &window.size).map_err(context)?,
-                    slide_ms: duration("window.slide", &window.slide).map_err(context)?,
-                };
-                for (what, ms) in [("window.size", window.size_ms), ("window.slide", window.slide_ms)] {
-                    if ms == 0 || ms % time.pane_ms != 0 {
-                        return Err(context(format!(
-                            "{what}: {} is not a whole number of panes ({})",
-                            format_duration_ms(ms),
-                            format_duration_ms(time.pane_ms)
-                        )));
-                    }
-                }
-                if window.slide_ms > window.size_ms {
-                    return Err(context("window.slide: must not be longer than window.size".into()));
-                }
-                let n = node.n.ok_or_else(|| context("op `top_n` needs `n`".into()))?;
-                if !(1..=10_000).contains(&n) {
-                    return Err(context(format!("n: must be between 1 and 10000, got {n}")));
-                }
-                Op::TopN { input: input()?, window, n: n as usize }
-            }
-            _ => unreachable!("ops were checked above"),
+            "filter" => filter_op(node),
+            "count" => count_op(node),
+            "top_n" => top_n_op(node, time),
+            _ => unreachable!("ops were checked by check_keys"),
         };
-        nodes.push(Node { name: name.clone(), op });
+        nodes.push(Node { name: name.clone(), op: op.map_err(context)? });
     }
     let source = source.ok_or("no node has op = \"source\"")?;
+    Ok((source, nodes))
+}
 
-    // Inputs must exist and be of the right kind.
+/// The op is known, and every key given applies to it.
+fn check_keys(node: &RawNode) -> Result<(), String> {
+    let allowed: &[&str] = match node.op.as_str() {
+        "source" => &["key"],
+        "filter" => &["input", "where"],
+        "count" => &["input", "group_by"],
+        "top_n" => &["input", "window", "n"],
+        other => return Err(format!("unknown op `{other}` (expected one of: source, filter, count, top_n)")),
+    };
+    for (key, present) in [
+        ("input", node.input.is_some()),
+        ("key", node.key.is_some()),
+        ("group_by", node.group_by.is_some()),
+        ("where", node.where_.is_some()),
+        ("window", node.window.is_some()),
+        ("n", node.n.is_some()),
+    ] {
+        if present && !allowed.contains(&key) {
+            return Err(format!("`{key}` does not apply to op `{}`", node.op));
+        }
+    }
+    Ok(())
+}
+
+/// The `input` of a node that reads one.
+fn needed_input(node: &RawNode) -> Result<String, String> {
+    node.input.clone().ok_or_else(|| format!("op `{}` needs an `input`", node.op))
+}
+
+/// The source's `key`: `ad_id` (the default) is the only one clicks are keyed by.
+fn source_key(node: &RawNode) -> Result<Field, String> {
+    let key = node.key.as_deref().unwrap_or("ad_id");
+    let key = Field::parse(key).ok_or_else(|| format!("key: unknown field `{key}`"))?;
+    if key != Field::AdId {
+        return Err(format!("key: clicks are keyed by ad_id, not `{key}`"));
+    }
+    Ok(key)
+}
+
+/// A `filter` node: at least one `where` clause, each a known field and values of its type.
+fn filter_op(node: &RawNode) -> Result<Op, String> {
+    let clauses = node.where_.as_ref().ok_or("op `filter` needs `where`")?;
+    if clauses.is_empty() {
+        return Err("where: names no field".into());
+    }
+    let predicates = clauses.iter().map(|(field, values)| predicate(field, values)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Op::Filter { input: needed_input(node)?, predicates })
+}
+
+/// A `count` node: grouped by `ad_id`, and at most one more field.
+fn count_op(node: &RawNode) -> Result<Op, String> {
+    let names = node.group_by.as_ref().ok_or("op `count` needs `group_by`")?;
+    let group_by = names
+        .iter()
+        .map(|n| Field::parse(n).ok_or_else(|| format!("group_by: unknown field `{n}`")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if group_by.first() != Some(&Field::AdId) || group_by.len() > 2 || group_by.get(1) == Some(&Field::AdId) {
+        return Err("group_by: must be [\"ad_id\"] or [\"ad_id\", FIELD] with FIELD one of country, user_id, ip".into());
+    }
+    Ok(Op::Count { input: needed_input(node)?, group_by })
+}
+
+/// A `top_n` node: a sliding window of whole panes and `n` from 1 to 10000.
+fn top_n_op(node: &RawNode, time: &TimeSpec) -> Result<Op, String> {
+    let window = node.window.as_ref().ok_or("op `top_n` needs `window`")?;
+    let window = sliding_window(window, time.pane_ms)?;
+    let n = node.n.ok_or("op `top_n` needs `n`")?;
+    if !(1..=10_000).contains(&n) {
+        return Err(format!("n: must be between 1 and 10000, got {n}"));
+    }
+    Ok(Op::TopN { input: needed_input(node)?, window, n: n as usize })
+}
+
+/// A top_n's `window`: size and slide whole numbers of panes, the slide no longer than the size.
+fn sliding_window(raw: &RawWindow, pane_ms: u64) -> Result<SlidingWindow, String> {
+    let window =
+        SlidingWindow { size_ms: duration("window.size", &raw.size)?, slide_ms: duration("window.slide", &raw.slide)? };
+    for (what, ms) in [("window.size", window.size_ms), ("window.slide", window.slide_ms)] {
+        if ms == 0 || ms % pane_ms != 0 {
+            return Err(format!(
+                "{what}: {} is not a whole number of panes ({})",
+                format_duration_ms(ms),
+                format_duration_ms(pane_ms)
+            ));
+        }
+    }
+    if window.slide_ms > window.size_ms {
+        return Err("window.slide: must not be longer than window.size".into());
+    }
+    Ok(window)
+}
+
+/// Inputs must exist and be of the right kind.
+fn check_inputs(nodes: &[Node], source: &SourceSpec, raw: &BTreeMap<String, RawNode>) -> Result<(), String> {
     let kind_of = |name: &str| -> Option<&str> {
         if name == source.name {
             return Some("source");
         }
-        raw.nodes.get(name).map(|n| n.op.as_str())
+        raw.get(name).map(|n| n.op.as_str())
     };
-    for node in &nodes {
+    for node in nodes {
         let (input, wants): (&str, &[&str]) = match &node.op {
             Op::Filter { input, .. } | Op::Count { input, .. } => (input, &["source", "filter"]),
             Op::TopN { input, .. } => (input, &["count"]),
@@ -322,39 +359,38 @@ fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
             return Err(format!("node `{}`: input `{input}` must count by [\"ad_id\"] alone to rank ads", node.name));
         }
     }
-    let nodes = in_dependency_order(nodes, &source.name)?;
+    Ok(())
+}
 
+/// The sinks, in name order; the file and table default to the sink's name.
+fn compile_sinks(raw: BTreeMap<String, RawSink>, source: &SourceSpec, nodes: &[Node]) -> Result<Vec<SinkSpec>, String> {
     let mut sinks = Vec::new();
-    for (name, sink) in raw.sinks {
-        let input = if sink.input == format!("{}.late", source.name) {
-            SinkInput::Late
-        } else if sink.input == format!("{}.rejected", source.name) {
-            SinkInput::Rejected
-        } else {
-            match nodes.iter().find(|n| n.name == sink.input) {
-                Some(Node { op: Op::Count { .. } | Op::TopN { .. }, .. }) => SinkInput::Node(sink.input.clone()),
-                Some(_) => {
-                    return Err(format!(
-                        "sink `{name}`: input `{}` is a filter; sinks read counts, top_n, `{src}.late` or `{src}.rejected`",
-                        sink.input,
-                        src = source.name
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "sink `{name}`: input `{}` is not a node of this dataflow (nor `{src}.late` / `{src}.rejected`)",
-                        sink.input,
-                        src = source.name
-                    ));
-                }
-            }
-        };
+    for (name, sink) in raw {
+        let input = sink_input(&name, &sink.input, &source.name, nodes)?;
         let file = sink.file.unwrap_or_else(|| format!("{name}.csv"));
         let table = sink.table.unwrap_or_else(|| name.clone());
         sinks.push(SinkSpec { name, input, file, table });
     }
+    Ok(sinks)
+}
 
-    Ok(DataflowSpec { path: path.to_path_buf(), name: raw.name, time, source, nodes, sinks })
+/// What sink `name` reads: a count, a top_n, or one of the source's side outputs.
+fn sink_input(name: &str, input: &str, src: &str, nodes: &[Node]) -> Result<SinkInput, String> {
+    if input == format!("{src}.late") {
+        return Ok(SinkInput::Late);
+    }
+    if input == format!("{src}.rejected") {
+        return Ok(SinkInput::Rejected);
+    }
+    match nodes.iter().find(|n| n.name == input) {
+        Some(Node { op: Op::Count { .. } | Op::TopN { .. }, .. }) => Ok(SinkInput::Node(input.to_string())),
+        Some(_) => Err(format!(
+            "sink `{name}`: input `{input}` is a filter; sinks read counts, top_n, `{src}.late` or `{src}.rejected`"
+        )),
+        None => Err(format!(
+            "sink `{name}`: input `{input}` is not a node of this dataflow (nor `{src}.late` / `{src}.rejected`)"
+        )),
+    }
 }
 
 /// A filter clause `field = [values]`, with each value checked against the field's type.

@@ -176,6 +176,8 @@ pub async fn seed(shards: &Shards, spec: &SeedSpec, replace: bool) -> Result<See
     Ok(total)
 }
 
+/// Seeds one shard in one transaction: the hotels, their room types, every night's inventory
+/// and the reservations that fill it, then fresh statistics.
 async fn seed_shard(
     client: &mut tokio_postgres::Client,
     hotels: &[HotelPlan],
@@ -183,6 +185,19 @@ async fn seed_shard(
     replace: bool,
 ) -> Result<SeedReport> {
     let tx = client.transaction().await?;
+    empty_shard(&tx, replace).await?;
+    let hotel_rows = copy_hotels(&tx, hotels).await?;
+    let room_type_rows = copy_room_types(&tx, hotels).await?;
+    let dates: Vec<NaiveDate> = (0..spec.days as u64).map(|d| spec.start + Days::new(d)).collect();
+    let (inventory_rows, stays) = copy_inventory(&tx, hotels, spec, &dates).await?;
+    let reservation_rows = copy_reservations(&tx, &stays, spec, &dates).await?;
+    tx.commit().await.context("cannot commit the seeded data")?;
+    tx_analyze(client).await?;
+    Ok(SeedReport { hotels: hotel_rows, room_types: room_type_rows, inventory_rows, reservations: reservation_rows })
+}
+
+/// Refuses a shard that already holds hotels unless `replace`, which empties it.
+async fn empty_shard(tx: &tokio_postgres::Transaction<'_>, replace: bool) -> Result<()> {
     let occupied: bool = tx.query_one("SELECT EXISTS (SELECT 1 FROM hotel)", &[]).await?.get(0);
     if occupied && !replace {
         bail!("the shard already holds hotels; pass --replace to empty it first");
@@ -190,11 +205,15 @@ async fn seed_shard(
     if occupied {
         tx.batch_execute("TRUNCATE reservation, room_type_inventory, room_type, hotel").await?;
     }
-    let mut report = SeedReport::default();
+    Ok(())
+}
 
+/// One `hotel` row per hotel; returns the rows written.
+async fn copy_hotels(tx: &tokio_postgres::Transaction<'_>, hotels: &[HotelPlan]) -> Result<u64> {
+    let mut rows = 0;
     let mut writer = pin!(
         copy_writer(
-            &tx,
+            tx,
             "hotel (hotel_id, name, city, overbooking_ratio)",
             &[Type::INT8, Type::TEXT, Type::TEXT, Type::NUMERIC]
         )
@@ -206,13 +225,18 @@ async fn seed_shard(
             .as_mut()
             .write(&[&hotel.hotel_id, &name, &city_of(hotel.hotel_id), &Ratio(hotel.ratio_hundredths)])
             .await?;
-        report.hotels += 1;
+        rows += 1;
     }
     writer.finish().await?;
+    Ok(rows)
+}
 
+/// The `room_type` rows of every hotel; returns the rows written.
+async fn copy_room_types(tx: &tokio_postgres::Transaction<'_>, hotels: &[HotelPlan]) -> Result<u64> {
+    let mut rows = 0;
     let mut writer = pin!(
         copy_writer(
-            &tx,
+            tx,
             "room_type (hotel_id, room_type_id, name, overbooking_ratio)",
             &[Type::INT8, Type::INT4, Type::TEXT, Type::NUMERIC]
         )
@@ -222,16 +246,26 @@ async fn seed_shard(
         for room_type_id in 1..=hotel.rooms_per_type.len() as i32 {
             let name = ROOM_TYPE_NAMES[(room_type_id as usize - 1) % ROOM_TYPE_NAMES.len()];
             writer.as_mut().write(&[&hotel.hotel_id, &room_type_id, &name, &Ratio(hotel.ratio_hundredths)]).await?;
-            report.room_types += 1;
+            rows += 1;
         }
     }
     writer.finish().await?;
+    Ok(rows)
+}
 
-    let dates: Vec<NaiveDate> = (0..spec.days as u64).map(|d| spec.start + Days::new(d)).collect();
+/// One `room_type_inventory` row per room type and night of `dates`, with the simulated
+/// occupancy reserved; returns the rows written and the stays to record, by hotel.
+async fn copy_inventory(
+    tx: &tokio_postgres::Transaction<'_>,
+    hotels: &[HotelPlan],
+    spec: &SeedSpec,
+    dates: &[NaiveDate],
+) -> Result<(u64, Vec<(i64, Stay)>)> {
+    let mut rows = 0;
     let mut reservations = Vec::new();
     let mut writer =
         pin!(copy_writer(
-        &tx,
+        tx,
         "room_type_inventory (hotel_id, room_type_id, date, total_inventory, total_reserved, overbooking_ratio)",
         &[Type::INT8, Type::INT4, Type::DATE, Type::INT4, Type::INT4, Type::NUMERIC],
     )
@@ -244,16 +278,26 @@ async fn seed_shard(
             let room_type_id = index as i32 + 1;
             for (date, reserved) in dates.iter().zip(&reserved[index]) {
                 writer.as_mut().write(&[&hotel.hotel_id, &room_type_id, date, rooms, reserved, &ratio]).await?;
-                report.inventory_rows += 1;
+                rows += 1;
             }
         }
         reservations.extend(stays.into_iter().map(|stay| (hotel.hotel_id, stay)));
     }
     writer.finish().await?;
+    Ok((rows, reservations))
+}
 
+/// One confirmed `reservation` row per stay, with a random guest; returns the rows written.
+async fn copy_reservations(
+    tx: &tokio_postgres::Transaction<'_>,
+    reservations: &[(i64, Stay)],
+    spec: &SeedSpec,
+    dates: &[NaiveDate],
+) -> Result<u64> {
+    let mut rows = 0;
     let mut writer = pin!(
         copy_writer(
-            &tx,
+            tx,
             "reservation (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id, status)",
             &[Type::UUID, Type::INT8, Type::INT4, Type::DATE, Type::DATE, Type::INT8, Type::TEXT],
         )
@@ -261,18 +305,16 @@ async fn seed_shard(
     );
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed.wrapping_add(1));
     let now = Utc::now();
-    for (hotel_id, stay) in &reservations {
+    for (hotel_id, stay) in reservations {
         let id = Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, now.timestamp() as u64, rng.random()));
         let start = dates[stay.first as usize];
         let end = start + Days::new(stay.nights as u64);
         let guest_id: i64 = rng.random_range(1..10_000_000);
         writer.as_mut().write(&[&id, hotel_id, &stay.room_type_id, &start, &end, &guest_id, &"confirmed"]).await?;
-        report.reservations += 1;
+        rows += 1;
     }
     writer.finish().await?;
-    tx.commit().await.context("cannot commit the seeded data")?;
-    tx_analyze(client).await?;
-    Ok(report)
+    Ok(rows)
 }
 
 /// Fresh statistics, so that the planner picks index scans on the new data right away.

@@ -16,7 +16,10 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Receiver;
 
+use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
+use differential_dataflow::trace::implementations::ValSpine;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::worker::Worker;
@@ -24,7 +27,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 use super::answers::{Ask, Found, Hit};
-use super::rows::ViewRow;
+use super::rows::{Day, Stay, ViewRow};
 use crate::sources::postgres_cdc::Lsn;
 
 /// A question on its way into the dataflow.
@@ -112,108 +115,150 @@ fn advance<D: differential_dataflow::Data>(input: &mut InputSession<u64, D, isiz
 
 type Inputs = (InputSession<u64, ViewRow, isize>, InputSession<u64, (u64, Ask), isize>);
 
-/// The arrangements and the question joins.
+/// A collection of the dataflow, at ticks of the view's clock.
+type Updates<'s, D> = VecCollection<'s, u64, D, isize>;
+
+/// An arrangement by key: built once, shared by every question join that reads it.
+type ByKey<'s, K, V> = Arranged<'s, TraceAgent<ValSpine<K, V, u64, isize>>>;
+
+/// A question about a hotel: its id and the nights it asks about (`start..end`).
+type Question = (u64, Day, Day);
+
+/// Builds the dataflow: the view's rows arranged, the questions joined against them, the
+/// answers sent. Returns the two inputs (rows and questions).
 fn build(worker: &mut Worker, pending: Pending, shared: Arc<Shared>) -> Inputs {
     worker.dataflow::<u64, _, _>(|scope| {
         let (rows_input, rows) = scope.new_collection::<ViewRow, isize>();
         let (asks_input, asks) = scope.new_collection::<(u64, Ask), isize>();
-
-        // The view, arranged by hotel: a question reads only its hotels' part. A hotel's own row
-        // and its room types share one arrangement, so one look-up finds both.
-        let hotel_facts = rows
-            .clone()
-            .flat_map(|row| match row {
-                ViewRow::Hotel { hotel_id, .. } => Some((hotel_id, None)),
-                ViewRow::RoomType { hotel_id, room_type_id } => Some((hotel_id, Some(room_type_id))),
-                _ => None,
-            })
-            .arrange_by_key();
-        let hotels_by_city = rows
-            .clone()
-            .flat_map(|row| match row {
-                ViewRow::Hotel { hotel_id, city } => Some((city, hotel_id)),
-                _ => None,
-            })
-            .arrange_by_key();
-        let nights = rows
-            .clone()
-            .flat_map(|row| match row {
-                ViewRow::Night { hotel_id, night, room_type_id, free } => {
-                    Some(((hotel_id, night), (room_type_id, free)))
-                }
-                _ => None,
-            })
-            .arrange_by_key();
-        let reservations = rows
-            .flat_map(|row| match row {
-                ViewRow::Reservation { id, stay } => Some((id, stay)),
-                _ => None,
-            })
-            .arrange_by_key();
-
-        // The hotels each question is about: listed, or every hotel of a city.
-        let listed = asks.clone().flat_map(|(id, ask)| {
-            let (start, end) = (ask.start, ask.end);
-            ask.hotels.into_iter().map(move |hotel_id| (hotel_id, (id, start, end)))
-        });
-        let in_city = asks
-            .clone()
-            .flat_map(|(id, ask)| ask.city.map(|city| (city, (id, ask.start, ask.end))))
-            .arrange_by_key()
-            .join_core(hotels_by_city, |_city, &question, &hotel_id| Some((hotel_id, question)));
-        let asked = listed.concat(in_city);
-        let asked_by_hotel = asked.clone().arrange_by_key();
-
-        let hotel_hits = asked_by_hotel.join_core(hotel_facts, |&hotel_id, &(id, _, _), fact| match *fact {
-            None => Some((id, Hit::Hotel { hotel_id })),
-            Some(room_type_id) => Some((id, Hit::RoomType { hotel_id, room_type_id })),
-        });
-        let night_hits = asked
-            .flat_map(|(hotel_id, (id, start, end))| (start..end).map(move |night| ((hotel_id, night), id)))
-            .arrange_by_key()
-            .join_core(nights, |&(hotel_id, night), &id, &(room_type_id, free)| {
-                Some((id, Hit::Night { hotel_id, room_type_id, night, free }))
-            });
-        let reservation_hits = asks
-            .clone()
-            .flat_map(|(id, ask)| ask.reservation.map(|reservation| (reservation, id)))
-            .arrange_by_key()
-            .join_core(reservations, |_, &id, stay| Some((id, Hit::Reservation(stay.clone()))));
-
-        hotel_hits.concat(night_hits).concat(reservation_hits).inner.sink(
-            Exchange::new(|((id, _), _, _): &((u64, Hit), u64, isize)| *id),
-            "Answer",
-            {
-                // Hits not yet answered, by question id.
-                let mut hits: HashMap<u64, Vec<(Hit, u64, isize)>> = HashMap::new();
-                move |(input, frontier)| {
-                    let mut pending = pending.borrow_mut();
-                    input.for_each(|_capability, data| {
-                        for ((id, hit), time, diff) in data.drain(..) {
-                            // Hits of questions already answered are their retractions at `t + 1`.
-                            if pending.contains_key(&id) {
-                                hits.entry(id).or_default().push((hit, time, diff));
-                            }
-                        }
-                    });
-                    let ready: Vec<u64> = pending
-                        .iter()
-                        .filter(|(_, waiting)| !frontier.less_equal(&waiting.at))
-                        .map(|(id, _)| *id)
-                        .collect();
-                    for id in ready {
-                        let waiting = pending.remove(&id).expect("listed above");
-                        let mut found = gather(hits.remove(&id).unwrap_or_default(), waiting.at);
-                        for shard in waiting.shards {
-                            found.positions.insert(shard, shared.position_at(shard, waiting.at));
-                        }
-                        let _ = waiting.reply.send(found);
-                    }
-                }
-            },
-        );
+        let view = arrange(rows);
+        let asked = hotels_asked(asks.clone(), view.hotels_by_city);
+        let hotel_hits = hotel_hits(asked.clone(), view.hotel_facts);
+        let night_hits = night_hits(asked, view.nights);
+        let reservation_hits = reservation_hits(asks, view.reservations);
+        answer(hotel_hits.concat(night_hits).concat(reservation_hits), pending, shared);
         (rows_input, asks_input)
     })
+}
+
+/// The view's rows, arranged by hotel (a question reads only its hotels' part), by city and by
+/// reservation id.
+struct View<'s> {
+    /// A hotel's own row (`None`) and its room types share one arrangement, so one look-up finds both.
+    hotel_facts: ByKey<'s, i64, Option<i32>>,
+    hotels_by_city: ByKey<'s, String, i64>,
+    /// `(hotel_id, night)` to `(room_type_id, free)`.
+    nights: ByKey<'s, (i64, Day), (i32, i32)>,
+    reservations: ByKey<'s, u128, Stay>,
+}
+
+/// The four arrangements of the view, each from the rows of one kind.
+fn arrange(rows: Updates<'_, ViewRow>) -> View<'_> {
+    let hotel_facts = rows
+        .clone()
+        .flat_map(|row| match row {
+            ViewRow::Hotel { hotel_id, .. } => Some((hotel_id, None)),
+            ViewRow::RoomType { hotel_id, room_type_id } => Some((hotel_id, Some(room_type_id))),
+            _ => None,
+        })
+        .arrange_by_key();
+    let hotels_by_city = rows
+        .clone()
+        .flat_map(|row| match row {
+            ViewRow::Hotel { hotel_id, city } => Some((city, hotel_id)),
+            _ => None,
+        })
+        .arrange_by_key();
+    let nights = rows
+        .clone()
+        .flat_map(|row| match row {
+            ViewRow::Night { hotel_id, night, room_type_id, free } => Some(((hotel_id, night), (room_type_id, free))),
+            _ => None,
+        })
+        .arrange_by_key();
+    let reservations = rows
+        .flat_map(|row| match row {
+            ViewRow::Reservation { id, stay } => Some((id, stay)),
+            _ => None,
+        })
+        .arrange_by_key();
+    View { hotel_facts, hotels_by_city, nights, reservations }
+}
+
+/// The hotels each question is about: listed, or every hotel of a city.
+fn hotels_asked<'s>(
+    asks: Updates<'s, (u64, Ask)>,
+    hotels_by_city: ByKey<'s, String, i64>,
+) -> Updates<'s, (i64, Question)> {
+    let listed = asks.clone().flat_map(|(id, ask)| {
+        let (start, end) = (ask.start, ask.end);
+        ask.hotels.into_iter().map(move |hotel_id| (hotel_id, (id, start, end)))
+    });
+    let in_city = asks
+        .flat_map(|(id, ask)| ask.city.map(|city| (city, (id, ask.start, ask.end))))
+        .arrange_by_key()
+        .join_core(hotels_by_city, |_city, &question, &hotel_id| Some((hotel_id, question)));
+    listed.concat(in_city)
+}
+
+/// Each asked hotel's own row and its room types.
+fn hotel_hits<'s>(
+    asked: Updates<'s, (i64, Question)>,
+    hotel_facts: ByKey<'s, i64, Option<i32>>,
+) -> Updates<'s, (u64, Hit)> {
+    asked.arrange_by_key().join_core(hotel_facts, |&hotel_id, &(id, _, _), fact| match *fact {
+        None => Some((id, Hit::Hotel { hotel_id })),
+        Some(room_type_id) => Some((id, Hit::RoomType { hotel_id, room_type_id })),
+    })
+}
+
+/// Every night asked of each asked hotel, per room type.
+fn night_hits<'s>(
+    asked: Updates<'s, (i64, Question)>,
+    nights: ByKey<'s, (i64, Day), (i32, i32)>,
+) -> Updates<'s, (u64, Hit)> {
+    asked
+        .flat_map(|(hotel_id, (id, start, end))| (start..end).map(move |night| ((hotel_id, night), id)))
+        .arrange_by_key()
+        .join_core(nights, |&(hotel_id, night), &id, &(room_type_id, free)| {
+            Some((id, Hit::Night { hotel_id, room_type_id, night, free }))
+        })
+}
+
+/// The reservation a question asks about, if any.
+fn reservation_hits<'s>(asks: Updates<'s, (u64, Ask)>, reservations: ByKey<'s, u128, Stay>) -> Updates<'s, (u64, Hit)> {
+    asks.flat_map(|(id, ask)| ask.reservation.map(|reservation| (reservation, id)))
+        .arrange_by_key()
+        .join_core(reservations, |_, &id, stay| Some((id, Hit::Reservation(stay.clone()))))
+}
+
+/// The `Answer` sink: hits go to the worker that holds their question, and a question is
+/// answered once the frontier has passed the time it entered at.
+fn answer(hits: Updates<'_, (u64, Hit)>, pending: Pending, shared: Arc<Shared>) {
+    hits.inner.sink(Exchange::new(|((id, _), _, _): &((u64, Hit), u64, isize)| *id), "Answer", {
+        // Hits not yet answered, by question id.
+        let mut hits: HashMap<u64, Vec<(Hit, u64, isize)>> = HashMap::new();
+        move |(input, frontier)| {
+            let mut pending = pending.borrow_mut();
+            input.for_each(|_capability, data| {
+                for ((id, hit), time, diff) in data.drain(..) {
+                    // Hits of questions already answered are their retractions at `t + 1`.
+                    if pending.contains_key(&id) {
+                        hits.entry(id).or_default().push((hit, time, diff));
+                    }
+                }
+            });
+            let ready: Vec<u64> =
+                pending.iter().filter(|(_, waiting)| !frontier.less_equal(&waiting.at)).map(|(id, _)| *id).collect();
+            for id in ready {
+                let waiting = pending.remove(&id).expect("listed above");
+                let mut found = gather(hits.remove(&id).unwrap_or_default(), waiting.at);
+                for shard in waiting.shards {
+                    found.positions.insert(shard, shared.position_at(shard, waiting.at));
+                }
+                let _ = waiting.reply.send(found);
+            }
+        }
+    });
 }
 
 /// The answer to a question that entered at `at`: its hits at exactly that time.
