@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::toml_file;
+
 /// The whole `workers.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,17 +65,14 @@ pub struct PostgresConfig {
 impl WorkersConfig {
     /// Reads and checks `path`, then applies the environment overrides.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
-        let mut config = Self::parse(&text, path)?;
+        let mut config = Self::parse(&toml_file::read(path, "config file")?, path)?;
         config.apply_env();
         Ok(config)
     }
 
     /// Parses the text of a config file; `path` only names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let mut config: WorkersConfig =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))?;
+        let mut config: WorkersConfig = toml_file::parse(text, path)?;
         config.path = path.to_path_buf();
         config.validate()?;
         Ok(config)

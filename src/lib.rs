@@ -10,3 +10,4 @@ pub mod duration;
 pub mod rooms;
 pub mod sinks;
 pub mod sources;
+pub mod toml_file;

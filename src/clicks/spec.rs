@@ -12,10 +12,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use crate::duration::{format_duration_ms, parse_duration_ms};
+use crate::toml_file;
 
 pub use super::event::Field;
 
@@ -101,16 +102,12 @@ pub struct DataflowSpec {
 impl DataflowSpec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read dataflow spec {}", path.display()))?;
-        Self::parse(&text, path)
+        Self::parse(&toml_file::read(path, "dataflow spec")?, path)
     }
 
     /// Parses and validates spec text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawSpec =
-            toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        compile(raw, path).map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e))
+        toml_file::compile(text, path, compile)
     }
 
     /// The node called `name`.

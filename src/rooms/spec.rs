@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::Result;
 use serde::Deserialize;
 
 use crate::duration::parse_duration_ms;
+use crate::toml_file;
 
 /// The tables the view reads, each needing `REPLICA IDENTITY FULL` (the migrations set it).
 pub const VIEW_TABLES: [&str; 4] = ["hotel", "room_type", "room_type_inventory", "reservation"];
@@ -56,16 +57,12 @@ struct RawQueries {
 impl RoomsSpec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read dataflow spec {}", path.display()))?;
-        Self::parse(&text, path)
+        Self::parse(&toml_file::read(path, "dataflow spec")?, path)
     }
 
     /// Parses and validates spec text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let raw: RawSpec =
-            toml::from_str(text).map_err(|e| anyhow!("{}: {}", path.display(), e.to_string().trim_end()))?;
-        compile(raw, path).map_err(|problem| anyhow!("{}: {problem}", path.display()))
+        toml_file::compile(text, path, compile)
     }
 }
 
