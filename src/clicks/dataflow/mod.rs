@@ -48,15 +48,18 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Inspect;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input as TimelyInput, Probe};
-use timely::dataflow::{InputHandle, ProbeHandle, Scope};
+use timely::dataflow::{InputHandle, ProbeHandle, Scope, StreamVec};
 use timely::worker::Worker;
 
 use super::event::ClickEvent;
 use super::time::Clock;
 use crate::clicks::spec::{DataflowSpec, Field, Op, SinkInput, SlidingWindow};
+use crate::sinks::Rows;
 use consolidate_by_ad::ConsolidateByAd;
 use schemas::{count_row, late_row, ranked_row, rejected_row};
-use sink::{Group, SinkTarget, append_sink, sink_by_group};
+use sink::{Group, SinkTarget, append_sink};
+use sink_changes::sink_changes;
+use sink_final::{final_parts, sink_final};
 use top_n::TopN;
 
 /// A count's group: (pane start, ad_id, the value of the second `group_by` field or 0).
@@ -315,4 +318,23 @@ impl<'a> Wiring<'a> {
 /// share a residue (window starts are multiples of the slide) would all land on one worker.
 fn exchange_hash(value: u64) -> u64 {
     value.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32
+}
+
+/// Writes a stream's records as rows, by group (pane or window): with `Emit::Final`, each
+/// group's rows once, in (close, group, record) order, when no update for it can come any more;
+/// with `Emit::Changes`, the rows whose value changed, whenever the frontier has passed the
+/// group's completion time. `route` says which worker holds a record's updates.
+fn sink_by_group<'s, D>(
+    stream: StreamVec<'s, u64, (D, u64, isize)>,
+    target: &SinkTarget,
+    group_of: impl Fn(&D) -> Group + 'static,
+    route: impl Fn(&D) -> u64 + 'static,
+    to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
+) where
+    D: differential_dataflow::ExchangeData,
+{
+    match target.emit {
+        Emit::Final => sink_final(final_parts(stream, target.name, group_of, route), target, to_row),
+        Emit::Changes { restored } => sink_changes(stream, target, restored, group_of, to_row),
+    }
 }

@@ -1,7 +1,7 @@
 //! The sinks' shared parts: worker 0's sinks (`SinkSet`), where and when a spec sink's rows
 //! go (`SinkTarget`, `Emit`), the sink operator every sink runs in (`written_below_frontier`),
-//! the round-timed append sink of the late and rejected records, and `sink_by_group`, which
-//! picks the final or the changes sink of a count or ranking.
+//! and the round-timed append sink of the late and rejected records. `sink_final.rs` and
+//! `sink_changes.rs` build on these; `mod.rs` picks one of them per sink (`sink_by_group`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,8 +13,6 @@ use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::{ProbeHandle, StreamVec};
 
-use super::sink_changes::sink_changes;
-use super::sink_final::{final_parts, sink_final};
 use crate::sinks::{Rows, Sink, TableSchema};
 
 /// When a sink receives the rows of a pane or window.
@@ -63,25 +61,6 @@ pub(super) struct Group {
     pub(super) complete: u64,
     /// When the watermark reaches this, the group is final and its state dropped.
     pub(super) close: u64,
-}
-
-/// Writes a stream's records as rows, by group (pane or window): with `Emit::Final`, each
-/// group's rows once, in (close, group, record) order, when no update for it can come any more;
-/// with `Emit::Changes`, the rows whose value changed, whenever the frontier has passed the
-/// group's completion time. `route` says which worker holds a record's updates.
-pub(super) fn sink_by_group<'s, D>(
-    stream: StreamVec<'s, u64, (D, u64, isize)>,
-    target: &SinkTarget,
-    group_of: impl Fn(&D) -> Group + 'static,
-    route: impl Fn(&D) -> u64 + 'static,
-    to_row: impl FnMut(&D, isize, &mut Rows) + 'static,
-) where
-    D: differential_dataflow::ExchangeData,
-{
-    match target.emit {
-        Emit::Final => sink_final(final_parts(stream, target.name, group_of, route), target, to_row),
-        Emit::Changes { restored } => sink_changes(stream, target, restored, group_of, to_row),
-    }
 }
 
 /// Where the rows of a spec sink go, and when.
