@@ -1,5 +1,5 @@
 //! Kafka plumbing shared by `clickstay produce` and the streaming job: client settings, the
-//! topic, the wire format, and a bare consumer that measures what the broker can deliver.
+//! topic and the wire format.
 //!
 //! # Wire format
 //!
@@ -13,11 +13,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{Client, ClientContext, DefaultClientContext};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use crate::clicks::event::ClickEvent;
 use crate::config::KafkaConfig;
@@ -120,43 +119,6 @@ pub fn ensure_topic(kafka: &KafkaConfig) -> Result<()> {
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
-}
-
-/// Reads the topic of `kafka` from offset 0 of every partition without a consumer group
-/// (assign, no commits) until `expected` messages have arrived, and returns how many arrived
-/// and the seconds from the assignment to the last one: the ceiling any consumer of this broker
-/// can reach. Counts messages instead of comparing with high watermarks, which some brokers
-/// (tansu) report too low. Fails when `timeout` passes first.
-pub fn bare_consume(kafka: &KafkaConfig, expected: u64, timeout: Duration) -> Result<(u64, f64)> {
-    let topic = kafka.topic.as_str();
-    let consumer: BaseConsumer = client_config(kafka)
-        .set("group.id", "clickstay-bare-consume")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.max.bytes", "52428800")
-        .set("max.partition.fetch.bytes", "10485760")
-        .create()
-        .context("cannot create a Kafka consumer")?;
-    let partitions = partition_count(consumer.client(), topic)?
-        .with_context(|| format!("Kafka topic `{topic}` does not exist on {}", kafka.brokers))?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition, Offset::Offset(0))?;
-    }
-    consumer.assign(&assignment).with_context(|| format!("cannot assign the partitions of `{topic}`"))?;
-    let started = Instant::now();
-    let mut count = 0;
-    while count < expected {
-        if started.elapsed() > timeout {
-            bail!("bare consume of `{topic}`: {count} of {expected} messages after {timeout:?}");
-        }
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(_)) => count += 1,
-            Some(Err(error)) => tracing::warn!(topic, "bare consume: {error}"),
-            None => {}
-        }
-    }
-    Ok((count, started.elapsed().as_secs_f64()))
 }
 
 #[cfg(test)]
