@@ -15,6 +15,9 @@
 //!   the number of panes.
 //! - `CLICKSTAY_BENCH_RUNS`: replays per configuration (best time, largest RSS), default 1
 
+#[path = "common/rusage.rs"]
+mod rusage;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -146,21 +149,11 @@ fn replay(spec: &Path, input: &Path, threads: u64) -> Result<Measurement> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start clickstay replay")?;
-    let (status, peak_rss_kib) = wait_with_rusage(child.id())?;
+    let (status, peak_rss_kib) = rusage::wait4(child.id(), true)?.context("wait4 returned before the replay exited")?;
     let wall = started.elapsed();
     if status != 0 {
         bail!("clickstay replay of {} with -w {threads} failed (wait status {status})", input.display());
     }
     let summary = std::fs::read_to_string(&stdout_path)?.trim().to_string();
     Ok(Measurement { wall, peak_rss_kib, summary })
-}
-
-/// Waits for the child `pid`; returns its wait status and peak resident set size in KiB.
-fn wait_with_rusage(pid: u32) -> Result<(i32, i64)> {
-    let mut status = 0;
-    // SAFETY: rusage is plain data that wait4 fills in; pid is our own child, not yet reaped.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let reaped = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    ensure!(reaped == pid as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
-    Ok((status, usage.ru_maxrss))
 }

@@ -6,7 +6,7 @@
 //!    `postgres://postgres@127.0.0.1:PORT/postgres`) when set, else started here with
 //!    `scripts/broker.sh` / `scripts/postgres.sh` and stopped at the end.
 //! 2. Throughput: `CLICKSTAY_BENCH_STREAM_EVENTS` events (default 10,000,000) are produced
-//!    unpaced to a fresh 8-partition topic; then a bare consumer (`kafka::bare_consume`) reads
+//!    unpaced to a fresh 8-partition topic; then a bare consumer (`bare_consume` of `tests/common/broker.rs`) reads
 //!    them all (the ceiling), then `clickstay run -w 2 --exit-when-idle 2` aggregates them. The
 //!    job's time is from its start until `source_offsets` (polled every 50 ms) has committed
 //!    every event, so the 2 s idle wait before it exits is not counted. Peak RSS is the job's
@@ -23,6 +23,13 @@
 //! starting the broker and Postgres): producing 10M ~12 s, bare consumer ~5 s, job ~15 s,
 //! latency run ~30 s. Smaller sizes (e.g. `CLICKSTAY_BENCH_STREAM_EVENTS=2000000`) work too.
 
+#[path = "../tests/common/broker.rs"]
+mod broker;
+#[path = "common/rusage.rs"]
+mod rusage;
+#[path = "../tests/common/scripts.rs"]
+mod scripts;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,6 +39,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use clickstay::config::KafkaConfig;
 use postgres::{Client, NoTls};
+use scripts::run_script;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
@@ -101,7 +109,7 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
     let produce_rate = events as f64 / started.elapsed().as_secs_f64();
 
     eprintln!("bare consumer");
-    let (messages, bare_seconds) = clickstay::sources::kafka::bare_consume(&kafka, events, Duration::from_secs(1800))?;
+    let (messages, bare_seconds) = broker::bare_consume(&kafka, events, Duration::from_secs(1800))?;
     let bare_rate = messages as f64 / bare_seconds;
     eprintln!("bare consumer: {messages} messages in {bare_seconds:.2} s ({bare_rate:.0}/s)");
 
@@ -112,7 +120,7 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
     eprintln!("job (log in {})", log.display());
     let started = Instant::now();
     let child = services.spawn_job(&spec, &config, &archive, &log, &["--exit-when-idle", "2"])?;
-    let pid = child.id() as libc::pid_t;
+    let pid = child.id();
     let mut committed_at = None;
     let mut last_progress = Instant::now();
     let mut committed = 0;
@@ -133,7 +141,7 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
                 );
             }
         }
-        if let Some(exited) = try_wait4(pid, committed_at.is_some())? {
+        if let Some(exited) = rusage::wait4(pid, committed_at.is_some())? {
             break exited;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -211,20 +219,7 @@ fn measure_latency(
     log: &Path,
 ) -> Result<Latency> {
     let mut pg = connect(db)?;
-    // Ready when its tables are there (it creates them at start-up), plus a little slack.
-    let waiting = Instant::now();
-    loop {
-        if let Some(status) = job.try_wait()? {
-            bail!("the latency job exited early ({status}); its log ends:\n{}", log_tail(log));
-        }
-        let ready: bool = pg.query_one("SELECT to_regclass('ad_click_counts') IS NOT NULL", &[])?.get(0);
-        if ready {
-            break;
-        }
-        ensure!(waiting.elapsed() < Duration::from_secs(60), "the latency job did not create its tables in 60 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until_ready(job, &mut pg, log)?;
 
     let events = rate * seconds;
     let start_ms = now_ms() as u64;
@@ -289,6 +284,25 @@ fn measure_latency(
     })
 }
 
+/// Waits until the job is ready: its tables are there (it creates them at start-up), plus a
+/// little slack.
+fn wait_until_ready(job: &mut Child, pg: &mut Client, log: &Path) -> Result<()> {
+    let waiting = Instant::now();
+    loop {
+        if let Some(status) = job.try_wait()? {
+            bail!("the latency job exited early ({status}); its log ends:\n{}", log_tail(log));
+        }
+        let ready: bool = pg.query_one("SELECT to_regclass('ad_click_counts') IS NOT NULL", &[])?.get(0);
+        if ready {
+            break;
+        }
+        ensure!(waiting.elapsed() < Duration::from_secs(60), "the latency job did not create its tables in 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(())
+}
+
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
@@ -299,8 +313,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Services {
     brokers: String,
     pg_base: String,
-    broker_dir: Option<PathBuf>,
-    pg_dir: Option<PathBuf>,
+    broker_dir: Option<String>,
+    pg_dir: Option<String>,
 }
 
 impl Services {
@@ -310,16 +324,16 @@ impl Services {
         match std::env::var("CLICKSTAY_KAFKA_BROKERS") {
             Ok(brokers) => services.brokers = brokers.trim().to_string(),
             Err(_) => {
-                let dir = PathBuf::from(format!("/tmp/clickstay-bench-stream-broker-{tag}"));
-                services.brokers = script("broker.sh", &["start"], &dir)?;
+                let dir = format!("/tmp/clickstay-bench-stream-broker-{tag}");
+                services.brokers = run_script("broker.sh", &["start", &dir], Stdio::inherit())?;
                 services.broker_dir = Some(dir);
             }
         }
         match std::env::var("CLICKSTAY_TEST_PG") {
             Ok(url) => services.pg_base = url.trim().to_string(),
             Err(_) => {
-                let dir = PathBuf::from(format!("/tmp/clickstay-bench-stream-pg-{tag}"));
-                services.pg_base = script("postgres.sh", &["start"], &dir)?;
+                let dir = format!("/tmp/clickstay-bench-stream-pg-{tag}");
+                services.pg_base = run_script("postgres.sh", &["start", &dir], Stdio::inherit())?;
                 services.pg_dir = Some(dir);
             }
         }
@@ -363,25 +377,12 @@ impl Services {
 impl Drop for Services {
     fn drop(&mut self) {
         if let Some(dir) = self.broker_dir.take() {
-            let _ = script("broker.sh", &["stop"], &dir);
+            let _ = run_script("broker.sh", &["stop", &dir], Stdio::inherit());
         }
         if let Some(dir) = self.pg_dir.take() {
-            let _ = script("postgres.sh", &["stop"], &dir);
+            let _ = run_script("postgres.sh", &["stop", &dir], Stdio::inherit());
         }
     }
-}
-
-/// Runs `scripts/NAME ARGS DIR`; its one line of stdout.
-fn script(name: &str, args: &[&str], dir: &Path) -> Result<String> {
-    let path = Path::new(MANIFEST_DIR).join("scripts").join(name);
-    let output = Command::new(&path)
-        .args(args)
-        .arg(dir)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("cannot run {}", path.display()))?;
-    ensure!(output.status.success(), "{name} {} failed: {}", args.join(" "), output.status);
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }
 
 fn write_config(work: &Path, name: &str, kafka: &KafkaConfig, db: &str) -> Result<PathBuf> {
@@ -403,21 +404,6 @@ fn committed_offsets(pg: &mut Client) -> u64 {
     match pg.query_one("SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets", &[]) {
         Ok(row) => row.get::<_, i64>(0) as u64,
         Err(_) => 0,
-    }
-}
-
-/// `wait4` on the child: its wait status and peak RSS (KiB) once it has exited.
-fn try_wait4(pid: libc::pid_t, block: bool) -> Result<Option<(i32, i64)>> {
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 writes it.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let options = if block { 0 } else { libc::WNOHANG };
-    // SAFETY: pid is our child; status and usage point to live locals.
-    let got = unsafe { libc::wait4(pid, &mut status, options, &mut usage) };
-    match got {
-        0 => Ok(None),
-        -1 => Err(std::io::Error::last_os_error()).context("wait4"),
-        _ => Ok(Some((status, usage.ru_maxrss))),
     }
 }
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark of the reservation path: a durable throwaway PostgreSQL (fsync on), two shards,
-# a seeded inventory, then `clickstay rooms bench` (HTTP vs pgbench ceiling, both workloads,
+# a seeded inventory, then `cargo bench --bench rooms` (HTTP vs pgbench ceiling, both workloads,
 # the concurrency-control comparison and the audit). Stops the server at the end.
 #
-#   scripts/bench-rooms.sh [--hotels N] [--rooms N] [--days N] [any `clickstay rooms bench` flag...]
+#   scripts/bench-rooms.sh [--hotels N] [--rooms N] [--days N] [any flag of the bench...]
+#
+# The bench's flags: `cargo bench --bench rooms -- --help`.
 #
 # Defaults: the full 5,000-hotel / 1,000,000-room / 365-night inventory. A quick run:
 #   scripts/bench-rooms.sh --hotels 500 --rooms 100000 --days 60 --seconds 5
@@ -30,7 +32,8 @@ shard1=$(scripts/postgres.sh createdb "rooms_bench1_$suffix")
 export CLICKSTAY_HOTEL_SHARDS="$shard0,$shard1"
 
 cargo build --release --quiet
+cargo bench --quiet --bench rooms --no-run   # built before the seeding: a build error stops here
 bin=target/release/clickstay
 $bin rooms migrate
 $bin rooms seed --hotels "$hotels" --rooms "$rooms" --days "$days"
-$bin rooms bench --strategies "${bench_args[@]}"
+cargo bench --quiet --bench rooms -- --strategies "${bench_args[@]}"

@@ -4,6 +4,8 @@
 
 #[path = "common/broker.rs"]
 mod broker;
+#[path = "common/scripts.rs"]
+mod scripts;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -115,7 +117,7 @@ fn generated_events_arrive_once_in_the_wire_format_keyed_and_partitioned_by_ad()
     let summary = produce_ok(&config, &[&["--events", &EVENTS.to_string()][..], &options].concat());
     assert!(summary.contains(&format!("sent {EVENTS} messages")), "{summary}");
 
-    let (count, seconds) = clickstay::sources::kafka::bare_consume(&kafka, EVENTS, Duration::from_secs(60)).unwrap();
+    let (count, seconds) = broker::bare_consume(&kafka, EVENTS, Duration::from_secs(60)).unwrap();
     assert_eq!(count, EVENTS);
     assert!(seconds > 0.0);
 
@@ -229,6 +231,6 @@ fn throughput() {
     let kafka = broker::kafka_config(&broker::fresh_topic("throughput"), 8);
     let config = broker::workers_toml(dir.path(), &kafka);
     println!("{}", produce_ok(&config, &["--events", &EVENTS.to_string()]).trim());
-    let (count, seconds) = clickstay::sources::kafka::bare_consume(&kafka, EVENTS, Duration::from_secs(120)).unwrap();
+    let (count, seconds) = broker::bare_consume(&kafka, EVENTS, Duration::from_secs(120)).unwrap();
     println!("bare consume: {count} messages in {seconds:.2} s ({:.0} messages/s)", count as f64 / seconds);
 }

@@ -10,6 +10,8 @@
 mod hotels;
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/scripts.rs"]
+mod scripts;
 
 use chrono::{Days, NaiveDate};
 use clickstay::rooms::shards::Shards;

@@ -4,6 +4,8 @@
 
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/scripts.rs"]
+mod scripts;
 
 use chrono::NaiveDate;
 use clickstay::rooms::seed::{self, SeedSpec, room_type_count};

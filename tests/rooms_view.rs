@@ -7,6 +7,8 @@
 mod hotels;
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/scripts.rs"]
+mod scripts;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

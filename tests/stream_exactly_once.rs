@@ -7,6 +7,8 @@
 mod broker;
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/scripts.rs"]
+mod scripts;
 #[path = "common/stream.rs"]
 mod stream;
 

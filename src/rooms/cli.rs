@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::shards::{DEFAULT_POOL_SIZE, Shards};
 use super::view::RoomsView;
-use super::{audit, bench, migrate, seed, server};
+use super::{audit, migrate, seed, server};
 use crate::rooms::spec::RoomsSpec;
 
 /// Hotel reservation commands. Each reads the hotel shards from `[postgres] shards` in the
@@ -27,11 +27,6 @@ pub enum RoomsCommand {
     /// Check the invariants on every shard: no night oversold, and every night's
     /// total_reserved equal to the confirmed reservations covering it.
     Check(ConfigArg),
-    /// Benchmark the booking path over HTTP against pgbench running the same SQL transaction.
-    Bench(bench::BenchArgs),
-    /// Benchmark the availability view: questions answered from the view against the same
-    /// question in SQL, and the lag from a booking's commit to the view reflecting it.
-    BenchView(bench::view::ViewBenchArgs),
 }
 
 /// `--config`: where the shards are listed.
@@ -109,8 +104,6 @@ pub fn run(command: RoomsCommand) -> Result<()> {
                 server::serve(args.listen, shards, view).await
             }
             RoomsCommand::Check(config) => run_check(config).await,
-            RoomsCommand::Bench(args) => bench::run(args).await,
-            RoomsCommand::BenchView(args) => bench::view::run(args).await,
         }
     })
 }

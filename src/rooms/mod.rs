@@ -6,7 +6,6 @@
 
 pub mod api;
 pub mod audit;
-pub mod bench;
 pub mod booking;
 pub mod cli;
 pub mod id_lookup;

@@ -5,18 +5,24 @@
 //! per test binary (idempotent, so all binaries share one broker), and plain `cargo test` works
 //! on a developer machine; that broker is left running (`scripts/broker.sh stop
 //! /tmp/clickstay-test-broker` stops it). Every test uses its own topic ([`fresh_topic`]), so
-//! tests run in parallel and can be re-run without cleaning up.
+//! tests run in parallel and can be re-run without cleaning up. [`bare_consume`] reads a topic
+//! as fast as the broker delivers it (tests, and the ceiling of `benches/stream.rs`).
 //!
-//! Include it with `#[path = "common/broker.rs"] mod broker;`.
+//! Include it with `#[path = "common/broker.rs"] mod broker;` next to `#[path =
+//! "common/scripts.rs"] mod scripts;` (from a benchmark: `../tests/common/...`).
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use anyhow::{Context, Result, bail};
 use clickstay::config::KafkaConfig;
+use clickstay::sources::kafka::{client_config, partition_count};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 
 /// The broker's own directory when this helper starts one.
 const TEST_BROKER_DIR: &str = "/tmp/clickstay-test-broker";
@@ -29,15 +35,8 @@ pub fn brokers() -> String {
             if let Ok(brokers) = std::env::var("CLICKSTAY_KAFKA_BROKERS") {
                 return brokers.trim().to_string();
             }
-            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/broker.sh");
-            let output =
-                Command::new(script).args(["start", TEST_BROKER_DIR]).output().expect("cannot run scripts/broker.sh");
-            assert!(
-                output.status.success(),
-                "scripts/broker.sh start failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            String::from_utf8(output.stdout).expect("bootstrap servers are not UTF-8").trim().to_string()
+            super::scripts::run_script("broker.sh", &["start", TEST_BROKER_DIR], Stdio::piped())
+                .unwrap_or_else(|error| panic!("{error:#}"))
         })
         .clone()
 }
@@ -63,4 +62,41 @@ pub fn workers_toml(dir: &Path, kafka: &KafkaConfig) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Reads the topic of `kafka` from offset 0 of every partition without a consumer group
+/// (assign, no commits) until `expected` messages have arrived, and returns how many arrived
+/// and the seconds from the assignment to the last one: the ceiling any consumer of this broker
+/// can reach. Counts messages instead of comparing with high watermarks, which some brokers
+/// (tansu) report too low. Fails when `timeout` passes first.
+pub fn bare_consume(kafka: &KafkaConfig, expected: u64, timeout: Duration) -> Result<(u64, f64)> {
+    let topic = kafka.topic.as_str();
+    let consumer: BaseConsumer = client_config(kafka)
+        .set("group.id", "clickstay-bare-consume")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.max.bytes", "52428800")
+        .set("max.partition.fetch.bytes", "10485760")
+        .create()
+        .context("cannot create a Kafka consumer")?;
+    let partitions = partition_count(consumer.client(), topic)?
+        .with_context(|| format!("Kafka topic `{topic}` does not exist on {}", kafka.brokers))?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment.add_partition_offset(topic, partition, Offset::Offset(0))?;
+    }
+    consumer.assign(&assignment).with_context(|| format!("cannot assign the partitions of `{topic}`"))?;
+    let started = Instant::now();
+    let mut count = 0;
+    while count < expected {
+        if started.elapsed() > timeout {
+            bail!("bare consume of `{topic}`: {count} of {expected} messages after {timeout:?}");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(_)) => count += 1,
+            Some(Err(error)) => tracing::warn!(topic, "bare consume: {error}"),
+            None => {}
+        }
+    }
+    Ok((count, started.elapsed().as_secs_f64()))
 }

@@ -6,10 +6,11 @@
 //! developer machine. Every call to [`fresh_database`] creates a new, uniquely named database,
 //! so tests run in parallel and can be re-run without cleaning up.
 //!
-//! Include it with `#[path = "common/pg.rs"] mod pg;`.
+//! Include it with `#[path = "common/pg.rs"] mod pg;` next to `#[path = "common/scripts.rs"]
+//! mod scripts;`.
 #![allow(dead_code)]
 
-use std::process::Command;
+use std::process::Stdio;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,14 +22,8 @@ pub fn base_url() -> String {
         if let Ok(url) = std::env::var("CLICKSTAY_TEST_PG") {
             return url.trim().to_string();
         }
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres.sh");
-        let output = Command::new(script).arg("start").output().expect("cannot run scripts/postgres.sh");
-        assert!(
-            output.status.success(),
-            "scripts/postgres.sh start failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("URL is not UTF-8").trim().to_string()
+        super::scripts::run_script("postgres.sh", &["start"], Stdio::piped())
+            .unwrap_or_else(|error| panic!("{error:#}"))
     })
     .clone()
 }

@@ -1,4 +1,4 @@
-//! The ceiling: pgbench running the booking transaction of [`crate::rooms::booking`] straight
+//! The ceiling: pgbench running the booking transaction of [`clickstay::rooms::booking`] straight
 //! against PostgreSQL, one pgbench process per shard, with the same stays as the HTTP clients.
 //!
 //! The script is made from [`RESERVE_SQL`] itself, so the SQL cannot drift: each `$n` becomes
@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use super::stats::RunStats;
-use super::workload::Workload;
-use crate::rooms::booking::RESERVE_SQL;
+use clickstay::rooms::booking::RESERVE_SQL;
+
+use crate::common::stats::RunStats;
+use crate::common::workload::Workload;
 
 /// pgbench expressions for the statement's parameters, in order `$1`..`$6`.
 const PARAMETERS: [(&str, &str); 6] = [

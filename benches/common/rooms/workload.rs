@@ -1,14 +1,14 @@
 //! What the benchmark books: the same random stays for the HTTP clients and for pgbench.
 //!
 //! A stay is a hotel, one of its room types (seeded hotels have `2 + h % 4`, see
-//! [`crate::rooms::seed::room_type_count`]), a first night and 1 to `max_nights` nights inside
+//! [`clickstay::rooms::seed::room_type_count`]), a first night and 1 to `max_nights` nights inside
 //! the seeded range. Under hot-hotel skew, `hot_percent` of each shard's requests go to that
 //! shard's first hotel; the rest are uniform over the shard's hotels.
 
 use chrono::{Days, NaiveDate};
 use rand::RngExt;
 
-use crate::rooms::seed::room_type_count;
+use clickstay::rooms::seed::room_type_count;
 
 /// The request mix of one benchmark run.
 #[derive(Debug, Clone)]

@@ -1,6 +1,10 @@
-//! `clickstay rooms bench-view`: availability questions answered from the view against the same
-//! question asked in SQL (in-process, and over HTTP through two servers), then the lag from a
-//! booking's commit to the view answering with it, at a fixed booking rate.
+//! The availability-view benchmark: `cargo bench --bench rooms_view -- [FLAGS]` (`-- --help`
+//! lists them). Availability questions answered from the view against the same question asked
+//! in SQL (in-process, and over HTTP through two servers), then the lag from a booking's commit
+//! to the view answering with it, at a fixed booking rate.
+
+#[path = "common/rooms/mod.rs"]
+mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,27 +12,32 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Args;
+use clap::Parser;
+use clickstay::rooms::booking::{self, Outcome};
+use clickstay::rooms::cli::ConfigArg;
+use clickstay::rooms::model::ReservationRequest;
+use clickstay::rooms::shards::{DEFAULT_POOL_SIZE, Shards};
+use clickstay::rooms::spec::RoomsSpec;
+use clickstay::rooms::view::RoomsView;
+use clickstay::rooms::view::answers::Ask;
+use clickstay::rooms::view::committer::Committer;
+use clickstay::rooms::view::rows::day_of;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use super::stats::RunStats;
-use super::workload::Workload;
-use super::{discover, http_load};
-use crate::rooms::booking::{self, Outcome};
-use crate::rooms::cli::ConfigArg;
-use crate::rooms::model::ReservationRequest;
-use crate::rooms::server;
-use crate::rooms::shards::{DEFAULT_POOL_SIZE, Shards};
-use crate::rooms::spec::RoomsSpec;
-use crate::rooms::view::RoomsView;
-use crate::rooms::view::answers::Ask;
-use crate::rooms::view::committer::Committer;
-use crate::rooms::view::rows::day_of;
+use common::stats::RunStats;
+use common::workload::{Stay, Workload};
+use common::{discover, http_load, serve};
 
-#[derive(Args, Debug)]
+/// Benchmark the availability view: questions answered from the view against the same
+/// question in SQL, and the lag from a booking's commit to the view reflecting it.
+///
+/// Reads the hotel shards like `clickstay rooms` does (`--config`, or CLICKSTAY_HOTEL_SHARDS,
+/// comma-separated URLs); they must be migrated and seeded (`clickstay rooms migrate`, `clickstay
+/// rooms seed`) on a server ready for logical decoding (`scripts/postgres.sh` sets it up).
+#[derive(Parser, Debug)]
+#[command(bin_name = "cargo bench --bench rooms_view --")]
 pub struct ViewBenchArgs {
     #[command(flatten)]
     pub config: ConfigArg,
@@ -53,12 +62,17 @@ pub struct ViewBenchArgs {
     /// Database connections per shard.
     #[arg(long, default_value_t = DEFAULT_POOL_SIZE)]
     pub pool_size: usize,
+    #[command(flatten)]
+    _cargo: common::CargoBenchFlag,
+}
+
+fn main() -> Result<()> {
+    common::block_on(run(ViewBenchArgs::parse()))
 }
 
 /// Runs the benchmark and prints its figures on stdout.
-pub async fn run(args: ViewBenchArgs) -> Result<()> {
-    let shards = Shards::from_config(args.config.config.as_deref(), args.pool_size)?;
-    let (hotels, first_night, days) = discover(&shards).await?;
+async fn run(args: ViewBenchArgs) -> Result<()> {
+    let (shards, hotels, first_night, days) = discover(&args.config, args.pool_size).await?;
     let workload = Workload {
         name: "uniform",
         hotels,
@@ -82,6 +96,30 @@ pub async fn run(args: ViewBenchArgs) -> Result<()> {
         args.workers
     );
     let duration = Duration::from_secs(args.seconds);
+    query_runs(&args, &view, &shards, &workload, duration).await?;
+
+    let (mut lags, confirmed, elapsed) = lag_run(&view, &shards, &workload, args.rate, duration).await?;
+    let mut lag = RunStats { latencies_us: std::mem::take(&mut lags), ..RunStats::default() };
+    println!(
+        "commit to view: {confirmed} bookings confirmed at {:.0}/s, lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        confirmed as f64 / elapsed.as_secs_f64(),
+        lag.latency_ms(0.5),
+        lag.latency_ms(0.99),
+        lag.latency_ms(1.0)
+    );
+    view.stop();
+    Ok(())
+}
+
+/// The availability questions, from the view and in SQL, in process and over HTTP: one row
+/// each, then the throughput ratios.
+async fn query_runs(
+    args: &ViewBenchArgs,
+    view: &RoomsView,
+    shards: &Shards,
+    workload: &Workload,
+    duration: Duration,
+) -> Result<()> {
     println!(
         "{:<24} {:>7} {:>10} {:>8} {:>8} {:>6}",
         "availability questions", "clients", "queries/s", "p50 ms", "p99 ms", "errors"
@@ -100,7 +138,7 @@ pub async fn run(args: ViewBenchArgs) -> Result<()> {
     };
     let view_in_process = row(
         "view, in process",
-        &mut in_process(&workload, args.clients, duration, {
+        &mut in_process(workload, args.clients, duration, {
             let (view, shards) = (view.clone(), shards.clone());
             move |stay| {
                 let (view, ask) = (view.clone(), ask_of(&stay, &shards));
@@ -111,7 +149,7 @@ pub async fn run(args: ViewBenchArgs) -> Result<()> {
     );
     let sql_in_process = row(
         "SQL, in process",
-        &mut in_process(&workload, args.clients, duration, {
+        &mut in_process(workload, args.clients, duration, {
             let shards = shards.clone();
             move |stay| {
                 let shards = shards.clone();
@@ -125,34 +163,23 @@ pub async fn run(args: ViewBenchArgs) -> Result<()> {
     );
     let view_http = row(
         "view, HTTP",
-        &mut http_load::run_availability(serve(&shards, Some(view.clone())).await?, &workload, args.clients, duration)
+        &mut http_load::run_availability(serve(shards, Some(view.clone())).await?, workload, args.clients, duration)
             .await?,
     );
     let sql_http = row(
         "SQL, HTTP",
-        &mut http_load::run_availability(serve(&shards, None).await?, &workload, args.clients, duration).await?,
+        &mut http_load::run_availability(serve(shards, None).await?, workload, args.clients, duration).await?,
     );
     println!(
         "view / SQL throughput: {:.1}x in process, {:.1}x over HTTP",
         view_in_process / sql_in_process,
         view_http / sql_http
     );
-
-    let (mut lags, confirmed, elapsed) = lag_run(&view, &shards, &workload, args.rate, duration).await?;
-    let mut lag = RunStats { latencies_us: std::mem::take(&mut lags), ..RunStats::default() };
-    println!(
-        "commit to view: {confirmed} bookings confirmed at {:.0}/s, lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        confirmed as f64 / elapsed.as_secs_f64(),
-        lag.latency_ms(0.5),
-        lag.latency_ms(0.99),
-        lag.latency_ms(1.0)
-    );
-    view.stop();
     Ok(())
 }
 
 /// The question a stay's availability asks.
-fn ask_of(stay: &super::workload::Stay, shards: &Shards) -> Ask {
+fn ask_of(stay: &Stay, shards: &Shards) -> Ask {
     Ask {
         hotels: vec![stay.hotel_id],
         city: None,
@@ -163,18 +190,10 @@ fn ask_of(stay: &super::workload::Stay, shards: &Shards) -> Ask {
     }
 }
 
-/// An API server in this process (with or without the view); its address.
-async fn serve(shards: &Shards, view: Option<RoomsView>) -> Result<std::net::SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
-    tokio::spawn(server::serve_on(listener, shards.clone(), view, std::future::pending()));
-    Ok(address)
-}
-
 /// `clients` tasks asking `question` of random stays back to back for `duration`.
 async fn in_process<F, Fut>(workload: &Workload, clients: usize, duration: Duration, question: F) -> Result<RunStats>
 where
-    F: Fn(super::workload::Stay) -> Fut + Clone + Send + 'static,
+    F: Fn(Stay) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<()>> + Send,
 {
     let started = Instant::now();

@@ -1,6 +1,6 @@
 //! The three ways to keep a night from being oversold, as pgbench scripts, so that the choice
-//! made in [`crate::rooms::booking`] rests on measurement (`clickstay rooms bench
-//! --strategies`). Each script books the same stays (see [`DRAW_STAY`]) and is correct on its
+//! made in [`clickstay::rooms::booking`] rests on measurement (`cargo bench --bench rooms
+//! -- --strategies`). Each script books the same stays (see [`DRAW_STAY`]) and is correct on its
 //! own; the `no_overbooking` CHECK guards all three.
 //!
 //! - `conditional`: the application's statement, one UPDATE that takes a room only where one is
@@ -11,7 +11,7 @@
 //!   whose version is unchanged; a concurrent change makes the attempt fail (a real client
 //!   would retry).
 
-use super::pgbench::{COMMIT_IF_ALL_NIGHTS, DRAW_STAY, script as conditional_script};
+use crate::pgbench::{COMMIT_IF_ALL_NIGHTS, DRAW_STAY, script as conditional_script};
 
 /// The nights of the drawn stay, for the scripts below.
 const STAY_NIGHTS: &str = "hotel_id = :hotel::bigint AND room_type_id = :room_type::integer
