@@ -402,6 +402,8 @@ async fn slots(db: &tokio_postgres::Client) -> Vec<(String, i64, i64)> {
     .collect()
 }
 
+// Longer than most: one scenario (kill, changes while down and while starting, restart, slot
+// size) that reads top to bottom as a user would run it; split, its steps would lose the order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_view_rebuilds_from_snapshot_and_slot_and_its_slot_stays_small() {
     let hotels = 10;
