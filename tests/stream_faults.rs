@@ -19,9 +19,7 @@ use std::time::Duration;
 use stream::{Job, dump_tables, fresh_database, generate, produce};
 
 fn script(name: &str, args: &[&str]) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/").to_string() + name;
-    let status = Command::new(path).args(args).stdout(Stdio::null()).status().unwrap();
-    assert!(status.success(), "scripts/{name} {args:?} failed");
+    scripts::run_script(name, args, Stdio::inherit()).unwrap();
 }
 
 /// Restarts the test PostgreSQL server in place (same data, same port).
