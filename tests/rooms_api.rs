@@ -91,6 +91,7 @@ on_both_paths!(
     concurrent_cancels_give_the_nights_back_once,
     bad_requests_get_their_status_and_a_message_and_change_nothing,
     availability_matches_an_oracle_after_random_bookings,
+    two_hundred_ids_each_booked_for_hotels_on_two_shards_win_once,
 );
 
 impl Api {
@@ -500,5 +501,54 @@ async fn availability_matches_an_oracle_after_random_bookings(api: Api) {
     }
     // Nights without inventory have nothing to sell.
     assert_eq!(api.available(8, 1, 8, 12).await, 0);
+    api.assert_invariants().await;
+}
+
+/// Each of 200 ids is booked at the same moment for a hotel on shard 0 and one on shard 1 (two
+/// contents): exactly one booking per id wins (201), the other is refused as a reuse (422), and
+/// every winner can be read and cancelled through the API.
+async fn two_hundred_ids_each_booked_for_hotels_on_two_shards_win_once(api: Api) {
+    let (even, odd) = (10, 11); // shards 0 and 1
+    assert_ne!(api.shards.index_of(even), api.shards.index_of(odd));
+    api.add_hotel(even, "1.00", &[500], 5).await;
+    api.add_hotel(odd, "1.00", &[500], 5).await;
+    let mut clients = JoinSet::new();
+    for _ in 0..200 {
+        let id = api.new_id().await;
+        for hotel_id in [even, odd] {
+            let (http, url, request) = (api.http.clone(), api.url.clone(), stay(&id, hotel_id, 1, 1, 3, 5));
+            let id = id.clone();
+            clients.spawn(async move {
+                let response = http.post(format!("{url}/v1/reservations")).json(&request).send().await.unwrap();
+                (id, hotel_id, response.status(), response.json::<Value>().await.unwrap())
+            });
+        }
+    }
+    let mut by_id: std::collections::BTreeMap<String, Vec<(i64, StatusCode, Value)>> = Default::default();
+    while let Some(result) = clients.join_next().await {
+        let (id, hotel_id, status, body) = result.unwrap();
+        by_id.entry(id).or_default().push((hotel_id, status, body));
+    }
+    assert_eq!(by_id.len(), 200);
+    for (id, answers) in &by_id {
+        let mut statuses: Vec<StatusCode> = answers.iter().map(|(_, status, _)| *status).collect();
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::CREATED, StatusCode::UNPROCESSABLE_ENTITY], "{id}: {answers:?}");
+        let (winner, _, _) = answers.iter().find(|(_, status, _)| *status == StatusCode::CREATED).unwrap();
+        let (status, body) = api.get(&format!("/v1/reservations/{id}")).await;
+        assert_eq!((status, body["hotel_id"].as_i64()), (StatusCode::OK, Some(*winner)), "{body}");
+        let (status, body) = api.cancel(id).await;
+        assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("cancelled")), "{body}");
+    }
+    let confirmed = api.confirmed_count(even).await + api.confirmed_count(odd).await;
+    assert_eq!(confirmed, 0, "every winner was cancelled");
+    let reservations: i64 = {
+        let mut total = 0;
+        for db in &api.dbs {
+            total += db.query_one("SELECT count(*) FROM reservation", &[]).await.unwrap().get::<_, i64>(0);
+        }
+        total
+    };
+    assert_eq!(reservations, 200, "one reservation per id, on one shard");
     api.assert_invariants().await;
 }

@@ -16,6 +16,7 @@ use tracing::error;
 use uuid::Uuid;
 
 use super::booking::{self, Outcome};
+use super::claims::{self, Claim};
 use super::id_lookup::IdLookup;
 use super::model::{
     BadRequest, MAX_AVAILABILITY_NIGHTS, MAX_STAY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date,
@@ -171,9 +172,9 @@ async fn create_reservation(
             }
         }
     }
-    // The id may have been used for a hotel on another shard: that is a different content.
-    if let Some((_, existing)) = find_on_shards(&id_lookups, request.reservation_id, Some(home)).await? {
-        return Err(id_reused(existing));
+    // The id's first use wins on its home shard, whichever shard its hotel is on.
+    if let Claim::Taken(claimed) = claim_id(&shards, &request).await? {
+        return Err(id_claimed(&shards, &id_lookups, claimed).await?);
     }
     let (outcome, lsn) = match &view {
         Some((_, committer)) => {
@@ -191,6 +192,14 @@ async fn create_reservation(
         }
         Json(body)
     };
+    match outcome {
+        Outcome::Confirmed(_) => set_claim_state(&shards, request.reservation_id, "booked"),
+        Outcome::UnknownHotel | Outcome::UnknownRoomType => {
+            let home = claims::home_shard(request.reservation_id, shards.len());
+            claims::release_unbookable(&*shards.connect(home).await?, &request).await?;
+        }
+        _ => {}
+    }
     match outcome {
         Outcome::Confirmed(reservation) => Ok((StatusCode::CREATED, with_lsn(json!(reservation))).into_response()),
         Outcome::Repeated(reservation) => Ok((StatusCode::OK, with_lsn(json!(reservation))).into_response()),
@@ -223,9 +232,12 @@ fn sold_out(request: &ReservationRequest, night: chrono::NaiveDate) -> ApiError 
     .with("night", json!(night))
 }
 
-async fn get_reservation(State(AppState { id_lookups, .. }): State<AppState>, Path(id): Path<String>) -> ApiResult {
+async fn get_reservation(
+    State(AppState { shards, id_lookups, .. }): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult {
     let id = parse_reservation_id(&id)?;
-    match find_on_shards(&id_lookups, id, None).await? {
+    match locate(&shards, &id_lookups, id).await? {
         Some((_, reservation)) => Ok(Json(reservation).into_response()),
         None => Err(unknown_reservation(id)),
     }
@@ -237,12 +249,15 @@ async fn cancel_reservation(
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = parse_reservation_id(&id)?;
-    let Some((shard, _)) = find_on_shards(&id_lookups, id, None).await? else {
+    let Some((shard, _)) = locate(&shards, &id_lookups, id).await? else {
         return Err(unknown_reservation(id));
     };
     let client = shards.connect(shard).await?;
     match booking::cancel(&client, id).await? {
-        Some(reservation) => Ok(Json(reservation).into_response()),
+        Some(reservation) => {
+            set_claim_state(&shards, id, "cancelled");
+            Ok(Json(reservation).into_response())
+        }
         None => Err(unknown_reservation(id)),
     }
 }
@@ -374,6 +389,59 @@ fn stay_of(
     let (start, end) = (date("start")?, date("end")?);
     check_range("start", "end", start, end, max_nights)?;
     Ok((start, end))
+}
+
+/// Claims the request's id on its home shard (see [`claims`]).
+async fn claim_id(shards: &Shards, request: &ReservationRequest) -> Result<Claim, ApiError> {
+    let home = claims::home_shard(request.reservation_id, shards.len());
+    let client = shards.connect(home).await?;
+    Ok(claims::claim(&client, request).await?)
+}
+
+/// The 422 for an id claimed for other content: with the reservation made under it, or with
+/// the content it was claimed for when that booking has not been made (it failed, or crashed
+/// before committing).
+async fn id_claimed(
+    shards: &Shards,
+    id_lookups: &[IdLookup],
+    claimed: ReservationRequest,
+) -> Result<ApiError, ApiError> {
+    let shard = shards.index_of(claimed.hotel_id);
+    let found = id_lookups[shard].find(claimed.reservation_id).await.with_context(|| format!("shard {shard}"))?;
+    Ok(match found {
+        Some(existing) => id_reused(existing),
+        None => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reservation_id_reused",
+            format!("reservation_id {} was already claimed for a different stay", claimed.reservation_id),
+        )
+        .with("claimed", json!(claimed)),
+    })
+}
+
+/// Records what became of a claimed id, in the background: the claim's content already decides
+/// every later use of the id, its state only tells an operator.
+fn set_claim_state(shards: &Shards, id: Uuid, state: &'static str) {
+    let shards = shards.clone();
+    tokio::spawn(async move {
+        let home = claims::home_shard(id, shards.len());
+        let result = async { claims::set_state(&*shards.connect(home).await?, id, state).await }.await;
+        if let Err(error) = result {
+            tracing::warn!(%id, state, "cannot record the claim's state: {error:#}");
+        }
+    });
+}
+
+/// The shard and reservation of `id`: the claim on the id's home shard names its hotel;
+/// reservations made before claims existed are looked for on every shard.
+async fn locate(shards: &Shards, id_lookups: &[IdLookup], id: Uuid) -> Result<Option<(usize, Reservation)>, ApiError> {
+    let home = claims::home_shard(id, shards.len());
+    let client = shards.connect(home).await?;
+    let hotel = claims::hotel_of(&client, id).await?;
+    let Some(hotel_id) = hotel else { return find_on_shards(id_lookups, id, None).await };
+    let shard = shards.index_of(hotel_id);
+    let found = id_lookups[shard].find(id).await.with_context(|| format!("shard {shard}"))?;
+    Ok(found.map(|reservation| (shard, reservation)))
 }
 
 /// Looks `id` up on every shard except `skip`; the shard index and reservation if found.

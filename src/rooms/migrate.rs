@@ -20,6 +20,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("migrations/0001_initial.sql") },
     Migration { version: 2, name: "view", sql: include_str!("migrations/0002_view.sql") },
+    Migration { version: 3, name: "claims", sql: include_str!("migrations/0003_claims.sql") },
 ];
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs on one database.

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod audit;
 pub mod booking;
+pub mod claims;
 pub mod cli;
 pub mod id_lookup;
 pub mod migrate;
