@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -12,16 +11,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tracing::error;
+use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::booking::{self, Outcome};
-use super::id_lookup::IdLookup;
+use super::id_lookup::{self, IdLookup, Located};
 use super::model::{
     BadRequest, MAX_AVAILABILITY_NIGHTS, MAX_STAY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date,
     parse_reservation_id,
 };
-use super::shards::Shards;
+use super::shards::{ShardError, Shards, redact_text};
 use super::view::answers::Ask;
 use super::view::committer::Committer;
 use super::view::rows::day_of;
@@ -47,7 +46,7 @@ struct AppState {
 /// sold-out bookings from `view` when given (spawns the id look-up tasks, so call it inside a
 /// tokio runtime).
 pub fn router(shards: Shards, view: Option<RoomsView>) -> Router {
-    let id_lookups = shards.pools().iter().cloned().map(IdLookup::spawn).collect();
+    let id_lookups = IdLookup::spawn_all(&shards);
     let view = view.map(|view| (view, Committer::new(shards.clone())));
     Router::new()
         .route("/healthz", get(healthz))
@@ -104,29 +103,101 @@ impl From<ViewError> for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(cause: anyhow::Error) -> Self {
-        error!("{cause:#}");
+        error!("{}", redact_text(&format!("{cause:#}")));
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
     }
 }
 
+/// A shard in trouble answers 503 naming its index (never its URL); the reason goes to the log.
+/// The error code a shard's trouble answers.
+fn shard_error_code(error: &ShardError) -> Value {
+    json!(match error {
+        ShardError::Busy { .. } => "busy",
+        ShardError::Unavailable { .. } => "shard_unavailable",
+        ShardError::Other { .. } => "internal",
+    })
+}
+
+impl From<ShardError> for ApiError {
+    fn from(error: ShardError) -> Self {
+        let shard = error.shard();
+        match error {
+            ShardError::Busy { waited, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("every connection to hotel shard {shard} stayed busy for {waited:?}; try again"),
+            )
+            .with("shard", json!(shard)),
+            ShardError::Unavailable { reason, .. } => {
+                warn!(shard, %reason, "answering shard_unavailable");
+                shard_unavailable(shard)
+            }
+            ShardError::Other { cause, .. } => ApiError::from(cause.context(format!("hotel shard {shard}"))),
+        }
+    }
+}
+
+fn shard_unavailable(shard: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shard_unavailable",
+        format!("hotel shard {shard} is unavailable or did not answer in time; try again later"),
+    )
+    .with("shard", json!(shard))
+}
+
 type ApiResult = Result<Response, ApiError>;
 
-/// Liveness and reachability of every shard.
+/// Liveness and reachability of every shard, asked concurrently and each within the shard's
+/// timeouts: `{"status": "ok" | "degraded", "shards": [{"shard": i, "status": "up" | "down"},
+/// ...]}`, with the view's position and lag per shard under `--dataflow`. 503 when a shard is
+/// down. Never a URL or a credential.
 async fn healthz(State(AppState { shards, view, .. }): State<AppState>) -> ApiResult {
+    let mut asked = tokio::task::JoinSet::new();
     for index in 0..shards.len() {
-        let client = shards
-            .connect(index)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}")))?;
-        client.simple_query("SELECT 1").await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("shard {index}: {e}"))
-        })?;
+        let shards = shards.clone();
+        asked.spawn(async move {
+            let position = shards
+                .run(index, |client| {
+                    Box::pin(async move {
+                        let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+                        parse_lsn(row.get(0))
+                    })
+                })
+                .await;
+            (index, position)
+        });
     }
-    let mut body = json!({ "status": "ok", "shards": shards.len() });
-    if let Some((view, _)) = &view {
-        body["view_lsns"] = json!(view.applied().iter().map(|applied| format_lsn(applied.lsn)).collect::<Vec<_>>());
+    let mut reports = vec![json!(null); shards.len()];
+    let mut all_up = true;
+    while let Some(Ok((index, position))) = asked.join_next().await {
+        let mut report = json!({ "shard": index, "status": if position.is_ok() { "up" } else { "down" } });
+        if let Err(error) = &position {
+            all_up = false;
+            warn!(shard = index, %error, "health check: shard down");
+            report["error"] = shard_error_code(error);
+        }
+        if let Some((view, _)) = &view {
+            report["view"] = view_report(view, index, position.ok());
+        }
+        reports[index] = report;
     }
-    Ok(Json(body).into_response())
+    let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({ "status": if all_up { "ok" } else { "degraded" }, "shards": reports });
+    Ok((status, Json(body)).into_response())
+}
+
+/// The view's state of shard `index`: applied position, and its lag behind the shard's
+/// current WAL position (`current`, when the shard answered) in bytes and seconds.
+fn view_report(view: &RoomsView, index: usize, current: Option<Lsn>) -> Value {
+    let applied = view.applied()[index];
+    let mut report = json!({ "lsn": format_lsn(applied.lsn), "loaded": applied.lsn > 0 });
+    if let Some(current) = current {
+        let lag_bytes = current.saturating_sub(applied.lsn);
+        report["lag_bytes"] = json!(lag_bytes);
+        report["lag_seconds"] = json!(if lag_bytes > 0 { view.seconds_since(applied) } else { 0.0 });
+    }
+    report
 }
 
 /// A fresh idempotency key. UUIDv7 (time-ordered) keeps inserts at the right edge of the
@@ -171,9 +242,16 @@ async fn create_reservation(
             }
         }
     }
-    // The id may have been used for a hotel on another shard: that is a different content.
-    if let Some((_, existing)) = find_on_shards(&id_lookups, request.reservation_id, Some(home)).await? {
+    // The id may have been used for a hotel on another shard: that is a different content. A
+    // shard that does not answer within the look-up timeout does not hold the booking up.
+    let timeout = shards.limits().map(|limits| limits.id_lookup_timeout);
+    let Located { found, unanswered } =
+        id_lookup::locate(&id_lookups, request.reservation_id, Some(home), timeout).await;
+    if let Some((_, existing)) = found {
         return Err(id_reused(existing));
+    }
+    for error in unanswered {
+        warn!(%error, "booking without the reservation-id check of an unavailable shard");
     }
     let (outcome, lsn) = match &view {
         Some((_, committer)) => {
@@ -181,8 +259,10 @@ async fn create_reservation(
             (outcome, Some(lsn))
         }
         None => {
-            let client = shards.connect(home).await?;
-            (booking::reserve(&client, &request).await?, None)
+            let booked = request.clone();
+            let reserved =
+                shards.run(home, move |client| Box::pin(async move { booking::reserve(client, &booked).await }));
+            (reserved.await?, None)
         }
     };
     let with_lsn = |mut body: Value| {
@@ -225,7 +305,7 @@ fn sold_out(request: &ReservationRequest, night: chrono::NaiveDate) -> ApiError 
 
 async fn get_reservation(State(AppState { id_lookups, .. }): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = parse_reservation_id(&id)?;
-    match find_on_shards(&id_lookups, id, None).await? {
+    match find_on_shards(&id_lookups, id).await? {
         Some((_, reservation)) => Ok(Json(reservation).into_response()),
         None => Err(unknown_reservation(id)),
     }
@@ -237,11 +317,10 @@ async fn cancel_reservation(
     Path(id): Path<String>,
 ) -> ApiResult {
     let id = parse_reservation_id(&id)?;
-    let Some((shard, _)) = find_on_shards(&id_lookups, id, None).await? else {
+    let Some((shard, _)) = find_on_shards(&id_lookups, id).await? else {
         return Err(unknown_reservation(id));
     };
-    let client = shards.connect(shard).await?;
-    match booking::cancel(&client, id).await? {
+    match shards.run(shard, move |client| Box::pin(async move { booking::cancel(client, id).await })).await? {
         Some(reservation) => Ok(Json(reservation).into_response()),
         None => Err(unknown_reservation(id)),
     }
@@ -263,8 +342,10 @@ async fn availability(
         if query.contains_key("min_lsn") {
             return Err(BadRequest("min_lsn: this server answers from the database, always current".into()).into());
         }
-        let client = shards.connect(shard).await?;
-        return match booking::availability(&client, hotel_id, start, end).await? {
+        let answered = shards.run(shard, move |client| {
+            Box::pin(async move { booking::availability(client, hotel_id, start, end).await })
+        });
+        return match answered.await? {
             Some(availability) => Ok(Json(availability).into_response()),
             None => Err(unknown_hotel(hotel_id)),
         };
@@ -376,18 +457,15 @@ fn stay_of(
     Ok((start, end))
 }
 
-/// Looks `id` up on every shard except `skip`; the shard index and reservation if found.
-async fn find_on_shards(
-    id_lookups: &[IdLookup],
-    id: Uuid,
-    skip: Option<usize>,
-) -> Result<Option<(usize, Reservation)>, ApiError> {
-    for (index, lookup) in id_lookups.iter().enumerate().filter(|(index, _)| Some(*index) != skip) {
-        if let Some(reservation) = lookup.find(id).await.with_context(|| format!("shard {index}"))? {
-            return Ok(Some((index, reservation)));
-        }
+/// The shard holding `id` and the reservation: looked up on every shard at once; 503 when it
+/// is on no shard that answered but some shard did not.
+async fn find_on_shards(id_lookups: &[IdLookup], id: Uuid) -> Result<Option<(usize, Reservation)>, ApiError> {
+    let Located { found, unanswered } = id_lookup::locate(id_lookups, id, None, None).await;
+    match (found, unanswered.into_iter().next()) {
+        (Some(found), _) => Ok(Some(found)),
+        (None, Some(error)) => Err(error.into()),
+        (None, None) => Ok(None),
     }
-    Ok(None)
 }
 
 fn id_reused(existing: Reservation) -> ApiError {

@@ -200,6 +200,12 @@ impl RoomsView {
         self.inner.shared.applied.iter().map(|applied| *applied.borrow()).collect()
     }
 
+    /// Seconds since the view reached `applied` (for the health report's lag).
+    pub fn seconds_since(&self, applied: Applied) -> f64 {
+        let ticks = self.inner.shared.now().saturating_sub(applied.time);
+        (ticks as u128 * TICK.as_micros()) as f64 / 1e6
+    }
+
     /// Waits until the view has applied `shard` up to `lsn` (at least its snapshot), at most
     /// until `deadline`.
     pub async fn wait_for(&self, shard: u32, lsn: Lsn, deadline: Instant) -> Result<Applied, ViewError> {
