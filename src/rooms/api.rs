@@ -96,6 +96,7 @@ impl From<ViewError> for ApiError {
             ViewError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "view_behind"),
             ViewError::Failed(_) => (StatusCode::SERVICE_UNAVAILABLE, "view_unavailable"),
             ViewError::Inconsistent(_) => (StatusCode::INTERNAL_SERVER_ERROR, "view_inconsistent"),
+            ViewError::Rebuilding { .. } => (StatusCode::SERVICE_UNAVAILABLE, "view_rebuilding"),
         };
         ApiError::new(status, code, error.to_string())
     }
@@ -191,7 +192,12 @@ async fn healthz(State(AppState { shards, view, .. }): State<AppState>) -> ApiRe
 /// current WAL position (`current`, when the shard answered) in bytes and seconds.
 fn view_report(view: &RoomsView, index: usize, current: Option<Lsn>) -> Value {
     let applied = view.applied()[index];
-    let mut report = json!({ "lsn": format_lsn(applied.lsn), "loaded": applied.lsn > 0 });
+    let state = match (view.serves(index as u32), applied.lsn > 0) {
+        (true, _) => "serving",
+        (false, false) => "loading",
+        (false, true) => "rebuilding",
+    };
+    let mut report = json!({ "lsn": format_lsn(applied.lsn), "state": state });
     if let Some(current) = current {
         let lag_bytes = current.saturating_sub(applied.lsn);
         report["lag_bytes"] = json!(lag_bytes);
@@ -342,13 +348,7 @@ async fn availability(
         if query.contains_key("min_lsn") {
             return Err(BadRequest("min_lsn: this server answers from the database, always current".into()).into());
         }
-        let answered = shards.run(shard, move |client| {
-            Box::pin(async move { booking::availability(client, hotel_id, start, end).await })
-        });
-        return match answered.await? {
-            Some(availability) => Ok(Json(availability).into_response()),
-            None => Err(unknown_hotel(hotel_id)),
-        };
+        return availability_from_database(&shards, hotel_id, start, end).await;
     };
     let min_lsn: BTreeMap<u32, Lsn> = match query.get("min_lsn") {
         Some(text) => {
@@ -366,7 +366,12 @@ async fn availability(
         reservation: None,
         shards: vec![shard as u32],
     };
-    let found = view.ask(ask, &min_lsn).await?;
+    let found = match view.ask(ask, &min_lsn).await {
+        Ok(found) => found,
+        // While the shard's part of the view is rebuilt, the database answers (always current).
+        Err(ViewError::Rebuilding { .. }) => return availability_from_database(&shards, hotel_id, start, end).await,
+        Err(error) => return Err(error.into()),
+    };
     let lsn = found.positions.get(&(shard as u32)).copied().unwrap_or(0);
     match found.availability(hotel_id, start, end) {
         Some(availability) => {
@@ -375,6 +380,22 @@ async fn availability(
             Ok(Json(body).into_response())
         }
         None => Err(unknown_hotel(hotel_id).with("lsn", json!(format_lsn(lsn)))),
+    }
+}
+
+/// A hotel's availability from its shard's database.
+async fn availability_from_database(
+    shards: &Shards,
+    hotel_id: i64,
+    start: chrono::NaiveDate,
+    end: chrono::NaiveDate,
+) -> ApiResult {
+    let answered = shards.run(shards.index_of(hotel_id), move |client| {
+        Box::pin(async move { booking::availability(client, hotel_id, start, end).await })
+    });
+    match answered.await? {
+        Some(availability) => Ok(Json(availability).into_response()),
+        None => Err(unknown_hotel(hotel_id)),
     }
 }
 

@@ -72,7 +72,8 @@ pub struct Located {
     pub unanswered: Vec<ShardError>,
 }
 
-/// Looks `id` up on every shard except `skip`, concurrently, each within `timeout`.
+/// Looks `id` up on every shard except `skip`, concurrently, each within `timeout`; done at the
+/// first shard that has it.
 pub async fn locate(lookups: &[IdLookup], id: Uuid, skip: Option<usize>, timeout: Option<Duration>) -> Located {
     let mut asked = JoinSet::new();
     for lookup in lookups.iter().filter(|lookup| Some(lookup.shard) != skip).cloned() {
@@ -81,10 +82,10 @@ pub async fn locate(lookups: &[IdLookup], id: Uuid, skip: Option<usize>, timeout
     let mut located = Located { found: None, unanswered: Vec::new() };
     while let Some(answer) = asked.join_next().await {
         match answer {
+            // Found: the other shards need not be waited for (their look-ups are dropped).
             Ok((shard, Ok(Some(reservation)))) => {
-                if located.found.as_ref().is_none_or(|(first, _)| shard < *first) {
-                    located.found = Some((shard, reservation));
-                }
+                located.found = Some((shard, reservation));
+                break;
             }
             Ok((_, Ok(None))) => {}
             Ok((_, Err(error))) => located.unanswered.push(error),
