@@ -96,7 +96,7 @@ impl WorkersConfig {
             }
             for (index, address) in cluster.processes.iter().enumerate() {
                 address.parse::<SocketAddr>().map_err(|e| {
-                    anyhow::anyhow!("{file}: cluster.processes[{index}]: `{address}` is not a host:port address ({e})")
+                    anyhow::anyhow!("{file}: cluster.processes[{index}]: not a host:port address ({e})")
                 })?;
             }
         }
@@ -172,11 +172,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_address_names_file_key_and_value() {
+    fn bad_address_names_file_and_key_not_the_value() {
         let text = "[cluster]\nprocesses = [\"nowhere\"]\n";
         let error = WorkersConfig::parse(text, Path::new("w.toml")).unwrap_err().to_string();
         assert!(
-            error.contains("w.toml") && error.contains("cluster.processes[0]") && error.contains("nowhere"),
+            error.contains("w.toml") && error.contains("cluster.processes[0]") && !error.contains("nowhere"),
             "{error}"
         );
     }

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -12,17 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
-use tracing::error;
+use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::booking::{self, Outcome};
 use super::claims::{self, Claim};
-use super::id_lookup::IdLookup;
+use super::id_lookup::{self, IdLookup, Located};
 use super::model::{
     BadRequest, MAX_AVAILABILITY_NIGHTS, MAX_STAY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date,
     parse_reservation_id,
 };
-use super::shards::Shards;
+use super::shards::{ShardError, Shards, redact_text};
 use super::view::answers::Ask;
 use super::view::committer::Committer;
 use super::view::rows::day_of;
@@ -48,7 +47,7 @@ struct AppState {
 /// sold-out bookings from `view` when given (spawns the id look-up tasks, so call it inside a
 /// tokio runtime).
 pub fn router(shards: Shards, view: Option<RoomsView>) -> Router {
-    let id_lookups = shards.pools().iter().cloned().map(IdLookup::spawn).collect();
+    let id_lookups = IdLookup::spawn_all(&shards);
     let view = view.map(|view| (view, Committer::new(shards.clone())));
     Router::new()
         .route("/healthz", get(healthz))
@@ -98,6 +97,7 @@ impl From<ViewError> for ApiError {
             ViewError::Behind { .. } => (StatusCode::SERVICE_UNAVAILABLE, "view_behind"),
             ViewError::Failed(_) => (StatusCode::SERVICE_UNAVAILABLE, "view_unavailable"),
             ViewError::Inconsistent(_) => (StatusCode::INTERNAL_SERVER_ERROR, "view_inconsistent"),
+            ViewError::Rebuilding { .. } => (StatusCode::SERVICE_UNAVAILABLE, "view_rebuilding"),
         };
         ApiError::new(status, code, error.to_string())
     }
@@ -105,29 +105,106 @@ impl From<ViewError> for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(cause: anyhow::Error) -> Self {
-        error!("{cause:#}");
+        error!("{}", redact_text(&format!("{cause:#}")));
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
     }
 }
 
+/// A shard in trouble answers 503 naming its index (never its URL); the reason goes to the log.
+/// The error code a shard's trouble answers.
+fn shard_error_code(error: &ShardError) -> Value {
+    json!(match error {
+        ShardError::Busy { .. } => "busy",
+        ShardError::Unavailable { .. } => "shard_unavailable",
+        ShardError::Other { .. } => "internal",
+    })
+}
+
+impl From<ShardError> for ApiError {
+    fn from(error: ShardError) -> Self {
+        let shard = error.shard();
+        match error {
+            ShardError::Busy { waited, .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("every connection to hotel shard {shard} stayed busy for {waited:?}; try again"),
+            )
+            .with("shard", json!(shard)),
+            ShardError::Unavailable { reason, .. } => {
+                warn!(shard, %reason, "answering shard_unavailable");
+                shard_unavailable(shard)
+            }
+            ShardError::Other { cause, .. } => ApiError::from(cause.context(format!("hotel shard {shard}"))),
+        }
+    }
+}
+
+fn shard_unavailable(shard: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "shard_unavailable",
+        format!("hotel shard {shard} is unavailable or did not answer in time; try again later"),
+    )
+    .with("shard", json!(shard))
+}
+
 type ApiResult = Result<Response, ApiError>;
 
-/// Liveness and reachability of every shard.
+/// Liveness and reachability of every shard, asked concurrently and each within the shard's
+/// timeouts: `{"status": "ok" | "degraded", "shards": [{"shard": i, "status": "up" | "down"},
+/// ...]}`, with the view's position and lag per shard under `--dataflow`. 503 when a shard is
+/// down. Never a URL or a credential.
 async fn healthz(State(AppState { shards, view, .. }): State<AppState>) -> ApiResult {
+    let mut asked = tokio::task::JoinSet::new();
     for index in 0..shards.len() {
-        let client = shards
-            .connect(index)
-            .await
-            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("{e:#}")))?;
-        client.simple_query("SELECT 1").await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", format!("shard {index}: {e}"))
-        })?;
+        let shards = shards.clone();
+        asked.spawn(async move {
+            let position = shards
+                .run(index, |client| {
+                    Box::pin(async move {
+                        let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+                        parse_lsn(row.get(0))
+                    })
+                })
+                .await;
+            (index, position)
+        });
     }
-    let mut body = json!({ "status": "ok", "shards": shards.len() });
-    if let Some((view, _)) = &view {
-        body["view_lsns"] = json!(view.applied().iter().map(|applied| format_lsn(applied.lsn)).collect::<Vec<_>>());
+    let mut reports = vec![json!(null); shards.len()];
+    let mut all_up = true;
+    while let Some(Ok((index, position))) = asked.join_next().await {
+        let mut report = json!({ "shard": index, "status": if position.is_ok() { "up" } else { "down" } });
+        if let Err(error) = &position {
+            all_up = false;
+            warn!(shard = index, %error, "health check: shard down");
+            report["error"] = shard_error_code(error);
+        }
+        if let Some((view, _)) = &view {
+            report["view"] = view_report(view, index, position.ok());
+        }
+        reports[index] = report;
     }
-    Ok(Json(body).into_response())
+    let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({ "status": if all_up { "ok" } else { "degraded" }, "shards": reports });
+    Ok((status, Json(body)).into_response())
+}
+
+/// The view's state of shard `index`: applied position, and its lag behind the shard's
+/// current WAL position (`current`, when the shard answered) in bytes and seconds.
+fn view_report(view: &RoomsView, index: usize, current: Option<Lsn>) -> Value {
+    let applied = view.applied()[index];
+    let state = match (view.serves(index as u32), applied.lsn > 0) {
+        (true, _) => "serving",
+        (false, false) => "loading",
+        (false, true) => "rebuilding",
+    };
+    let mut report = json!({ "lsn": format_lsn(applied.lsn), "state": state });
+    if let Some(current) = current {
+        let lag_bytes = current.saturating_sub(applied.lsn);
+        report["lag_bytes"] = json!(lag_bytes);
+        report["lag_seconds"] = json!(if lag_bytes > 0 { view.seconds_since(applied) } else { 0.0 });
+    }
+    report
 }
 
 /// A fresh idempotency key. UUIDv7 (time-ordered) keeps inserts at the right edge of the
@@ -182,8 +259,10 @@ async fn create_reservation(
             (outcome, Some(lsn))
         }
         None => {
-            let client = shards.connect(home).await?;
-            (booking::reserve(&client, &request).await?, None)
+            let booked = request.clone();
+            let reserved =
+                shards.run(home, move |client| Box::pin(async move { booking::reserve(client, &booked).await }));
+            (reserved.await?, None)
         }
     };
     let with_lsn = |mut body: Value| {
@@ -194,10 +273,7 @@ async fn create_reservation(
     };
     match outcome {
         Outcome::Confirmed(_) => set_claim_state(&shards, request.reservation_id, "booked"),
-        Outcome::UnknownHotel | Outcome::UnknownRoomType => {
-            let home = claims::home_shard(request.reservation_id, shards.len());
-            claims::release_unbookable(&*shards.connect(home).await?, &request).await?;
-        }
+        Outcome::UnknownHotel | Outcome::UnknownRoomType => release_unbookable(&shards, &request).await?,
         _ => {}
     }
     match outcome {
@@ -252,8 +328,7 @@ async fn cancel_reservation(
     let Some((shard, _)) = locate(&shards, &id_lookups, id).await? else {
         return Err(unknown_reservation(id));
     };
-    let client = shards.connect(shard).await?;
-    match booking::cancel(&client, id).await? {
+    match shards.run(shard, move |client| Box::pin(async move { booking::cancel(client, id).await })).await? {
         Some(reservation) => {
             set_claim_state(&shards, id, "cancelled");
             Ok(Json(reservation).into_response())
@@ -278,11 +353,7 @@ async fn availability(
         if query.contains_key("min_lsn") {
             return Err(BadRequest("min_lsn: this server answers from the database, always current".into()).into());
         }
-        let client = shards.connect(shard).await?;
-        return match booking::availability(&client, hotel_id, start, end).await? {
-            Some(availability) => Ok(Json(availability).into_response()),
-            None => Err(unknown_hotel(hotel_id)),
-        };
+        return availability_from_database(&shards, hotel_id, start, end).await;
     };
     let min_lsn: BTreeMap<u32, Lsn> = match query.get("min_lsn") {
         Some(text) => {
@@ -300,7 +371,12 @@ async fn availability(
         reservation: None,
         shards: vec![shard as u32],
     };
-    let found = view.ask(ask, &min_lsn).await?;
+    let found = match view.ask(ask, &min_lsn).await {
+        Ok(found) => found,
+        // While the shard's part of the view is rebuilt, the database answers (always current).
+        Err(ViewError::Rebuilding { .. }) => return availability_from_database(&shards, hotel_id, start, end).await,
+        Err(error) => return Err(error.into()),
+    };
     let lsn = found.positions.get(&(shard as u32)).copied().unwrap_or(0);
     match found.availability(hotel_id, start, end) {
         Some(availability) => {
@@ -309,6 +385,22 @@ async fn availability(
             Ok(Json(body).into_response())
         }
         None => Err(unknown_hotel(hotel_id).with("lsn", json!(format_lsn(lsn)))),
+    }
+}
+
+/// A hotel's availability from its shard's database.
+async fn availability_from_database(
+    shards: &Shards,
+    hotel_id: i64,
+    start: chrono::NaiveDate,
+    end: chrono::NaiveDate,
+) -> ApiResult {
+    let answered = shards.run(shards.index_of(hotel_id), move |client| {
+        Box::pin(async move { booking::availability(client, hotel_id, start, end).await })
+    });
+    match answered.await? {
+        Some(availability) => Ok(Json(availability).into_response()),
+        None => Err(unknown_hotel(hotel_id)),
     }
 }
 
@@ -394,21 +486,21 @@ fn stay_of(
 /// Claims the request's id on its home shard (see [`claims`]).
 async fn claim_id(shards: &Shards, request: &ReservationRequest) -> Result<Claim, ApiError> {
     let home = claims::home_shard(request.reservation_id, shards.len());
-    let client = shards.connect(home).await?;
-    Ok(claims::claim(&client, request).await?)
+    let request = request.clone();
+    Ok(shards.run(home, move |client| Box::pin(async move { claims::claim(client, &request).await })).await?)
 }
 
 /// The 422 for an id claimed for other content: with the reservation made under it, or with
-/// the content it was claimed for when that booking has not been made (it failed, or crashed
-/// before committing).
+/// the content it was claimed for when that booking has not been made (it was sold out, or
+/// crashed before committing).
 async fn id_claimed(
     shards: &Shards,
     id_lookups: &[IdLookup],
     claimed: ReservationRequest,
 ) -> Result<ApiError, ApiError> {
     let shard = shards.index_of(claimed.hotel_id);
-    let found = id_lookups[shard].find(claimed.reservation_id).await.with_context(|| format!("shard {shard}"))?;
-    Ok(match found {
+    let timeout = shards.limits().map(|limits| limits.id_lookup_timeout);
+    Ok(match id_lookups[shard].find(claimed.reservation_id, timeout).await? {
         Some(existing) => id_reused(existing),
         None => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -425,37 +517,44 @@ fn set_claim_state(shards: &Shards, id: Uuid, state: &'static str) {
     let shards = shards.clone();
     tokio::spawn(async move {
         let home = claims::home_shard(id, shards.len());
-        let result = async { claims::set_state(&*shards.connect(home).await?, id, state).await }.await;
-        if let Err(error) = result {
-            tracing::warn!(%id, state, "cannot record the claim's state: {error:#}");
+        let result =
+            shards.run(home, move |client| Box::pin(async move { claims::set_state(client, id, state).await }));
+        if let Err(error) = result.await {
+            warn!(%id, state, "cannot record the claim's state: {error}");
         }
     });
+}
+
+/// Gives back the claim of a request whose hotel or room type does not exist.
+async fn release_unbookable(shards: &Shards, request: &ReservationRequest) -> Result<(), ApiError> {
+    let home = claims::home_shard(request.reservation_id, shards.len());
+    let request = request.clone();
+    Ok(shards
+        .run(home, move |client| Box::pin(async move { claims::release_unbookable(client, &request).await }))
+        .await?)
 }
 
 /// The shard and reservation of `id`: the claim on the id's home shard names its hotel;
 /// reservations made before claims existed are looked for on every shard.
 async fn locate(shards: &Shards, id_lookups: &[IdLookup], id: Uuid) -> Result<Option<(usize, Reservation)>, ApiError> {
     let home = claims::home_shard(id, shards.len());
-    let client = shards.connect(home).await?;
-    let hotel = claims::hotel_of(&client, id).await?;
-    let Some(hotel_id) = hotel else { return find_on_shards(id_lookups, id, None).await };
+    let hotel = shards.run(home, move |client| Box::pin(async move { claims::hotel_of(client, id).await })).await?;
+    let Some(hotel_id) = hotel else { return find_on_shards(id_lookups, id).await };
     let shard = shards.index_of(hotel_id);
-    let found = id_lookups[shard].find(id).await.with_context(|| format!("shard {shard}"))?;
+    let timeout = shards.limits().map(|limits| limits.id_lookup_timeout);
+    let found = id_lookups[shard].find(id, timeout).await?;
     Ok(found.map(|reservation| (shard, reservation)))
 }
 
-/// Looks `id` up on every shard except `skip`; the shard index and reservation if found.
-async fn find_on_shards(
-    id_lookups: &[IdLookup],
-    id: Uuid,
-    skip: Option<usize>,
-) -> Result<Option<(usize, Reservation)>, ApiError> {
-    for (index, lookup) in id_lookups.iter().enumerate().filter(|(index, _)| Some(*index) != skip) {
-        if let Some(reservation) = lookup.find(id).await.with_context(|| format!("shard {index}"))? {
-            return Ok(Some((index, reservation)));
-        }
+/// The shard holding `id` and the reservation: looked up on every shard at once; 503 when it
+/// is on no shard that answered but some shard did not.
+async fn find_on_shards(id_lookups: &[IdLookup], id: Uuid) -> Result<Option<(usize, Reservation)>, ApiError> {
+    let Located { found, unanswered } = id_lookup::locate(id_lookups, id, None, None).await;
+    match (found, unanswered.into_iter().next()) {
+        (Some(found), _) => Ok(Some(found)),
+        (None, Some(error)) => Err(error.into()),
+        (None, None) => Ok(None),
     }
-    Ok(None)
 }
 
 fn id_reused(existing: Reservation) -> ApiError {

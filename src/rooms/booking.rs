@@ -177,8 +177,7 @@ async fn try_reserve(
     ];
     let (begun, result) = tokio::join!(client.batch_execute("BEGIN"), client.query_one(&statement, &parameters));
     if let Err(error) = begun {
-        let _ = client.batch_execute("ROLLBACK").await;
-        return Err(error);
+        return Err(rolled_back(client, error).await);
     }
     match result {
         Ok(row) if row.get::<_, i32>("nights_taken") == request.nights() => {
@@ -202,10 +201,16 @@ async fn try_reserve(
             rolled_back?;
             diagnosis
         }
-        Err(error) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            Err(error)
-        }
+        Err(error) => Err(rolled_back(client, error).await),
+    }
+}
+
+/// `error` after rolling back; the rollback's own error instead if it failed (the connection
+/// may then still be inside the transaction, and the caller must not reuse it).
+async fn rolled_back(client: &ClientWrapper, error: tokio_postgres::Error) -> tokio_postgres::Error {
+    match client.batch_execute("ROLLBACK").await {
+        Ok(()) => error,
+        Err(rollback) => rollback,
     }
 }
 

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
 
-use super::shards::{DEFAULT_POOL_SIZE, Shards};
+use super::shards::{DEFAULT_POOL_SIZE, ShardLimits, Shards};
 use super::view::RoomsView;
 use super::{audit, migrate, seed, server};
 use crate::rooms::spec::RoomsSpec;
@@ -83,6 +83,8 @@ pub struct ServeArgs {
     /// Worker threads of the view's dataflow (with --dataflow).
     #[arg(short = 'w', long, default_value_t = 2)]
     pub workers: usize,
+    #[command(flatten)]
+    pub limits: ShardLimits,
 }
 
 /// Runs one `rooms` subcommand to completion.
@@ -96,7 +98,7 @@ pub fn run(command: RoomsCommand) -> Result<()> {
             }
             RoomsCommand::Seed(args) => run_seed(args).await,
             RoomsCommand::Serve(args) => {
-                let shards = Shards::from_config(args.config.config.as_deref(), args.pool_size)?;
+                let shards = Shards::from_config_with(args.config.config.as_deref(), args.pool_size, args.limits)?;
                 let view = match &args.dataflow {
                     Some(path) => Some(RoomsView::start(RoomsSpec::load(path)?, shards.urls(), args.workers)?),
                     None => None,

@@ -43,10 +43,12 @@ pub struct Submitted {
 /// What the CDC readers send to the worker that owns their shard.
 pub enum Feed {
     Rows(Vec<(ViewRow, isize)>),
-    /// Every change of `shard` committed before `lsn` has been sent.
+    /// Every change of `shard` committed before `lsn` has been sent by its change stream
+    /// `generation`.
     Reached {
         shard: u32,
         lsn: Lsn,
+        generation: u64,
     },
 }
 
@@ -83,7 +85,7 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: Arc<Shared>) {
                         rows.update(row, diff);
                     }
                 }
-                Feed::Reached { shard, lsn } => reached.push((shard, lsn)),
+                Feed::Reached { shard, lsn, generation } => reached.push((shard, lsn, generation)),
             }
         }
         while let Ok(question) = channels.questions.try_recv() {
@@ -96,8 +98,8 @@ pub fn run(worker: &mut Worker, channels: WorkerChannels, shared: Arc<Shared>) {
         // The rows that brought these positions are in at `time`: a question entering at `time`
         // or later sees them. Published before the inputs advance, so that no answer at `time`
         // can be gathered before its positions are known.
-        for (shard, lsn) in reached {
-            shared.publish(shard, lsn, time);
+        for (shard, lsn, generation) in reached {
+            shared.publish(shard, lsn, time, generation);
         }
         let now = shared.now().max(time);
         advance(&mut rows, now);

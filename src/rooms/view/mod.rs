@@ -13,7 +13,7 @@ pub mod committer;
 pub mod dataflow;
 pub mod rows;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
@@ -24,18 +24,22 @@ use tokio::sync::{oneshot, watch};
 use tracing::{error, info};
 
 use crate::cluster::{self, Workers};
+use crate::rooms::shards::redact_text;
 use crate::rooms::spec::{RoomsSpec, VIEW_TABLES};
 use crate::sources::postgres_cdc::{CdcOptions, CdcSource, Lsn, format_lsn};
 use crate::sources::{Batch, Share, Source};
 use answers::{Ask, Found};
 use dataflow::{Feed, Submitted, WorkerChannels};
+use rows::ViewRow;
 
 /// How far the view has applied one shard's changes: every commit before `lsn`, inserted at
-/// logical time `time` or earlier. `lsn == 0`: the snapshot is not loaded yet.
+/// logical time `time` or earlier, from the shard's change stream number `generation` (0 at
+/// start, one more at each rebuild). `lsn == 0`: the snapshot is not loaded yet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Applied {
     pub lsn: Lsn,
     pub time: u64,
+    pub generation: u64,
 }
 
 /// Why the view could not answer.
@@ -47,6 +51,10 @@ pub enum ViewError {
     Failed(String),
     #[error("the view is inconsistent ({0}); restart it to rebuild it")]
     Inconsistent(String),
+    /// The shard's change stream broke and its part of the view is being rebuilt: ask the
+    /// database meanwhile.
+    #[error("the view of shard {shard} is being rebuilt")]
+    Rebuilding { shard: u32 },
 }
 
 /// What the workers and the handle share.
@@ -54,6 +62,8 @@ pub struct Shared {
     clock: Instant,
     stopped: AtomicBool,
     applied: Vec<watch::Sender<Applied>>,
+    /// Per shard, the change stream feeding the view now (one more after each break).
+    generations: Vec<AtomicU64>,
     /// Per shard, the positions reached and the times they went in at (recent ones only).
     positions: Vec<Mutex<VecDeque<(u64, Lsn)>>>,
     /// The worker threads, to wake them when a question or a change arrives.
@@ -104,15 +114,16 @@ impl Shared {
         self.stopped.load(Ordering::Relaxed)
     }
 
-    /// Records that `shard`'s changes up to `lsn` went into the dataflow at `time`.
-    pub fn publish(&self, shard: u32, lsn: Lsn, time: u64) {
+    /// Records that `shard`'s changes up to `lsn` (of change stream `generation`) went into the
+    /// dataflow at `time`.
+    pub fn publish(&self, shard: u32, lsn: Lsn, time: u64, generation: u64) {
         let mut history = self.positions[shard as usize].lock().expect("positions lock");
         history.push_back((time, lsn));
         while history.len() > 1 && history[1].0 + POSITION_HISTORY_TICKS < time {
             history.pop_front();
         }
         drop(history);
-        self.applied[shard as usize].send_replace(Applied { lsn, time });
+        self.applied[shard as usize].send_replace(Applied { lsn, time, generation });
     }
 
     /// The position of `shard` that an answer at logical time `at` reflects: the last one that
@@ -134,7 +145,8 @@ struct Inner {
     shared: Arc<Shared>,
     questions: Vec<Sender<Submitted>>,
     next_id: AtomicU64,
-    failure: watch::Receiver<Option<String>>,
+    /// Set when the view's workers end for good (nothing else fails the whole view).
+    failure: watch::Sender<Option<String>>,
 }
 
 impl RoomsView {
@@ -146,6 +158,7 @@ impl RoomsView {
             clock: Instant::now(),
             stopped: AtomicBool::new(false),
             applied: shard_urls.iter().map(|_| watch::Sender::new(Applied::default())).collect(),
+            generations: shard_urls.iter().map(|_| AtomicU64::new(0)).collect(),
             positions: shard_urls.iter().map(|_| Mutex::default()).collect(),
             workers: Mutex::new(Vec::new()),
             questions_in_flight: AtomicU64::new(0),
@@ -159,8 +172,6 @@ impl RoomsView {
             channels.push(Some(WorkerChannels { feed: feed_rx, questions: question_rx }));
         }
         let channels = Arc::new(Mutex::new(channels));
-        let (failure_tx, failure) = watch::channel(None);
-        let failure_tx = Arc::new(failure_tx);
 
         let worker_shared = shared.clone();
         let guards = cluster::start_workers(&Workers::Threads(workers), move |worker| {
@@ -177,17 +188,26 @@ impl RoomsView {
                 tables: VIEW_TABLES.iter().map(|t| t.to_string()).collect(),
                 poll_interval: spec.poll_interval,
             };
-            let (failure_tx, shared) = (failure_tx.clone(), shared.clone());
-            std::thread::Builder::new().name(format!("rooms-cdc-{shard}")).spawn(move || {
-                if let Err(problem) = follow(shard as u32, &options, feed, &shared) {
-                    let message = format!("CDC of shard {shard} failed: {problem:#}");
-                    error!("{message}");
-                    failure_tx.send_replace(Some(message));
-                }
-            })?;
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("rooms-cdc-{shard}"))
+                .spawn(move || follow(shard as u32, &options, &feed, &shared))?;
         }
         info!(workers, shards = shard_urls.len(), spec = %spec.path.display(), "room availability view starting");
+        let failure = watch::Sender::new(None);
         Ok(Self { inner: Arc::new(Inner { spec, shared, questions, next_id: AtomicU64::new(0), failure }) })
+    }
+
+    /// The change stream of `shard` feeding the view now (0 at start, one more per break).
+    fn generation(&self, shard: u32) -> u64 {
+        self.inner.shared.generations[shard as usize].load(Ordering::SeqCst)
+    }
+
+    /// Whether the view serves `shard` now (false while its part is rebuilt).
+    pub fn serves(&self, shard: u32) -> bool {
+        let generation = self.generation(shard);
+        let applied = *self.inner.shared.applied[shard as usize].borrow();
+        applied.generation == generation && applied.lsn > 0
     }
 
     /// How many shards feed the view.
@@ -200,12 +220,24 @@ impl RoomsView {
         self.inner.shared.applied.iter().map(|applied| *applied.borrow()).collect()
     }
 
+    /// Seconds since the view reached `applied` (for the health report's lag).
+    pub fn seconds_since(&self, applied: Applied) -> f64 {
+        let ticks = self.inner.shared.now().saturating_sub(applied.time);
+        (ticks as u128 * TICK.as_micros()) as f64 / 1e6
+    }
+
     /// Waits until the view has applied `shard` up to `lsn` (at least its snapshot), at most
     /// until `deadline`.
+    /// A shard whose change stream broke fails at once with [`ViewError::Rebuilding`].
     pub async fn wait_for(&self, shard: u32, lsn: Lsn, deadline: Instant) -> Result<Applied, ViewError> {
         let mut applied = self.inner.shared.applied[shard as usize].subscribe();
+        let generation = self.generation(shard);
+        if generation > 0 && applied.borrow().generation != generation {
+            return Err(ViewError::Rebuilding { shard });
+        }
         let wanted = lsn.max(1);
-        let reached = tokio::time::timeout_at(deadline.into(), applied.wait_for(|a| a.lsn >= wanted)).await;
+        let current = |a: &Applied| a.generation == generation && a.lsn >= wanted;
+        let reached = tokio::time::timeout_at(deadline.into(), applied.wait_for(current)).await;
         let reached = reached.map(|waited| waited.map(|applied| *applied));
         match reached {
             Ok(Ok(applied)) => Ok(applied),
@@ -213,6 +245,9 @@ impl RoomsView {
             Err(_) => {
                 if let Some(failure) = self.inner.failure.borrow().clone() {
                     return Err(ViewError::Failed(failure));
+                }
+                if self.generation(shard) != generation {
+                    return Err(ViewError::Rebuilding { shard });
                 }
                 Err(ViewError::Behind {
                     shard,
@@ -231,6 +266,7 @@ impl RoomsView {
             return Err(ViewError::Failed(failure));
         }
         let deadline = Instant::now() + self.inner.spec.max_wait;
+        let generations: Vec<(u32, u64)> = ask.shards.iter().map(|shard| (*shard, self.generation(*shard))).collect();
         let mut not_before = 0;
         for shard in &ask.shards {
             let applied = self.wait_for(*shard, min_lsn.get(shard).copied().unwrap_or(0), deadline).await?;
@@ -243,7 +279,13 @@ impl RoomsView {
         self.inner.questions[worker]
             .send(Submitted { id, ask, not_before, reply })
             .map_err(|_| ViewError::Failed("the view's workers stopped".into()))?;
-        match tokio::time::timeout_at(deadline.into(), answer).await {
+        let answered = tokio::time::timeout_at(deadline.into(), answer).await;
+        // A shard that broke meanwhile may have had its rows retracted under the question.
+        if let Some((shard, _)) = generations.iter().find(|(shard, generation)| self.generation(*shard) != *generation)
+        {
+            return Err(ViewError::Rebuilding { shard: *shard });
+        }
+        match answered {
             Ok(Ok(Found { inconsistent: Some(problem), .. })) => {
                 error!(%problem, "the view broke its invariant");
                 Err(ViewError::Inconsistent(problem))
@@ -256,7 +298,7 @@ impl RoomsView {
 
     /// Completes when the view has failed (a CDC reader lost its database), with the reason.
     pub async fn failed(&self) -> String {
-        let mut failure = self.inner.failure.clone();
+        let mut failure = self.inner.failure.subscribe();
         match failure.wait_for(|f| f.is_some()).await {
             Ok(reason) => reason.clone().unwrap_or_default(),
             Err(_) => "the view stopped".into(),
@@ -288,14 +330,74 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Feeds one shard into the dataflow through its change-data-capture source: the snapshot's
-/// rows, then the changes and the positions they reach, forever. Returns `Ok` when the dataflow
-/// is gone, `Err` when the database is (the view cannot be patched across a lost slot;
-/// restarting rebuilds it from a fresh snapshot).
-fn follow(shard: u32, options: &CdcOptions, feed: Sender<Feed>, shared: &Shared) -> Result<()> {
+/// Feeds one shard into the dataflow through its change-data-capture source, forever: the
+/// snapshot's rows, then the changes and the positions they reach. When the change stream
+/// breaks (the database went away, the slot was lost), the shard's part of the view is
+/// rebuilt: its generation goes up first (its questions go to the database from then on), every
+/// row fed so far is retracted, and a new source (new slot and snapshot, deduplicated by xid
+/// visibility as at start) feeds it again; once its first position is published the view
+/// serves the shard again. Returns when the dataflow is gone or the view stopped.
+fn follow(shard: u32, options: &CdcOptions, feed: &Sender<Feed>, shared: &Shared) {
+    // What this shard has in the dataflow now, to take it out again at a rebuild.
+    let mut fed: HashMap<ViewRow, isize> = HashMap::new();
+    let mut failures = 0u32;
+    loop {
+        let generation = shared.generations[shard as usize].load(Ordering::SeqCst);
+        let problem = match feed_stream(shard, generation, options, feed, shared, &mut fed, &mut failures) {
+            Ok(()) => return,
+            Err(problem) => problem,
+        };
+        failures += 1;
+        error!(
+            shard,
+            failures,
+            "the change stream of shard {shard} broke: {}; its questions go to the database while \
+             its part of the view is rebuilt",
+            redact_text(&format!("{problem:#}"))
+        );
+        shared.generations[shard as usize].fetch_add(1, Ordering::SeqCst);
+        let retractions: Vec<(ViewRow, isize)> = fed.drain().map(|(row, count)| (row, -count)).collect();
+        if !retractions.is_empty() && feed.send(Feed::Rows(retractions)).is_err() {
+            return;
+        }
+        shared.wake_workers();
+        if !pause(shared, rebuild_backoff(failures)) {
+            return;
+        }
+    }
+}
+
+/// How long to wait before rebuilding after `failures` breaks in a row: 100 ms doubling to 5 s.
+fn rebuild_backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64.saturating_mul(1 << failures.min(6).saturating_sub(1))).min(Duration::from_secs(5))
+}
+
+/// Sleeps `time` in small steps; false when the view stopped meanwhile.
+fn pause(shared: &Shared, time: Duration) -> bool {
+    let until = Instant::now() + time;
+    while Instant::now() < until {
+        if shared.is_stopped() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+    }
+    !shared.is_stopped()
+}
+
+/// One change stream of `shard` into the dataflow, recording in `fed` what went in. `Ok` when
+/// the dataflow is gone or the view stopped, `Err` when the stream broke.
+fn feed_stream(
+    shard: u32,
+    generation: u64,
+    options: &CdcOptions,
+    feed: &Sender<Feed>,
+    shared: &Shared,
+    fed: &mut HashMap<ViewRow, isize>,
+    failures: &mut u32,
+) -> Result<()> {
     let started = Instant::now();
-    let mut source =
-        CdcSource::open(options, Share::new(0, 1), &BTreeMap::new()).with_context(|| format!("shard {shard}"))?;
+    let mut source = CdcSource::open(options, Share::new(0, 1), &BTreeMap::new())
+        .with_context(|| format!("shard {shard}: cannot open the change stream"))?;
     let (mut loaded, mut reached) = (false, 0);
     while !shared.is_stopped() {
         let Some(batches) = source.read_round()? else { return Ok(()) };
@@ -305,6 +407,7 @@ fn follow(shard: u32, options: &CdcOptions, feed: Sender<Feed>, shared: &Shared)
                 for change in &records.changes {
                     updates.extend(rows::updates_of(change)?);
                 }
+                remember(fed, &updates);
                 if feed.send(Feed::Rows(updates)).is_err() {
                     return Ok(());
                 }
@@ -312,8 +415,10 @@ fn follow(shard: u32, options: &CdcOptions, feed: Sender<Feed>, shared: &Shared)
             let Some(lsn) = records.reached else { continue };
             if !loaded {
                 loaded = true;
+                *failures = 0;
                 info!(
                     shard,
+                    generation,
                     rows = source.progress().0,
                     seconds = started.elapsed().as_secs_f64(),
                     "snapshot loaded into the view"
@@ -321,7 +426,7 @@ fn follow(shard: u32, options: &CdcOptions, feed: Sender<Feed>, shared: &Shared)
             }
             if lsn != reached {
                 reached = lsn;
-                if feed.send(Feed::Reached { shard, lsn }).is_err() {
+                if feed.send(Feed::Reached { shard, lsn, generation }).is_err() {
                     return Ok(());
                 }
                 shared.wake_workers();
@@ -329,4 +434,15 @@ fn follow(shard: u32, options: &CdcOptions, feed: Sender<Feed>, shared: &Shared)
         }
     }
     Ok(())
+}
+
+/// Adds `updates` to the multiset of rows a shard has in the dataflow.
+fn remember(fed: &mut HashMap<ViewRow, isize>, updates: &[(ViewRow, isize)]) {
+    for (row, diff) in updates {
+        let count = fed.entry(row.clone()).or_default();
+        *count += diff;
+        if *count == 0 {
+            fed.remove(row);
+        }
+    }
 }
