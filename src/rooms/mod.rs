@@ -8,6 +8,7 @@ pub mod api;
 pub mod audit;
 pub mod booking;
 pub mod cli;
+pub mod guard;
 pub mod id_lookup;
 pub mod migrate;
 pub mod model;
