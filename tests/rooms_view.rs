@@ -9,6 +9,8 @@ mod hotels;
 mod pg;
 #[path = "common/scripts.rs"]
 mod scripts;
+#[path = "common/shop.rs"]
+mod shop;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use chrono::{Days, NaiveDate};
 use clickstay::rooms::shards::Shards;
 use clickstay::rooms::spec::RoomsSpec;
 use clickstay::rooms::view::RoomsView;
-use clickstay::rooms::{audit, booking, migrate, server};
+use clickstay::rooms::{audit, booking, server};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -43,13 +45,7 @@ struct Shop {
 
 impl Shop {
     async fn new(hotels: i64) -> Self {
-        let urls = vec![pg::fresh_database("rooms_view").await, pg::fresh_database("rooms_view").await];
-        let shards = Shards::new(&urls, 16).unwrap();
-        migrate::migrate_all(&shards).await.unwrap();
-        let mut dbs = Vec::new();
-        for url in &urls {
-            dbs.push(pg::connect(url).await);
-        }
+        let shop::TwoShards { urls, shards, dbs } = shop::two_shards("rooms_view", 16).await;
         let shop = Shop { urls, shards, dbs, http: reqwest::Client::new() };
         for hotel_id in 1..=hotels {
             shop.add_hotel(hotel_id, 1 + (hotel_id % 3) as i32).await;

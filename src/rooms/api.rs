@@ -2,6 +2,7 @@
 //! Handlers only route to the hotel's shard and translate; the SQL lives in [`super::booking`].
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -9,17 +10,18 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
 use serde_json::{Value, json};
 use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::booking::{self, Outcome};
 use super::claims::{self, Claim};
+use super::guard::{self, Access, Bounds, Limits};
 use super::id_lookup::{self, IdLookup, Located};
 use super::model::{
-    BadRequest, MAX_AVAILABILITY_NIGHTS, MAX_STAY_NIGHTS, Reservation, ReservationRequest, check_range, parse_date,
-    parse_reservation_id,
+    BadRequest, MAX_AVAILABILITY_NIGHTS, MAX_STAY_NIGHTS, RequestError, Reservation, ReservationRequest, check_range,
+    parse_date, parse_reservation_id,
 };
 use super::shards::{ShardError, Shards, redact_text};
 use super::view::answers::Ask;
@@ -45,8 +47,9 @@ struct AppState {
 
 /// The routes of the reservation API over `shards`, answering availability and refusing
 /// sold-out bookings from `view` when given (spawns the id look-up tasks, so call it inside a
-/// tokio runtime).
-pub fn router(shards: Shards, view: Option<RoomsView>) -> Router {
+/// tokio runtime). Every request passes [`guard::limit`] (deadline, concurrency cap), then
+/// [`guard::guard`] (origin, content type, token).
+pub fn router(shards: Shards, view: Option<RoomsView>, limits: Limits, access: Access) -> Router {
     let id_lookups = IdLookup::spawn_all(&shards);
     let view = view.map(|view| (view, Committer::new(shards.clone())));
     Router::new()
@@ -59,6 +62,8 @@ pub fn router(shards: Shards, view: Option<RoomsView>) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { shards, id_lookups, view })
+        .layer(middleware::from_fn_with_state(Arc::new(access), guard::guard))
+        .layer(middleware::from_fn_with_state(Bounds::from(limits), guard::limit))
 }
 
 /// An error answer: a status code and `{"error": code, "message": ..., ...details}`.
@@ -69,7 +74,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self { status, body: json!({ "error": code, "message": message.into() }) }
     }
 
@@ -88,6 +93,19 @@ impl IntoResponse for ApiError {
 impl From<BadRequest> for ApiError {
     fn from(BadRequest(message): BadRequest) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(error: RequestError) -> Self {
+        match error {
+            RequestError::Bad(bad) => bad.into(),
+            RequestError::InThePast { first_night, today } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "in_the_past", error.to_string())
+                    .with("first_night", json!(first_night))
+                    .with("today", json!(today))
+            }
+        }
     }
 }
 
@@ -422,11 +440,14 @@ async fn search(
     let (city, hotels) = match (query.get("city"), query.get("hotels")) {
         (Some(city), None) if !city.is_empty() => (Some(city.clone()), Vec::new()),
         (None, Some(list)) => {
-            let hotels = list
+            let mut hotels = list
                 .split(',')
                 .map(|id| id.trim().parse::<i64>().ok().filter(|id| *id >= 0))
                 .collect::<Option<Vec<i64>>>()
                 .ok_or_else(|| BadRequest(format!("hotels: `{list}` is not a comma-separated list of hotel ids")))?;
+            // A hotel listed twice is answered once (the answer is sorted by hotel id anyway).
+            hotels.sort_unstable();
+            hotels.dedup();
             if hotels.len() > MAX_SEARCH_HOTELS {
                 return Err(
                     BadRequest(format!("hotels: {} hotels listed, at most {MAX_SEARCH_HOTELS}", hotels.len())).into()

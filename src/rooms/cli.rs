@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{NaiveDate, Utc};
@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 
 use super::shards::{DEFAULT_POOL_SIZE, ShardLimits, Shards};
 use super::view::RoomsView;
-use super::{audit, migrate, seed, server};
+use super::{audit, guard, migrate, seed, server};
 use crate::rooms::spec::RoomsSpec;
 
 /// Hotel reservation commands. Each reads the hotel shards from `[postgres] shards` in the
@@ -23,7 +23,7 @@ pub enum RoomsCommand {
     /// Load a realistic inventory (hotels, room types, one row per night) with COPY.
     Seed(SeedArgs),
     /// Serve the reservation HTTP API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check the invariants on every shard: no night oversold, and every night's
     /// total_reserved equal to the confirmed reservations covering it.
     Check(ConfigArg),
@@ -85,6 +85,66 @@ pub struct ServeArgs {
     pub workers: usize,
     #[command(flatten)]
     pub limits: ShardLimits,
+    /// Close a connection whose request headers are not complete this long after the server
+    /// began reading them (also closes a kept-alive connection idle that long). Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Answer 503 {"error":"timeout"} to a request not answered within this. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Requests served at once; one more is answered 503 {"error":"busy"} at once.
+    #[arg(long, value_name = "N", default_value_t = guard::DEFAULT_MAX_CONCURRENT, value_parser = at_least_one)]
+    pub max_concurrent: usize,
+    /// On SIGINT or SIGTERM: stop accepting, then give requests in flight this long to finish
+    /// before exiting (0 when they all did, 1 when some were cut off). Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// An origin (scheme://host[:port]) whose browser requests are served; repeat or separate
+    /// with commas. A request with any other Origin header is refused 403 (default: none allowed).
+    #[arg(long, value_name = "ORIGIN", value_delimiter = ',')]
+    pub allow_origin: Vec<String>,
+    /// Require `Authorization: Bearer TOKEN` on every /v1 request, TOKEN one of this file's lines
+    /// (blank lines and #-comments skipped); the env CLICKSTAY_API_TOKENS (comma-separated) adds
+    /// tokens too. Without any token, serve listens on loopback addresses only.
+    #[arg(long, value_name = "FILE")]
+    pub auth_tokens: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The server's options from the flags and the environment (reads the tokens file).
+    fn options(&self) -> Result<server::Options> {
+        Ok(server::Options {
+            transport: server::Transport { header_timeout: self.header_timeout, shutdown_grace: self.shutdown_grace },
+            limits: guard::Limits { request_timeout: self.request_timeout, max_concurrent: self.max_concurrent },
+            access: guard::Access {
+                allow_origins: self.allow_origin.iter().map(|origin| origin.trim().to_string()).collect(),
+                tokens: guard::tokens_from(self.auth_tokens.as_ref())?,
+            },
+        })
+    }
+}
+
+/// A count of 1 or more.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    text.parse().ok().filter(|n| *n >= 1).ok_or_else(|| format!("`{text}` is not a whole number of 1 or more"))
+}
+
+/// A positive duration such as `10s`, `500ms`, `2m` (a bare number is seconds).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 10s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("`{unit}` is not a unit of duration (ms, s, m)")),
+    };
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!("`{text}` is not a positive duration")),
+    }
 }
 
 /// Runs one `rooms` subcommand to completion.
@@ -98,12 +158,15 @@ pub fn run(command: RoomsCommand) -> Result<()> {
             }
             RoomsCommand::Seed(args) => run_seed(args).await,
             RoomsCommand::Serve(args) => {
+                let options = args.options()?;
+                // Before any database work: a refused address should fail fast.
+                options.access.check_listen(args.listen)?;
                 let shards = Shards::from_config_with(args.config.config.as_deref(), args.pool_size, args.limits)?;
                 let view = match &args.dataflow {
                     Some(path) => Some(RoomsView::start(RoomsSpec::load(path)?, shards.urls(), args.workers)?),
                     None => None,
                 };
-                server::serve(args.listen, shards, view).await
+                server::serve(args.listen, shards, view, options).await
             }
             RoomsCommand::Check(config) => run_check(config).await,
         }
@@ -151,4 +214,37 @@ async fn run_check(config: ConfigArg) -> Result<()> {
     }
     println!("ok: no night oversold, every total_reserved matches its confirmed reservations");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_must_be_positive() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["0s", "", "s", "-1s", "10h", "ten"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn serve_flag_defaults_are_the_library_defaults() {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let args = <Wrap as clap::Parser>::try_parse_from(["serve"]).unwrap().serve;
+        let defaults = server::Options::default();
+        assert_eq!(args.header_timeout, defaults.transport.header_timeout);
+        assert_eq!(args.shutdown_grace, defaults.transport.shutdown_grace);
+        assert_eq!(args.request_timeout, defaults.limits.request_timeout);
+        assert_eq!(args.max_concurrent, defaults.limits.max_concurrent);
+        assert!(args.allow_origin.is_empty() && args.auth_tokens.is_none());
+        assert!(defaults.transport.shutdown_grace > defaults.limits.request_timeout);
+    }
 }

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod booking;
 pub mod claims;
 pub mod cli;
+pub mod guard;
 pub mod id_lookup;
 pub mod migrate;
 pub mod model;

@@ -1,7 +1,7 @@
 //! The values the reservation API speaks: requests as they arrive (checked here, before any
 //! database work) and reservations as they are stored and answered.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -15,6 +15,16 @@ pub const MAX_AVAILABILITY_NIGHTS: i64 = 366;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BadRequest(pub String);
+
+/// Why a booking request is refused before any database work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error(transparent)]
+    Bad(#[from] BadRequest),
+    /// The stay's first night is before `today` (UTC): that night can no longer be sold.
+    #[error("start_date: the first night {first_night} is in the past (today is {today}, UTC)")]
+    InThePast { first_night: NaiveDate, today: NaiveDate },
+}
 
 /// `POST /v1/reservations` exactly as the JSON arrives; [`ReservationRequest::parse`] checks it.
 #[derive(Debug, Deserialize)]
@@ -41,8 +51,23 @@ pub struct ReservationRequest {
 }
 
 impl ReservationRequest {
-    /// Parses and checks a JSON body.
-    pub fn parse(body: &[u8]) -> Result<Self, BadRequest> {
+    /// Parses and checks a JSON body; a stay starting before today (UTC) is refused.
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+        let request = Self::parse_undated(body)?;
+        request.check_not_past(Utc::now().date_naive())?;
+        Ok(request)
+    }
+
+    /// Refuses a stay whose first night is before `today`.
+    pub fn check_not_past(&self, today: NaiveDate) -> Result<(), RequestError> {
+        if self.start_date < today {
+            return Err(RequestError::InThePast { first_night: self.start_date, today });
+        }
+        Ok(())
+    }
+
+    /// Parses and checks a JSON body, whatever the date today.
+    pub fn parse_undated(body: &[u8]) -> Result<Self, BadRequest> {
         let raw: RawReservationRequest =
             serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid reservation JSON: {e}")))?;
         let request = Self {
@@ -134,11 +159,17 @@ pub fn parse_reservation_id(text: &str) -> Result<Uuid, BadRequest> {
     Uuid::parse_str(text).map_err(|_| BadRequest(format!("reservation_id: `{text}` is not a UUID")))
 }
 
-/// Parses a `YYYY-MM-DD` date; `field` names it in the error.
+/// Parses a `YYYY-MM-DD` date of years 1 to 9999; `field` names it in the error.
 pub fn parse_date(field: &str, text: &str) -> Result<NaiveDate, BadRequest> {
-    let well_shaped = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+    let bytes = text.as_bytes();
+    let well_shaped = bytes.len() == 10
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(index, byte)| if index == 4 || index == 7 { *byte == b'-' } else { byte.is_ascii_digit() });
     match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        Ok(date) if well_shaped => Ok(date),
+        Ok(date) if well_shaped && (1..=9999).contains(&date.year()) => Ok(date),
+        Ok(_) if well_shaped => Err(BadRequest(format!("{field}: `{text}` is outside the years 1 to 9999"))),
         _ => Err(BadRequest(format!("{field}: `{text}` is not a date in YYYY-MM-DD form"))),
     }
 }
@@ -176,7 +207,7 @@ mod tests {
 
     #[test]
     fn accepts_a_good_request() {
-        let request = ReservationRequest::parse(body("2030-01-01", "2030-01-04").as_bytes()).unwrap();
+        let request = ReservationRequest::parse_undated(body("2030-01-01", "2030-01-04").as_bytes()).unwrap();
         assert_eq!(request.nights(), 3);
         assert_eq!(request.hotel_id, 3);
     }
@@ -189,16 +220,40 @@ mod tests {
             (body("2030-01-04", "2030-01-04"), "end_date"),
             (body("2030-01-01", "2030-02-01"), "31 nights"),
             (body("2030-01-01", "2030-01-31"), ""),
+            (body("-001-01-01", "2030-01-04"), "start_date"),
+            (body("0000-01-01", "0000-01-04"), "years 1 to 9999"),
+            (body("9999-12-31", "+10000-01-01"), "end_date"),
             (r#"{"reservation_id":"x","hotel_id":1,"room_type_id":1,"start_date":"2030-01-01","end_date":"2030-01-02","guest_id":1}"#.into(), "reservation_id"),
             (r#"{"reservation_id":"0190a0b2-7c1e-7000-8000-000000000001","hotel_id":"1","room_type_id":1,"start_date":"2030-01-01","end_date":"2030-01-02","guest_id":1}"#.into(), "invalid type"),
             (r#"{"hotel_id":1}"#.into(), "missing field"),
         ];
         for (text, needle) in cases {
-            match ReservationRequest::parse(text.as_bytes()) {
+            match ReservationRequest::parse_undated(text.as_bytes()) {
                 Ok(_) if needle.is_empty() => {} // 30 nights is the longest allowed stay
                 Ok(request) => panic!("accepted {request:?}"),
                 Err(BadRequest(message)) => assert!(message.contains(needle), "{message} lacks {needle}"),
             }
+        }
+    }
+
+    #[test]
+    fn a_stay_starting_before_today_is_in_the_past() {
+        let request = ReservationRequest::parse_undated(body("2030-01-01", "2030-01-04").as_bytes()).unwrap();
+        let day = |d| NaiveDate::from_ymd_opt(2030, 1, d).unwrap();
+        assert_eq!(request.check_not_past(day(1)), Ok(()));
+        assert_eq!(request.check_not_past(day(2)), Err(RequestError::InThePast { first_night: day(1), today: day(2) }));
+        assert!(matches!(
+            ReservationRequest::parse(body("2000-01-01", "2000-01-02").as_bytes()),
+            Err(RequestError::InThePast { .. })
+        ));
+    }
+
+    #[test]
+    fn dates_keep_to_years_1_to_9999() {
+        assert!(parse_date("start", "0001-01-01").is_ok());
+        assert!(parse_date("start", "9999-12-31").is_ok());
+        for bad in ["0000-01-01", "-001-01-01", "+001-01-01", "2030-01-0x", "10000-01-01"] {
+            assert!(parse_date("start", bad).is_err(), "{bad}");
         }
     }
 }
