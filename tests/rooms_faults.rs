@@ -50,7 +50,7 @@ impl Drop for Server {
 
 /// The shard URLs as the server gets them: `[URL form, key-value form]` of two fresh databases.
 async fn shard_strings() -> (Vec<String>, Vec<String>) {
-    let urls = vec![pg::fresh_database("rooms_faults").await, pg::fresh_database("rooms_faults").await];
+    let urls = [pg::fresh_database("rooms_faults").await, pg::fresh_database("rooms_faults").await];
     let names: Vec<String> = urls.iter().map(|url| url.rsplit('/').next().unwrap().to_string()).collect();
     let config = tokio_postgres::Config::from_str(&pg::base_url()).unwrap();
     let host = match &config.get_hosts()[0] {
