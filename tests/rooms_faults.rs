@@ -334,6 +334,17 @@ async fn a_hung_shard_answers_503_and_the_other_shard_serves_on() {
         "{body}"
     );
     assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    // A search that waits on the hung shard's inventory past its lock timeout: 503, not 500.
+    lock.batch_execute("LOCK TABLE room_type_inventory").await.unwrap();
+    let started = Instant::now();
+    let (status, body) =
+        server.get(&format!("/v1/availability/search?hotels=2,3&start={}&end={}", night(0), night(2))).await;
+    assert_eq!(
+        (status, body["error"].as_str(), body["shard"].as_u64()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("shard_unavailable"), Some(1)),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     lock.rollback().await.unwrap();
 
     assert_eq!(server.book(&new_id(), 3, 0, 2).await.0, StatusCode::CREATED);
@@ -436,6 +447,12 @@ async fn a_broken_change_stream_is_rebuilt_and_the_server_stays_up() {
             let (status, body) = server.get(&path).await;
             assert_eq!(status, StatusCode::OK, "{body}");
         }
+        let path = format!("/v1/availability/search?hotels=2,3&start={}&end={}", night(0), night(2));
+        let (status, body) = server.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "a search while shard 1 is rebuilt: {body}");
+        let hotels: Vec<i64> =
+            body["hotels"].as_array().unwrap().iter().map(|h| h["hotel_id"].as_i64().unwrap()).collect();
+        assert_eq!(hotels, [2, 3], "{body}");
         assert!(server.child.try_wait().unwrap().is_none(), "the server exited: {}", server.log());
         let rebuilt = eventually(Duration::from_secs(20), || async {
             server.get("/healthz").await.1["shards"][1]["view"]["state"] == "serving"

@@ -463,30 +463,36 @@ async fn search(
         return Err(BadRequest("min_lsn: only a single hotel's availability takes it".into()).into());
     }
     let mut body = json!({ "start": start, "end": end, "rooms": rooms });
-    match &view {
-        Some((view, _)) => {
-            let ask = Ask {
-                hotels,
-                city,
-                start: day_of(start),
-                end: day_of(end),
-                reservation: None,
-                shards: (0..shards.len() as u32).collect(),
-            };
-            let found = view.ask(ask, &BTreeMap::new()).await?;
-            body["hotels"] = json!(found.search(start, end, rooms));
-            body["lsns"] = json!(found.positions.values().map(|lsn| format_lsn(*lsn)).collect::<Vec<_>>());
-        }
-        None => {
-            let mut found = Vec::new();
-            for index in 0..shards.len() {
-                let client = shards.connect(index).await?;
-                found.extend(booking::search(&client, city.as_deref(), &hotels, start, end, rooms).await?);
+    if let Some((view, _)) = &view {
+        let ask = Ask {
+            hotels: hotels.clone(),
+            city: city.clone(),
+            start: day_of(start),
+            end: day_of(end),
+            reservation: None,
+            shards: (0..shards.len() as u32).collect(),
+        };
+        match view.ask(ask, &BTreeMap::new()).await {
+            Ok(found) => {
+                body["hotels"] = json!(found.search(start, end, rooms));
+                body["lsns"] = json!(found.positions.values().map(|lsn| format_lsn(*lsn)).collect::<Vec<_>>());
+                return Ok(Json(body).into_response());
             }
-            found.sort_by_key(|availability| availability.hotel_id);
-            body["hotels"] = json!(found);
+            // While a shard's part of the view is rebuilt, the databases answer (always current).
+            Err(ViewError::Rebuilding { .. }) => {}
+            Err(error) => return Err(error.into()),
         }
     }
+    let mut found = Vec::new();
+    for index in 0..shards.len() {
+        let (city, hotels) = (city.clone(), hotels.clone());
+        let searched = shards.run(index, move |client| {
+            Box::pin(async move { booking::search(client, city.as_deref(), &hotels, start, end, rooms).await })
+        });
+        found.extend(searched.await?);
+    }
+    found.sort_by_key(|availability| availability.hotel_id);
+    body["hotels"] = json!(found);
     Ok(Json(body).into_response())
 }
 
