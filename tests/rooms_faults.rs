@@ -471,6 +471,56 @@ async fn a_broken_change_stream_is_rebuilt_and_the_server_stays_up() {
     server.assert_check_passes();
 }
 
+/// With `--dataflow`, a shard's change stream hung (its CDC backend stopped with SIGSTOP, as a
+/// frozen host or network would leave it): the read times out, the shard's part of the view is
+/// rebuilt on a new connection, and the view answers again, equal to SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_change_stream_is_rebuilt() {
+    // Long pauses between polls: the backend is stopped while idle, holding no lock.
+    let spec = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/rooms.toml"))
+        .unwrap()
+        .replace("poll_interval = \"5ms\"", "poll_interval = \"500ms\"")
+        .replace("read_timeout = \"10s\"", "read_timeout = \"2s\"");
+    let spec_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(spec_file.path(), spec).unwrap();
+    let mut server = Server::start(&["--dataflow", spec_file.path().to_str().unwrap()]).await;
+    server.add_hotel(3, &[20], 10).await; // shard 1
+    let (status, body) = server.book(&new_id(), 3, 0, 2).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(server.available_in_view(3, body["lsn"].as_str().unwrap()).await, 19);
+
+    let admin = pg::connect(&pg::base_url()).await;
+    let pids: Vec<i32> = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND query ILIKE '%slot_get_changes%' AND pid <> pg_backend_pid()",
+            &[&server.names[1]],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(pids.len(), 1, "the shard's CDC backend: {pids:?}");
+    assert_eq!(unsafe { libc::kill(pids[0], libc::SIGSTOP) }, 0, "cannot stop the CDC backend");
+    let hung = eventually(Duration::from_secs(15), || async {
+        server.get("/healthz").await.1["shards"][1]["view"]["state"] != "serving"
+    });
+    let noticed = hung.await;
+    let rebuilt = eventually(Duration::from_secs(20), || async {
+        server.get("/healthz").await.1["shards"][1]["view"]["state"] == "serving"
+    })
+    .await;
+    unsafe { libc::kill(pids[0], libc::SIGCONT) };
+    assert!(noticed, "the hung stream was not noticed: {}", server.get("/healthz").await.1);
+    assert!(rebuilt, "shard 1 was not rebuilt: {}", server.get("/healthz").await.1);
+    assert!(server.child.try_wait().unwrap().is_none(), "the server exited: {}", server.log());
+
+    let (status, body) = server.book(&new_id(), 3, 0, 2).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(server.available_in_view(3, body["lsn"].as_str().unwrap()).await, 18);
+    server.assert_check_passes();
+}
+
 impl Server {
     /// Rooms of type 1 left on nights 0..2 of `hotel_id`, from the view at or after `lsn`.
     async fn available_in_view(&self, hotel_id: i64, lsn: &str) -> i64 {

@@ -26,6 +26,8 @@ pub struct RoomsSpec {
     pub slot_prefix: String,
     /// Pause between polls of a slot that had nothing new.
     pub poll_interval: Duration,
+    /// A change stream that does not answer a read this long is taken as broken (rebuilt).
+    pub read_timeout: Duration,
     /// How long a query may wait for the view (start-up, or `min_lsn`) before a 503.
     pub max_wait: Duration,
 }
@@ -46,6 +48,12 @@ struct RawSource {
     tables: Vec<String>,
     slot_prefix: String,
     poll_interval: String,
+    #[serde(default = "default_read_timeout")]
+    read_timeout: String,
+}
+
+fn default_read_timeout() -> String {
+    "10s".into()
 }
 
 #[derive(Deserialize)]
@@ -92,6 +100,10 @@ fn compile(raw: RawSpec, path: &Path) -> Result<RoomsSpec, String> {
     }
     let duration = |key: &str, text: &str| parse_duration_ms(text).map_err(|problem| format!("{key}: {problem}"));
     let poll_interval = duration("source.poll_interval", &source.poll_interval)?;
+    let read_timeout = duration("source.read_timeout", &source.read_timeout)?;
+    if read_timeout == 0 {
+        return Err("source.read_timeout: must be more than 0".into());
+    }
     let max_wait = duration("queries.max_wait", &raw.queries.max_wait)?;
     if max_wait == 0 {
         return Err("queries.max_wait: must be more than 0".into());
@@ -101,6 +113,7 @@ fn compile(raw: RawSpec, path: &Path) -> Result<RoomsSpec, String> {
         name: raw.name,
         slot_prefix: source.slot_prefix,
         poll_interval: Duration::from_millis(poll_interval),
+        read_timeout: Duration::from_millis(read_timeout),
         max_wait: Duration::from_millis(max_wait),
     })
 }

@@ -187,6 +187,7 @@ impl RoomsView {
                 slot_prefix: spec.slot_prefix.clone(),
                 tables: VIEW_TABLES.iter().map(|t| t.to_string()).collect(),
                 poll_interval: spec.poll_interval,
+                read_timeout: spec.read_timeout,
             };
             let shared = shared.clone();
             std::thread::Builder::new()

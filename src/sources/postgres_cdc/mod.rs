@@ -101,6 +101,10 @@ pub struct CdcOptions {
     pub tables: Vec<String>,
     /// How long a round waits after a poll that found nothing.
     pub poll_interval: Duration,
+    /// Longest wait for the database's answer to a read (a snapshot batch or a poll): past it
+    /// the source fails, as for a broken connection, so that a hung database or network is
+    /// noticed and its reader rebuilt.
+    pub read_timeout: Duration,
 }
 
 /// One database's snapshot and change stream, read in rounds. It runs its own single-threaded
@@ -137,8 +141,11 @@ impl Source for CdcSource {
             .build()
             .context("cannot start the CDC reader's runtime")?;
         let (client, slot, snapshot) = runtime.block_on(async {
-            let (client, connection) =
-                tokio_postgres::connect(&options.url, NoTls).await.context("cannot connect for CDC")?;
+            let connect = tokio::time::timeout(options.read_timeout, tokio_postgres::connect(&options.url, NoTls));
+            let (client, connection) = connect
+                .await
+                .map_err(|_| anyhow!("cannot connect for CDC: no answer within {:?}", options.read_timeout))?
+                .context("cannot connect for CDC")?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::warn!(%error, "CDC connection ended");
@@ -165,7 +172,8 @@ impl Source for CdcSource {
 
     fn read_round(&mut self) -> Result<Option<Vec<Batch<Changes>>>> {
         if let Some(snapshot) = &mut self.snapshot {
-            match self.runtime.block_on(snapshot.next_rows(&self.client))? {
+            let read = snapshot.next_rows(&self.client);
+            match within(&self.runtime, self.options.read_timeout, "a snapshot read", read)? {
                 Some(changes) => {
                     self.rows += changes.len() as u64;
                     let records = Changes { changes, reached: None };
@@ -184,7 +192,8 @@ impl Source for CdcSource {
             self.runtime.block_on(async { tokio::time::sleep(wait).await });
         }
         let polled = Instant::now();
-        let (changes, reached) = self.runtime.block_on(self.slot.poll(&self.client, &self.options.tables))?;
+        let poll = self.slot.poll(&self.client, &self.options.tables);
+        let (changes, reached) = within(&self.runtime, self.options.read_timeout, "a poll of the slot", poll)?;
         debug!(changes = changes.len(), ms = polled.elapsed().as_secs_f64() * 1e3, "polled");
         self.idle = changes.is_empty();
         self.rows += changes.len() as u64;
@@ -194,6 +203,19 @@ impl Source for CdcSource {
     /// (rows and changes read, 0).
     fn progress(&self) -> (u64, u64) {
         (self.rows, 0)
+    }
+}
+
+/// Runs `read` on `runtime`, failing when it has not finished within `timeout`.
+fn within<T>(
+    runtime: &tokio::runtime::Runtime,
+    timeout: Duration,
+    what: &str,
+    read: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match runtime.block_on(async { tokio::time::timeout(timeout, read).await }) {
+        Ok(result) => result,
+        Err(_) => bail!("{what} got no answer within {timeout:?}: the connection is taken as broken"),
     }
 }
 
