@@ -20,6 +20,15 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     value.checked_mul(scale).ok_or_else(|| format!("`{text}` is too long a duration"))
 }
 
+/// Parses a command-line timeout (`--lock-timeout 2s`): a duration as above, more than zero
+/// (a zero timeout would mean "none" to PostgreSQL and "at once" to a timer).
+pub fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match parse_duration_ms(text)? {
+        0 => Err(format!("`{}` is not a positive duration", text.trim())),
+        ms => Ok(std::time::Duration::from_millis(ms)),
+    }
+}
+
 /// Writes milliseconds back in the largest unit that divides them, for messages.
 pub fn format_duration_ms(ms: u64) -> String {
     match ms {

@@ -526,8 +526,7 @@ async fn id_claimed(
     claimed: ReservationRequest,
 ) -> Result<ApiError, ApiError> {
     let shard = shards.index_of(claimed.hotel_id);
-    let timeout = shards.limits().map(|limits| limits.id_lookup_timeout);
-    Ok(match id_lookups[shard].find(claimed.reservation_id, timeout).await? {
+    Ok(match id_lookups[shard].find(claimed.reservation_id, shards.id_lookup_timeout()).await? {
         Some(existing) => id_reused(existing),
         None => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -568,8 +567,7 @@ async fn locate(shards: &Shards, id_lookups: &[IdLookup], id: Uuid) -> Result<Op
     let hotel = shards.run(home, move |client| Box::pin(async move { claims::hotel_of(client, id).await })).await?;
     let Some(hotel_id) = hotel else { return find_on_shards(id_lookups, id).await };
     let shard = shards.index_of(hotel_id);
-    let timeout = shards.limits().map(|limits| limits.id_lookup_timeout);
-    let found = id_lookups[shard].find(id, timeout).await?;
+    let found = id_lookups[shard].find(id, shards.id_lookup_timeout()).await?;
     Ok(found.map(|reservation| (shard, reservation)))
 }
 

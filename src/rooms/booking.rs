@@ -15,7 +15,6 @@ use chrono::{DateTime, NaiveDate, Utc};
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tracing::debug;
 use uuid::Uuid;
 
@@ -167,14 +166,7 @@ async fn try_reserve(
     request: &ReservationRequest,
 ) -> Result<Option<Outcome>, tokio_postgres::Error> {
     let statement = client.prepare_cached(RESERVE_SQL).await?;
-    let parameters: [&(dyn ToSql + Sync); 6] = [
-        &request.reservation_id,
-        &request.hotel_id,
-        &request.room_type_id,
-        &request.start_date,
-        &request.end_date,
-        &request.guest_id,
-    ];
+    let parameters = request.sql_params();
     let (begun, result) = tokio::join!(client.batch_execute("BEGIN"), client.query_one(&statement, &parameters));
     if let Err(error) = begun {
         return Err(rolled_back(client, error).await);
@@ -277,14 +269,7 @@ pub async fn find_many(
 
 fn reservation_from_row(row: &Row) -> Reservation {
     Reservation {
-        request: ReservationRequest {
-            reservation_id: row.get("reservation_id"),
-            hotel_id: row.get("hotel_id"),
-            room_type_id: row.get("room_type_id"),
-            start_date: row.get("start_date"),
-            end_date: row.get("end_date"),
-            guest_id: row.get("guest_id"),
-        },
+        request: ReservationRequest::from_row(row),
         status: Status::from_db(row.get("status")),
         created_at: row.get("created_at"),
         cancelled_at: row.get("cancelled_at"),

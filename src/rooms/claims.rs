@@ -44,31 +44,14 @@ pub async fn claim(client: &ClientWrapper, request: &ReservationRequest) -> Resu
                     (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (reservation_id) DO UPDATE SET reservation_id = c.reservation_id
-             RETURNING hotel_id, room_type_id, start_date, end_date, guest_id",
+             RETURNING reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id",
         )
         .await?;
     let row = client
-        .query_one(
-            &statement,
-            &[
-                &request.reservation_id,
-                &request.hotel_id,
-                &request.room_type_id,
-                &request.start_date,
-                &request.end_date,
-                &request.guest_id,
-            ],
-        )
+        .query_one(&statement, &request.sql_params())
         .await
         .with_context(|| format!("cannot claim reservation id {}", request.reservation_id))?;
-    let claimed = ReservationRequest {
-        reservation_id: request.reservation_id,
-        hotel_id: row.get("hotel_id"),
-        room_type_id: row.get("room_type_id"),
-        start_date: row.get("start_date"),
-        end_date: row.get("end_date"),
-        guest_id: row.get("guest_id"),
-    };
+    let claimed = ReservationRequest::from_row(&row);
     Ok(if claimed == *request { Claim::Ours } else { Claim::Taken(claimed) })
 }
 

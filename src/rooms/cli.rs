@@ -8,6 +8,8 @@ use anyhow::{Context, Result, bail};
 use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
 
+use crate::duration::parse_timeout;
+
 use super::shards::{DEFAULT_POOL_SIZE, ShardLimits, Shards};
 use super::view::RoomsView;
 use super::{audit, guard, migrate, seed, server};
@@ -87,17 +89,17 @@ pub struct ServeArgs {
     pub limits: ShardLimits,
     /// Close a connection whose request headers are not complete this long after the server
     /// began reading them (also closes a kept-alive connection idle that long). Units: ms, s, m.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     pub header_timeout: Duration,
     /// Answer 503 {"error":"timeout"} to a request not answered within this. Units: ms, s, m.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     pub request_timeout: Duration,
     /// Requests served at once; one more is answered 503 {"error":"busy"} at once.
     #[arg(long, value_name = "N", default_value_t = guard::DEFAULT_MAX_CONCURRENT, value_parser = at_least_one)]
     pub max_concurrent: usize,
     /// On SIGINT or SIGTERM: stop accepting, then give requests in flight this long to finish
     /// before exiting (0 when they all did, 1 when some were cut off). Units: ms, s, m.
-    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_timeout)]
     pub shutdown_grace: Duration,
     /// An origin (scheme://host[:port]) whose browser requests are served; repeat or separate
     /// with commas. A request with any other Origin header is refused 403 (default: none allowed).
@@ -127,24 +129,6 @@ impl ServeArgs {
 /// A count of 1 or more.
 fn at_least_one(text: &str) -> Result<usize, String> {
     text.parse().ok().filter(|n| *n >= 1).ok_or_else(|| format!("`{text}` is not a whole number of 1 or more"))
-}
-
-/// A positive duration such as `10s`, `500ms`, `2m` (a bare number is seconds).
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 10s or 500ms"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(format!("`{unit}` is not a unit of duration (ms, s, m)")),
-    };
-    match Duration::try_from_secs_f64(seconds) {
-        Ok(duration) if !duration.is_zero() => Ok(duration),
-        _ => Err(format!("`{text}` is not a positive duration")),
-    }
 }
 
 /// Runs one `rooms` subcommand to completion.
@@ -219,17 +203,6 @@ async fn run_check(config: ConfigArg) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_take_units_and_must_be_positive() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        for bad in ["0s", "", "s", "-1s", "10h", "ten"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn serve_flag_defaults_are_the_library_defaults() {

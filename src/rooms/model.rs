@@ -51,6 +51,23 @@ pub struct ReservationRequest {
 }
 
 impl ReservationRequest {
+    /// `$1..$6` of a statement that stores a request: id, hotel, room type, start, end, guest.
+    pub fn sql_params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 6] {
+        [&self.reservation_id, &self.hotel_id, &self.room_type_id, &self.start_date, &self.end_date, &self.guest_id]
+    }
+
+    /// The request from a row with the columns of [`Self::sql_params`], named as in the tables.
+    pub fn from_row(row: &tokio_postgres::Row) -> Self {
+        Self {
+            reservation_id: row.get("reservation_id"),
+            hotel_id: row.get("hotel_id"),
+            room_type_id: row.get("room_type_id"),
+            start_date: row.get("start_date"),
+            end_date: row.get("end_date"),
+            guest_id: row.get("guest_id"),
+        }
+    }
+
     /// Parses and checks a JSON body; a stay starting before today (UTC) is refused.
     pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
         let request = Self::parse_undated(body)?;

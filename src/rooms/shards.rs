@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+
+use crate::duration::parse_timeout;
 use deadpool_postgres::{ClientWrapper, Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime};
 use deadpool_postgres::{TimeoutType, tokio_postgres::error::SqlState};
 use tokio_postgres::NoTls;
@@ -34,28 +36,28 @@ pub const APPLICATION_NAME: &str = "clickstay-rooms-api";
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct ShardLimits {
     /// Longest wait for a free pooled connection (then 503 `busy`).
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_timeout)]
     pub pool_wait_timeout: Duration,
     /// Longest time to open a connection to a shard, start-up and authentication included.
-    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_timeout)]
     pub connect_timeout: Duration,
     /// PostgreSQL `statement_timeout` of every API connection.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_timeout)]
     pub statement_timeout: Duration,
     /// PostgreSQL `lock_timeout` of every API connection (a row or table lock held elsewhere).
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_timeout)]
     pub lock_timeout: Duration,
     /// PostgreSQL `idle_in_transaction_session_timeout` of every API connection: the last
     /// guard against a transaction left open.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
     pub idle_in_transaction_timeout: Duration,
     /// Longest run of one booking, cancellation or look-up on a shard, whatever the client
     /// does meanwhile (the work runs on its own task; past this its connection is closed).
-    #[arg(long, value_name = "DURATION", default_value = "8s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "8s", value_parser = parse_timeout)]
     pub transaction_timeout: Duration,
-    /// Longest wait for the reservation-id check of a booking on an unrelated shard; past it
-    /// the booking goes on without that shard's answer.
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    /// Longest wait for a shard's answer when a reservation is looked up by id (GET, DELETE,
+    /// the existing reservation named in a 422); a shard silent past it answers 503.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_timeout)]
     pub id_lookup_timeout: Duration,
 }
 
@@ -72,10 +74,6 @@ impl Default for ShardLimits {
             id_lookup_timeout: s(1),
         }
     }
-}
-
-fn duration(text: &str) -> Result<Duration, String> {
-    crate::duration::parse_duration_ms(text).map(Duration::from_millis)
 }
 
 impl ShardLimits {
@@ -198,6 +196,11 @@ impl Shards {
     /// The API's bounds, `None` without any.
     pub fn limits(&self) -> Option<&ShardLimits> {
         self.limits.as_deref()
+    }
+
+    /// How long a reservation-id look-up waits for a shard, `None` for as long as it takes.
+    pub fn id_lookup_timeout(&self) -> Option<Duration> {
+        self.limits().map(|limits| limits.id_lookup_timeout)
     }
 
     /// A connection to shard `index`, with the shard named in the error.
