@@ -3,9 +3,11 @@
 //!
 //! Drives the booking path over HTTP with many concurrent clients on a seeded inventory, beside
 //! the same SQL transaction run by pgbench straight against PostgreSQL (the ceiling), for a
-//! uniform and a hot-hotel workload; prints reservations/s and p50/p99 latency of each, then
-//! audits the invariants (zero overbooking).
+//! uniform and a hot-hotel workload; prints reservations/s and p50/p99 latency of each and the
+//! cost of the reservation-id claim, then audits the invariants (zero overbooking).
 
+#[path = "rooms/claim_cost.rs"]
+mod claim_cost;
 #[path = "common/rooms/mod.rs"]
 mod common;
 #[path = "rooms/pgbench.rs"]
@@ -20,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use clickstay::rooms::audit;
 use clickstay::rooms::cli::ConfigArg;
-use clickstay::rooms::shards::{DEFAULT_POOL_SIZE, Shards};
+use clickstay::rooms::shards::{DEFAULT_POOL_SIZE, ShardLimits, Shards};
 
 use common::stats::{self, RunStats};
 use common::workload::Workload;
@@ -92,7 +94,12 @@ async fn run(args: BenchArgs) -> Result<()> {
     }
     let address = match &args.url {
         Some(url) => resolve(url)?,
-        None => common::serve(&shards, None).await?,
+        // The server as `rooms serve` runs it: every default timeout of the API in force.
+        None => {
+            let limits = ShardLimits::default();
+            common::serve(&Shards::from_config_with(args.config.config.as_deref(), args.pool_size, limits)?, None)
+                .await?
+        }
     };
     let pgbench = if args.no_pgbench { None } else { Some(pgbench::find_pgbench()?) };
     let work_dir = std::env::temp_dir().join(format!("clickstay-bench-{}", std::process::id()));
@@ -128,6 +135,7 @@ async fn run(args: BenchArgs) -> Result<()> {
         compare_strategies(&args, &shards, runner, &workloads).await?;
     }
     let _ = std::fs::remove_dir_all(&work_dir);
+    println!("{}", claim_cost::measure(&shards, first_night).await?);
     for line in summary {
         println!("{line}");
     }

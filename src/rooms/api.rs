@@ -16,7 +16,7 @@ use tracing::{error, warn};
 use uuid::Uuid;
 
 use super::booking::{self, Outcome};
-use super::claims::{self, Claim};
+use super::claims::{self, Claim, ClaimBatch};
 use super::guard::{self, Access, Bounds, Limits};
 use super::id_lookup::{self, IdLookup, Located};
 use super::model::{
@@ -42,6 +42,7 @@ pub const MAX_SEARCH_HOTELS: usize = 100;
 struct AppState {
     shards: Shards,
     id_lookups: Vec<IdLookup>,
+    claims: Vec<ClaimBatch>,
     view: Option<(RoomsView, Committer)>,
 }
 
@@ -50,7 +51,8 @@ struct AppState {
 /// tokio runtime). Every request passes [`guard::limit`] (deadline, concurrency cap), then
 /// [`guard::guard`] (origin, content type, token).
 pub fn router(shards: Shards, view: Option<RoomsView>, limits: Limits, access: Access) -> Router {
-    let id_lookups = IdLookup::spawn_all(&shards);
+    let id_lookups = id_lookup::spawn_all(&shards);
+    let claims = claims::spawn_all(&shards);
     let view = view.map(|view| (view, Committer::new(shards.clone())));
     Router::new()
         .route("/healthz", get(healthz))
@@ -61,7 +63,7 @@ pub fn router(shards: Shards, view: Option<RoomsView>, limits: Limits, access: A
         .route("/v1/availability/search", get(search))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(AppState { shards, id_lookups, view })
+        .with_state(AppState { shards, id_lookups, claims, view })
         .layer(middleware::from_fn_with_state(Arc::new(access), guard::guard))
         .layer(middleware::from_fn_with_state(Bounds::from(limits), guard::limit))
 }
@@ -232,7 +234,7 @@ async fn new_reservation_id() -> Json<Value> {
 }
 
 async fn create_reservation(
-    State(AppState { shards, id_lookups, view }): State<AppState>,
+    State(AppState { shards, id_lookups, claims, view }): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
     let body = body.map_err(|rejection| {
@@ -268,18 +270,22 @@ async fn create_reservation(
         }
     }
     // The id's first use wins on its home shard, whichever shard its hotel is on.
-    if let Claim::Taken(claimed) = claim_id(&shards, &request).await? {
+    // When the id's home shard is the hotel's, the booking's transaction takes the claim.
+    let home_of_id = claims::home_shard(request.reservation_id, shards.len());
+    let claim_here = home_of_id == home;
+    let timeout = shards.limits().map(|limits| limits.transaction_timeout);
+    if !claim_here && let Claim::Taken(claimed) = claims[home_of_id].ask(request.clone(), timeout).await? {
         return Err(id_claimed(&shards, &id_lookups, claimed).await?);
     }
     let (outcome, lsn) = match &view {
         Some((_, committer)) => {
-            let (outcome, lsn) = committer.commit(&request).await?;
+            let (outcome, lsn) = committer.commit(&request, claim_here).await?;
             (outcome, Some(lsn))
         }
         None => {
             let booked = request.clone();
-            let reserved =
-                shards.run(home, move |client| Box::pin(async move { booking::reserve(client, &booked).await }));
+            let reserved = shards
+                .run(home, move |client| Box::pin(async move { booking::reserve(client, &booked, claim_here).await }));
             (reserved.await?, None)
         }
     };
@@ -290,7 +296,6 @@ async fn create_reservation(
         Json(body)
     };
     match outcome {
-        Outcome::Confirmed(_) => set_claim_state(&shards, request.reservation_id, "booked"),
         Outcome::UnknownHotel | Outcome::UnknownRoomType => release_unbookable(&shards, &request).await?,
         _ => {}
     }
@@ -298,6 +303,7 @@ async fn create_reservation(
         Outcome::Confirmed(reservation) => Ok((StatusCode::CREATED, with_lsn(json!(reservation))).into_response()),
         Outcome::Repeated(reservation) => Ok((StatusCode::OK, with_lsn(json!(reservation))).into_response()),
         Outcome::IdReused(existing) => Err(id_reused(existing)),
+        Outcome::Claimed(claimed) => Err(id_claimed(&shards, &id_lookups, claimed).await?),
         Outcome::SoldOut { night } => {
             let error = sold_out(&request, night);
             Err(match lsn {
@@ -510,13 +516,6 @@ fn stay_of(
     Ok((start, end))
 }
 
-/// Claims the request's id on its home shard (see [`claims`]).
-async fn claim_id(shards: &Shards, request: &ReservationRequest) -> Result<Claim, ApiError> {
-    let home = claims::home_shard(request.reservation_id, shards.len());
-    let request = request.clone();
-    Ok(shards.run(home, move |client| Box::pin(async move { claims::claim(client, &request).await })).await?)
-}
-
 /// The 422 for an id claimed for other content: with the reservation made under it, or with
 /// the content it was claimed for when that booking has not been made (it was sold out, or
 /// crashed before committing).
@@ -526,7 +525,7 @@ async fn id_claimed(
     claimed: ReservationRequest,
 ) -> Result<ApiError, ApiError> {
     let shard = shards.index_of(claimed.hotel_id);
-    Ok(match id_lookups[shard].find(claimed.reservation_id, shards.id_lookup_timeout()).await? {
+    Ok(match id_lookups[shard].ask(claimed.reservation_id, shards.id_lookup_timeout()).await? {
         Some(existing) => id_reused(existing),
         None => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -567,7 +566,7 @@ async fn locate(shards: &Shards, id_lookups: &[IdLookup], id: Uuid) -> Result<Op
     let hotel = shards.run(home, move |client| Box::pin(async move { claims::hotel_of(client, id).await })).await?;
     let Some(hotel_id) = hotel else { return find_on_shards(id_lookups, id).await };
     let shard = shards.index_of(hotel_id);
-    let found = id_lookups[shard].find(id, shards.id_lookup_timeout()).await?;
+    let found = id_lookups[shard].ask(id, shards.id_lookup_timeout()).await?;
     Ok(found.map(|reservation| (shard, reservation)))
 }
 

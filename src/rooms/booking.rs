@@ -18,6 +18,7 @@ use tokio_postgres::error::SqlState;
 use tracing::debug;
 use uuid::Uuid;
 
+use super::claims::{self, Claim};
 use super::model::{Availability, Reservation, ReservationRequest, RoomTypeAvailability, Status};
 
 /// Inserts the reservation and takes one room on every night of the stay where one is left.
@@ -135,12 +136,17 @@ pub enum Outcome {
     },
     UnknownHotel,
     UnknownRoomType,
+    /// The id is claimed for other content (only when the claim was taken in the booking's
+    /// transaction): nothing was booked.
+    Claimed(ReservationRequest),
 }
 
-/// Books `request` on the shard `client` is connected to (the hotel's shard).
-pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest) -> Result<Outcome> {
+/// Books `request` on the shard `client` is connected to (the hotel's shard). With
+/// `claim_here` (the id's home shard is this shard) the id's claim is taken in the same
+/// transaction, so that the booking costs no second commit.
+pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest, claim_here: bool) -> Result<Outcome> {
     for attempt in 1.. {
-        match try_reserve(client, request).await {
+        match try_reserve(client, request, claim_here).await {
             Ok(Some(outcome)) => return Ok(outcome),
             // A constraint failed but the diagnosis found no reason: a race with another
             // transaction; book again.
@@ -164,12 +170,33 @@ pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest) -> Re
 async fn try_reserve(
     client: &ClientWrapper,
     request: &ReservationRequest,
+    claim_here: bool,
 ) -> Result<Option<Outcome>, tokio_postgres::Error> {
     let statement = client.prepare_cached(RESERVE_SQL).await?;
+    let claim_statement = if claim_here { Some(claims::claim_statement(client).await?) } else { None };
     let parameters = request.sql_params();
-    let (begun, result) = tokio::join!(client.batch_execute("BEGIN"), client.query_one(&statement, &parameters));
+    // BEGIN, the claim (when it lives here) and the booking go out together, in this order
+    // (each is sent when first polled, and `join!` polls in order).
+    let claim = async {
+        match &claim_statement {
+            Some(claim) => claims::claimed_with(client, claim, request).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (begun, claimed, result) =
+        tokio::join!(client.batch_execute("BEGIN"), claim, client.query_one(&statement, &parameters));
     if let Err(error) = begun {
         return Err(rolled_back(client, error).await);
+    }
+    match claimed {
+        Err(error) => return Err(rolled_back(client, error).await),
+        Ok(Some(claimed)) => {
+            if let Claim::Taken(other) = Claim::of(request, &claimed) {
+                client.batch_execute("ROLLBACK").await?;
+                return Ok(Some(Outcome::Claimed(other)));
+            }
+        }
+        Ok(None) => {}
     }
     match result {
         Ok(row) if row.get::<_, i32>("nights_taken") == request.nights() => {

@@ -9,14 +9,21 @@
 //! completes it, other content is refused. GET and DELETE ask the home shard where the
 //! reservation lives instead of asking every shard.
 //!
-//! Cost: one statement on the home shard per booking (one round trip; the README gives the
-//! measured figure), instead of asking every shard whether the id is in use.
+//! Cost: one round trip to the home shard per booking. The claims of concurrent bookings are
+//! batched per shard (one statement and one commit per batch, see [`super::batch`]); the README gives
+//! the measured figures.
 
-use anyhow::{Context, Result};
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result, anyhow};
+use chrono::NaiveDate;
 use deadpool_postgres::ClientWrapper;
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
+use super::batch::Batcher;
 use super::model::ReservationRequest;
+use super::shards::Shards;
 
 /// The shard that holds the claim of `id`: the id's low 64 bits (random in a UUIDv7) modulo the
 /// number of shards. Stable: it depends on the id and the number of shards only.
@@ -33,26 +40,100 @@ pub enum Claim {
     Taken(ReservationRequest),
 }
 
+/// The claim task of one shard: a request in, what claiming its id found out (see [`super::batch`]).
+pub type ClaimBatch = Batcher<ReservationRequest, Claim>;
+
+/// Starts the claim task of every shard (on the current tokio runtime).
+pub fn spawn_all(shards: &Shards) -> Vec<ClaimBatch> {
+    Batcher::spawn_all(shards, "reservation-id claim", |client, requests| {
+        Box::pin(async move { claim_many(client, &requests).await })
+    })
+}
+
 /// Takes the claim of `request`'s id on its home shard (`client`), or reads the claim that is
-/// there. `ON CONFLICT DO UPDATE` (a no-op update) locks and returns the existing row even when
-/// a concurrent first use committed it after this statement began, which `DO NOTHING` plus a
-/// read could miss.
+/// there.
 pub async fn claim(client: &ClientWrapper, request: &ReservationRequest) -> Result<Claim> {
-    let statement = client
-        .prepare_cached(
-            "INSERT INTO reservation_claim AS c
-                    (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id)
-             VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (reservation_id) DO UPDATE SET reservation_id = c.reservation_id
-             RETURNING reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id",
-        )
-        .await?;
-    let row = client
-        .query_one(&statement, &request.sql_params())
+    Ok(claim_many(client, std::slice::from_ref(request)).await?.remove(0))
+}
+
+/// [`claim`] for many requests in one statement and one commit (the ids sorted, so that two
+/// batches lock their rows in the same order). Of two requests with one id in a batch, the
+/// first one's content is claimed.
+pub async fn claim_many(client: &ClientWrapper, requests: &[ReservationRequest]) -> Result<Vec<Claim>> {
+    let claimed = claimed_for(client, requests)
         .await
-        .with_context(|| format!("cannot claim reservation id {}", request.reservation_id))?;
-    let claimed = ReservationRequest::from_row(&row);
-    Ok(if claimed == *request { Claim::Ours } else { Claim::Taken(claimed) })
+        .with_context(|| format!("cannot claim {} reservation id(s)", requests.len()))?;
+    requests
+        .iter()
+        .map(|request| match claimed.get(&request.reservation_id) {
+            Some(claimed) => Ok(Claim::of(request, claimed)),
+            None => Err(anyhow!("reservation id {} was neither claimed nor found claimed", request.reservation_id)),
+        })
+        .collect()
+}
+
+/// Claims one id: `$1..$6` as in [`ReservationRequest::sql_params`]. `ON CONFLICT DO UPDATE`
+/// (a no-op update) locks and returns the existing row even when a concurrent first use
+/// committed it after this statement began, which `DO NOTHING` plus a read could miss.
+const CLAIM_ONE_SQL: &str = "\
+INSERT INTO reservation_claim AS c (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (reservation_id) DO UPDATE SET reservation_id = c.reservation_id
+RETURNING reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id";
+
+/// [`CLAIM_ONE_SQL`] for many ids: one array per column.
+const CLAIM_MANY_SQL: &str = "\
+INSERT INTO reservation_claim AS c (reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id)
+SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::int[], $4::date[], $5::date[], $6::bigint[])
+ON CONFLICT (reservation_id) DO UPDATE SET reservation_id = c.reservation_id
+RETURNING reservation_id, hotel_id, room_type_id, start_date, end_date, guest_id";
+
+/// The prepared statement of [`claimed_with`]; prepare it before pipelining the claim behind a
+/// `BEGIN` (a statement prepared on the way would let later statements overtake it).
+pub async fn claim_statement(client: &ClientWrapper) -> Result<Statement, tokio_postgres::Error> {
+    client.prepare_cached(CLAIM_ONE_SQL).await
+}
+
+/// Claims `request`'s id with `statement` ([`claim_statement`]): the content the id is
+/// claimed for once it has run (its own for a first use). Run inside a booking's transaction
+/// when the id's home shard is the hotel's shard ([`super::booking::reserve`]).
+pub async fn claimed_with(
+    client: &ClientWrapper,
+    statement: &Statement,
+    request: &ReservationRequest,
+) -> Result<ReservationRequest, tokio_postgres::Error> {
+    Ok(ReservationRequest::from_row(&client.query_one(statement, &request.sql_params()).await?))
+}
+
+/// The content each id of `requests` is claimed for after claiming them all, in one statement.
+async fn claimed_for(
+    client: &ClientWrapper,
+    requests: &[ReservationRequest],
+) -> Result<HashMap<Uuid, ReservationRequest>, tokio_postgres::Error> {
+    if let [request] = requests {
+        let claimed = claimed_with(client, &claim_statement(client).await?, request).await?;
+        return Ok(HashMap::from([(claimed.reservation_id, claimed)]));
+    }
+    let mut first: BTreeMap<Uuid, &ReservationRequest> = BTreeMap::new();
+    for request in requests {
+        first.entry(request.reservation_id).or_insert(request);
+    }
+    let column = |get: fn(&ReservationRequest) -> i64| first.values().map(|r| get(r)).collect::<Vec<i64>>();
+    let ids: Vec<Uuid> = first.keys().copied().collect();
+    let room_types: Vec<i32> = first.values().map(|r| r.room_type_id).collect();
+    let starts: Vec<NaiveDate> = first.values().map(|r| r.start_date).collect();
+    let ends: Vec<NaiveDate> = first.values().map(|r| r.end_date).collect();
+    let (hotels, guests) = (column(|r| r.hotel_id), column(|r| r.guest_id));
+    let statement = client.prepare_cached(CLAIM_MANY_SQL).await?;
+    let rows = client.query(&statement, &[&ids, &hotels, &room_types, &starts, &ends, &guests]).await?;
+    Ok(rows.iter().map(ReservationRequest::from_row).map(|r| (r.reservation_id, r)).collect())
+}
+
+impl Claim {
+    /// What claiming for `request` found when the id is claimed for `claimed`.
+    pub fn of(request: &ReservationRequest, claimed: &ReservationRequest) -> Self {
+        if claimed == request { Claim::Ours } else { Claim::Taken(claimed.clone()) }
+    }
 }
 
 /// Records what became of a claimed id: `booked` or `cancelled`.

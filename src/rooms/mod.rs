@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod batch;
 pub mod booking;
 pub mod claims;
 pub mod cli;

@@ -21,18 +21,19 @@ impl Committer {
         Self { shards }
     }
 
-    /// Books `request` on its hotel's shard (on a task of its own, see [`Shards::run`]); the
+    /// Books `request` on its hotel's shard (on a task of its own, see [`Shards::run`]; with
+    /// `claim_here` its id's claim too, see [`booking::reserve`]); the
     /// outcome and the shard's WAL insert position after it: at or past the end of the
     /// booking's commit record, even with `synchronous_commit = off` (where the flushed
     /// position may still be behind it; the view then reaches it once the WAL writer has
     /// flushed).
-    pub async fn commit(&self, request: &ReservationRequest) -> Result<(Outcome, Lsn), ShardError> {
+    pub async fn commit(&self, request: &ReservationRequest, claim_here: bool) -> Result<(Outcome, Lsn), ShardError> {
         let shard = self.shards.index_of(request.hotel_id);
         let request = request.clone();
         self.shards
             .run(shard, move |client| {
                 Box::pin(async move {
-                    let outcome = booking::reserve(client, &request).await?;
+                    let outcome = booking::reserve(client, &request, claim_here).await?;
                     let position: String = client
                         .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
                         .await
