@@ -9,9 +9,10 @@
 //! completes it, other content is refused. GET and DELETE ask the home shard where the
 //! reservation lives instead of asking every shard.
 //!
-//! Cost: one round trip to the home shard per booking. The claims of concurrent bookings are
-//! batched per shard (one statement and one commit per batch, see [`super::batch`]); the README gives
-//! the measured figures.
+//! Cost: inside the booking's transaction when the id's home shard is the hotel's; else one
+//! round trip to the home shard per booking, the claims of concurrent bookings batched per
+//! shard (one statement and one commit per batch, see [`super::batch`]). The README gives the
+//! measured figures.
 
 use std::collections::{BTreeMap, HashMap};
 
