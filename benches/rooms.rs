@@ -28,6 +28,15 @@ use common::stats::{self, RunStats};
 use common::workload::Workload;
 use common::{discover, http_load};
 
+/// How the clients get their reservation ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Ids {
+    /// From `POST /v1/reservation-ids?hotel_id=`: homed on the hotel's shard.
+    Homed,
+    /// Any UUIDv7: the claim is a round trip to another shard for all but 1 in N bookings.
+    Random,
+}
+
 /// Request mixes the benchmark knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Skew {
@@ -62,6 +71,9 @@ pub struct BenchArgs {
     /// Workloads to run, in order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "uniform,hot")]
     pub skew: Vec<Skew>,
+    /// Reservation ids of the bookings (random: as the benchmark did before claims existed).
+    #[arg(long, value_enum, default_value = "random")]
+    pub ids: Ids,
     /// Longest stay booked (stays are 1 to this many nights).
     #[arg(long, default_value_t = 3)]
     pub max_nights: u32,
@@ -122,6 +134,7 @@ async fn run(args: BenchArgs) -> Result<()> {
         days,
         max_nights: args.max_nights,
         hot_percent: if skew == Skew::Hot { 50 } else { 0 },
+        homed_ids: args.ids == Ids::Homed,
     };
     if args.warmup > 0 {
         http_load::run(address, &make_workload(Skew::Uniform), args.clients, Duration::from_secs(args.warmup)).await?;

@@ -81,6 +81,7 @@ async fn run(args: ViewBenchArgs) -> Result<()> {
         days,
         max_nights: args.max_nights,
         hot_percent: 0,
+        homed_ids: true,
     };
     let started = Instant::now();
     let view = RoomsView::start(RoomsSpec::load(&args.dataflow)?, shards.urls(), args.workers)?;

@@ -92,6 +92,7 @@ on_both_paths!(
     bad_requests_get_their_status_and_a_message_and_change_nothing,
     availability_matches_an_oracle_after_random_bookings,
     two_hundred_ids_each_booked_for_hotels_on_two_shards_win_once,
+    ids_minted_for_a_hotel_are_claimed_on_its_shard,
 );
 
 impl Api {
@@ -550,5 +551,43 @@ async fn two_hundred_ids_each_booked_for_hotels_on_two_shards_win_once(api: Api)
         total
     };
     assert_eq!(reservations, 200, "one reservation per id, on one shard");
+    api.assert_invariants().await;
+}
+
+/// `POST /v1/reservation-ids?hotel_id=H` mints ids homed on H's shard: booked there, each id's
+/// claim is on that shard (taken in the booking's transaction), reusing one for a hotel on the
+/// other shard is 422, and a malformed hotel id is 400.
+async fn ids_minted_for_a_hotel_are_claimed_on_its_shard(api: Api) {
+    api.add_hotel(5, "1.00", &[50], 5).await; // shard 1
+    api.add_hotel(6, "1.00", &[50], 5).await; // shard 0
+    for hotel in [5i64, 6] {
+        for _ in 0..10 {
+            let path = format!("{}/v1/reservation-ids?hotel_id={hotel}", api.url);
+            let (status, body) = api.send(api.http.post(path)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let id = body["reservation_id"].as_str().unwrap().to_string();
+            let (status, body) = api.book(&stay(&id, hotel, 1, 0, 2, 3)).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let uuid: uuid::Uuid = id.parse().unwrap();
+            let claims: i64 = api
+                .db(hotel)
+                .query_one("SELECT count(*) FROM reservation_claim WHERE reservation_id = $1", &[&uuid])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(claims, 1, "the claim of {id} is not on hotel {hotel}'s shard");
+            let other = if hotel == 5 { 6 } else { 5 };
+            let (status, body) = api.book(&stay(&id, other, 1, 0, 2, 3)).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("reservation_id_reused"))
+            );
+        }
+    }
+    for bad in ["x", "-1", ""] {
+        let (status, body) = api.send(api.http.post(format!("{}/v1/reservation-ids?hotel_id={bad}", api.url))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["message"].as_str().unwrap().contains("hotel_id"), "{body}");
+    }
     api.assert_invariants().await;
 }

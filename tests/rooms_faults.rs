@@ -209,12 +209,7 @@ fn new_id() -> String {
 
 /// An id whose claim lives on shard `home` of two (`claims::home_shard`).
 fn new_id_homed_on(home: usize) -> String {
-    loop {
-        let id = uuid::Uuid::now_v7();
-        if clickstay::rooms::claims::home_shard(id, 2) == home {
-            return id.to_string();
-        }
-    }
+    clickstay::rooms::claims::new_id_homed_on(home, 2).to_string()
 }
 
 /// Waits until `condition` holds (at most `within`).

@@ -227,10 +227,25 @@ fn view_report(view: &RoomsView, index: usize, current: Option<Lsn>) -> Value {
     report
 }
 
-/// A fresh idempotency key. UUIDv7 (time-ordered) keeps inserts at the right edge of the
-/// primary-key index.
-async fn new_reservation_id() -> Json<Value> {
-    Json(json!({ "reservation_id": Uuid::now_v7() }))
+/// `POST /v1/reservation-ids[?hotel_id=H]`: a fresh idempotency key. UUIDv7 (time-ordered)
+/// keeps inserts at the right edge of the primary-key index. With `hotel_id`, the id is homed
+/// on that hotel's shard, so that booking it there costs no second commit for its claim.
+async fn new_reservation_id(
+    State(AppState { shards, .. }): State<AppState>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let id = match query.get("hotel_id") {
+        None => Uuid::now_v7(),
+        Some(text) => {
+            let hotel_id: i64 = text
+                .parse()
+                .ok()
+                .filter(|id| *id >= 0)
+                .ok_or_else(|| BadRequest(format!("hotel_id: `{text}` is not a hotel id")))?;
+            claims::new_id_homed_on(shards.index_of(hotel_id), shards.len())
+        }
+    };
+    Ok(Json(json!({ "reservation_id": id })).into_response())
 }
 
 async fn create_reservation(

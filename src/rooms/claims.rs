@@ -32,6 +32,19 @@ pub fn home_shard(id: Uuid, shards: usize) -> usize {
     ((id.as_u128() as u64) % shards.max(1) as u64) as usize
 }
 
+/// A fresh UUIDv7 whose home shard is `shard` (of `shards`): what `POST
+/// /v1/reservation-ids?hotel_id=` gives, so that the id's claim lives on the hotel's shard and
+/// is taken inside the booking's own transaction. (The low 64 bits are random: about `shards`
+/// draws.)
+pub fn new_id_homed_on(shard: usize, shards: usize) -> Uuid {
+    loop {
+        let id = Uuid::now_v7();
+        if home_shard(id, shards) == shard {
+            return id;
+        }
+    }
+}
+
 /// What claiming an id found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -186,5 +199,8 @@ mod tests {
         }
         assert!(per_shard.iter().all(|n| *n > 800), "{per_shard:?}");
         assert_eq!(home_shard(Uuid::now_v7(), 1), 0);
+        for shard in 0..3 {
+            assert_eq!(home_shard(new_id_homed_on(shard, 3), 3), shard);
+        }
     }
 }

@@ -11,7 +11,6 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use uuid::Uuid;
 
 use super::stats::RunStats;
 use super::workload::Workload;
@@ -93,7 +92,7 @@ pub async fn run(address: SocketAddr, workload: &Workload, clients: usize, durat
         let stay = workload.pick(rng);
         let body = format!(
             r#"{{"reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}","guest_id":{}}}"#,
-            Uuid::now_v7(),
+            workload.reservation_id(stay.hotel_id),
             stay.hotel_id,
             stay.room_type_id,
             stay.start,

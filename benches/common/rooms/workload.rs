@@ -23,6 +23,10 @@ pub struct Workload {
     pub max_nights: u32,
     /// Share of requests (in percent) that go to the hot hotel of their shard; 0 is uniform.
     pub hot_percent: u32,
+    /// Reservation ids homed on their hotel's shard, as `POST /v1/reservation-ids?hotel_id=`
+    /// mints them (the claim rides in the booking's transaction); else any UUIDv7 (the claim
+    /// is a round trip to the id's home shard for all but 1 in `shards`).
+    pub homed_ids: bool,
 }
 
 /// One booking to attempt.
@@ -35,6 +39,16 @@ pub struct Stay {
 }
 
 impl Workload {
+    /// A fresh reservation id for a booking at `hotel_id` (see [`Workload::homed_ids`]).
+    pub fn reservation_id(&self, hotel_id: i64) -> uuid::Uuid {
+        match self.homed_ids {
+            true => {
+                clickstay::rooms::claims::new_id_homed_on(hotel_id.rem_euclid(self.shards as i64) as usize, self.shards)
+            }
+            false => uuid::Uuid::now_v7(),
+        }
+    }
+
     /// The lowest hotel id on `shard` (its hot hotel).
     pub fn first_hotel(&self, shard: usize) -> i64 {
         if shard == 0 { self.shards as i64 } else { shard as i64 }
