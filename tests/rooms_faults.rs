@@ -434,6 +434,11 @@ async fn a_broken_change_stream_is_rebuilt_and_the_server_stays_up() {
             .unwrap()
             .get(0);
         assert!(killed > 0, "no CDC connection found to terminate");
+        // The reader notices at its next read (later on a loaded machine).
+        let broke = eventually(Duration::from_secs(10), || async {
+            server.get("/healthz").await.1["shards"][1]["view"]["state"] != "serving"
+        });
+        assert!(broke.await, "shard 1 never left serving: {}", server.get("/healthz").await.1);
         // Meanwhile: bookings and availability of both shards go on.
         for hotel in [2, 3] {
             let (status, body) = server.book(&new_id(), hotel, 0, 2).await;
@@ -522,7 +527,7 @@ impl Server {
         let path = format!("/v1/hotels/{hotel_id}/availability?start={}&end={}&min_lsn={lsn}", night(0), night(2));
         let (status, body) = self.get(&path).await;
         assert_eq!(status, StatusCode::OK, "{body}");
-        assert!(body["lsn"].is_string(), "not answered by the view: {body}");
+        assert!(body["lsn"].is_string(), "not answered by the view: {body}\nserver log:\n{}", self.log());
         body["room_types"][0]["available"].as_i64().unwrap()
     }
 }
