@@ -13,20 +13,16 @@ mod pg;
 #[path = "common/scripts.rs"]
 mod scripts;
 
-use chrono::{Days, NaiveDate};
+use chrono::NaiveDate;
 use clickstay::rooms::shards::Shards;
 use clickstay::rooms::spec::RoomsSpec;
 use clickstay::rooms::view::RoomsView;
 use clickstay::rooms::{audit, migrate, server};
+use hotels::night;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
-
-/// First night of the test inventory: a fixed date, so the tests do not depend on today.
-fn night(offset: u64) -> NaiveDate {
-    NaiveDate::from_ymd_opt(2031, 3, 1).unwrap() + Days::new(offset)
-}
 
 /// A running API on two fresh shards, with direct clients to both databases.
 struct Api {

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use chrono::{Days, NaiveDate};
+use hotels::night;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
@@ -22,10 +22,6 @@ use tokio::task::JoinSet;
 /// What the URL and key-value connection strings carry; it must never be printed.
 const SECRET_URL: &str = "hunter2-url-secret";
 const SECRET_KV: &str = "hunter2-kv-secret";
-
-fn night(offset: u64) -> NaiveDate {
-    NaiveDate::from_ymd_opt(2031, 3, 1).unwrap() + Days::new(offset)
-}
 
 /// A `clickstay rooms serve` process on two fresh shards: shard 0 named by a URL with
 /// `?password=`, shard 1 by a key-value string with `password=` (the test server trusts

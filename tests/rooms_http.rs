@@ -17,16 +17,12 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate, Utc};
+use hotels::night;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
-
-/// First night of the test inventory: a fixed date, well after today.
-fn night(offset: u64) -> NaiveDate {
-    NaiveDate::from_ymd_opt(2031, 3, 1).unwrap() + Days::new(offset)
-}
 
 /// Two fresh, migrated shards and an HTTP client.
 struct Shop {

@@ -551,8 +551,8 @@ async fn id_claimed(
     })
 }
 
-/// Records what became of a claimed id, in the background: the claim's content already decides
-/// every later use of the id, its state only tells an operator.
+/// Records what became of a claimed id (`cancelled`), in the background: the claim's content
+/// already decides every later use of the id, its state only tells an operator.
 fn set_claim_state(shards: &Shards, id: Uuid, state: &'static str) {
     let shards = shards.clone();
     tokio::spawn(async move {

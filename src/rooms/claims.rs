@@ -132,12 +132,12 @@ async fn claimed_for(
     for request in requests {
         first.entry(request.reservation_id).or_insert(request);
     }
-    let column = |get: fn(&ReservationRequest) -> i64| first.values().map(|r| get(r)).collect::<Vec<i64>>();
     let ids: Vec<Uuid> = first.keys().copied().collect();
+    let hotels: Vec<i64> = first.values().map(|r| r.hotel_id).collect();
     let room_types: Vec<i32> = first.values().map(|r| r.room_type_id).collect();
     let starts: Vec<NaiveDate> = first.values().map(|r| r.start_date).collect();
     let ends: Vec<NaiveDate> = first.values().map(|r| r.end_date).collect();
-    let (hotels, guests) = (column(|r| r.hotel_id), column(|r| r.guest_id));
+    let guests: Vec<i64> = first.values().map(|r| r.guest_id).collect();
     let statement = client.prepare_cached(CLAIM_MANY_SQL).await?;
     let rows = client.query(&statement, &[&ids, &hotels, &room_types, &starts, &ends, &guests]).await?;
     Ok(rows.iter().map(ReservationRequest::from_row).map(|r| (r.reservation_id, r)).collect())
@@ -150,7 +150,8 @@ impl Claim {
     }
 }
 
-/// Records what became of a claimed id: `booked` or `cancelled`.
+/// Records what became of a claimed id: `cancelled` (a claim stays `claimed` until then;
+/// whether it was booked is in `reservation`).
 pub async fn set_state(client: &ClientWrapper, id: Uuid, state: &str) -> Result<()> {
     client
         .execute("UPDATE reservation_claim SET state = $2 WHERE reservation_id = $1", &[&id, &state])

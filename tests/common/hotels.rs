@@ -3,7 +3,13 @@
 //! Include it with `#[path = "common/hotels.rs"] mod hotels;`.
 #![allow(dead_code)]
 
-use chrono::NaiveDate;
+use chrono::{Days, NaiveDate};
+
+/// Night `offset` of the test inventory, from a fixed first night, so that the tests do not
+/// depend on today.
+pub fn night(offset: u64) -> NaiveDate {
+    NaiveDate::from_ymd_opt(2031, 3, 1).unwrap() + Days::new(offset)
+}
 
 /// Hotel `hotel_id` in `city` with overbooking `ratio` (e.g. "1.10"), and room types
 /// `1..=rooms.len()` of `rooms[i]` rooms each, on sale for `days` nights from `first_night`,
