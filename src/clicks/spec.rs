@@ -88,12 +88,24 @@ pub struct SinkSpec {
     pub table: String,
 }
 
+/// What the running job keeps for questions (`[queries]`, see `clicks::query`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuerySpec {
+    /// Panes are kept for questions until this long after their end (watermark time); a whole
+    /// number of panes.
+    pub retention_ms: u64,
+}
+
+/// The retention when the spec has no `[queries]` section.
+pub const DEFAULT_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
 /// A validated dataflow spec; `nodes` are in dependency order.
 #[derive(Debug, Clone)]
 pub struct DataflowSpec {
     pub path: PathBuf,
     pub name: String,
     pub time: TimeSpec,
+    pub queries: QuerySpec,
     pub source: SourceSpec,
     pub nodes: Vec<Node>,
     pub sinks: Vec<SinkSpec>,
@@ -140,6 +152,13 @@ struct RawSpec {
     nodes: BTreeMap<String, RawNode>,
     #[serde(default)]
     sinks: BTreeMap<String, RawSink>,
+    queries: Option<RawQueries>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueries {
+    retention: String,
 }
 
 #[derive(Deserialize)]
@@ -193,7 +212,22 @@ fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
     check_inputs(&nodes, &source, &raw.nodes)?;
     let nodes = in_dependency_order(nodes, &source.name)?;
     let sinks = compile_sinks(raw.sinks, &source, &nodes)?;
-    Ok(DataflowSpec { path: path.to_path_buf(), name: raw.name, time, source, nodes, sinks })
+    let queries = query_spec(raw.queries.as_ref(), &time)?;
+    Ok(DataflowSpec { path: path.to_path_buf(), name: raw.name, time, queries, source, nodes, sinks })
+}
+
+/// The `[queries]` section (optional).
+fn query_spec(raw: Option<&RawQueries>, time: &TimeSpec) -> Result<QuerySpec, String> {
+    let Some(raw) = raw else { return Ok(QuerySpec { retention_ms: DEFAULT_RETENTION_MS }) };
+    let retention_ms = duration("queries.retention", &raw.retention)?;
+    if retention_ms < time.pane_ms || !retention_ms.is_multiple_of(time.pane_ms) {
+        return Err(format!(
+            "queries.retention: `{}` must be a whole number of panes (time.pane = {})",
+            raw.retention,
+            format_duration_ms(time.pane_ms)
+        ));
+    }
+    Ok(QuerySpec { retention_ms })
 }
 
 /// The `[time]` section.
@@ -529,6 +563,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_missing_sink_inputs_are_errors() {
+        let e = error(&SPEC.replace("retention = \"24h\"", "retention = \"90s\""));
+        assert!(e.contains("queries.retention") && e.contains("whole number of panes"), "{e}");
         let e = error(&SPEC.replace("allowed_lateness", "allowed_latenes"));
         assert!(e.contains("dataflows/test.toml") && e.contains("allowed_latenes"), "{e}");
         let e = error(&format!("{SPEC}\n[sinks.extra]\ninput = \"missing\"\n"));

@@ -17,6 +17,7 @@ use super::driver::{Driver, StreamPolicy};
 use super::event::ClickEvent;
 use super::event::{Format, MAX_LINE_BYTES};
 use crate::checkpoint::{Checkpoint, Checkpointer, Restore};
+use crate::clicks::query::{HubAsker, QueryHub};
 use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::config::{KafkaConfig, WorkersConfig};
@@ -49,6 +50,10 @@ pub struct RunArgs {
     /// every pane, commits and exits (for tests and back-fills; by default it runs forever).
     #[arg(long)]
     pub exit_when_idle: Option<f64>,
+    /// Serve questions to the live counts as JSON over HTTP on this address (process 0 only;
+    /// see the README's "Asking the running job"). Default: no listener.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Everything a worker needs, shared by the threads of a process.
@@ -60,6 +65,9 @@ struct Job {
     archive: PathBuf,
     policy: StreamPolicy,
     restore: Restore,
+    /// With `--listen`: the job answers questions (worker 0 takes them from here).
+    listen: Option<std::net::SocketAddr>,
+    asker: std::sync::Mutex<Option<HubAsker>>,
 }
 
 pub fn run(args: RunArgs) -> Result<()> {
@@ -89,8 +97,43 @@ pub fn run(args: RunArgs) -> Result<()> {
     }
     drop(writer);
     tracing::info!(%job, topic = %kafka.topic, restored_partitions = restore.partitions.len(), job_time = restore.job_time, "starting");
-    let shared = Arc::new(Job { spec, kafka, clicks_db, job, archive: args.archive.clone(), policy, restore });
+    let mut asker = None;
+    if let Some(listen) = args.listen {
+        check_askable(&spec)?;
+        let (hub, hub_asker) = QueryHub::new(&spec);
+        if workers.is_first_process() {
+            crate::clicks::query::api::spawn(listen, hub)?;
+            asker = Some(hub_asker);
+        }
+    }
+    let shared = Arc::new(Job {
+        spec,
+        kafka,
+        clicks_db,
+        job,
+        archive: args.archive.clone(),
+        policy,
+        restore,
+        listen: args.listen,
+        asker: std::sync::Mutex::new(asker),
+    });
     crate::cluster::run_workers(&workers, move |worker| stream_worker(worker, &shared))?;
+    Ok(())
+}
+
+/// A job that answers questions moves its input on by sub-ticks below the next pane boundary
+/// (see `driver/`), which is right only when every close time is on a pane boundary.
+fn check_askable(spec: &DataflowSpec) -> Result<()> {
+    let time = spec.time;
+    if !time.allowed_lateness_ms.is_multiple_of(time.pane_ms) {
+        anyhow::bail!(
+            "{}: time.allowed_lateness must be a whole number of panes for --listen (questions to the running job)",
+            spec.path.display()
+        );
+    }
+    if crate::clicks::dataflow::questions::Catalog::of(spec).counts.is_empty() {
+        anyhow::bail!("{}: --listen needs a count node that reads the source", spec.path.display());
+    }
     Ok(())
 }
 
@@ -154,11 +197,22 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
         };
     let positions = Positions::Offsets { topic: job.kafka.topic.clone() };
     let make_sink = writer.is_some().then_some(&make_sink as dataflow::SinkFactory);
-    let mut dataflow =
-        dataflow::build(worker, &job.spec, &positions, Emit::Changes { restored: job.restore.job_time }, make_sink)?;
+    let mut dataflow = dataflow::build_with_questions(
+        worker,
+        &job.spec,
+        &positions,
+        Emit::Changes { restored: job.restore.job_time },
+        make_sink,
+        job.listen.is_some(),
+    )?;
     let owned = |partition: u32| share.owns(partition);
     let mut driver =
         Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
+    if index == 0
+        && let Some(asker) = job.asker.lock().expect("not poisoned").take()
+    {
+        driver.ask_with(Box::new(asker));
+    }
     let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
     let totals = driver.run(worker, &mut source, Format::Jsonl, &mut dataflow, Some(&mut checkpointer), |_| {})?;
     if let Some(writer) = &checkpointer.writer {

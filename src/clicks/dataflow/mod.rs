@@ -26,6 +26,7 @@
 //! `CONTEXT.md`).
 
 mod consolidate_by_ad;
+pub mod questions;
 mod retract_at_close;
 mod schemas;
 mod sink;
@@ -41,13 +42,13 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use differential_dataflow::VecCollection;
 use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::{AsCollection, VecCollection};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::Inspect;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Input as TimelyInput, Probe};
+use timely::dataflow::operators::{Concat, Input as TimelyInput, Probe};
 use timely::dataflow::{InputHandle, ProbeHandle, Scope, StreamVec};
 use timely::worker::Worker;
 
@@ -56,6 +57,8 @@ use super::time::Clock;
 use crate::clicks::spec::{DataflowSpec, Field, Op, SinkInput, SlidingWindow};
 use crate::sinks::Rows;
 use consolidate_by_ad::ConsolidateByAd;
+use questions::{AnswerQuestions, Catalog, Pending, Question};
+use retract_at_close::RetractAtClose;
 use schemas::{count_row, late_row, ranked_row, rejected_row};
 use sink::{Group, SinkTarget, append_sink};
 use sink_changes::sink_changes;
@@ -113,6 +116,14 @@ pub struct ClickDataflow<R: timely::ExchangeData + Clone> {
     pub probe: ProbeHandle<u64>,
     pub rounds: RoundInputs<R>,
     pub sinks: Rc<RefCell<SinkSet>>,
+    /// Questions to the counts (when built with them, see [`questions`]).
+    pub questions: Option<QuestionInput>,
+}
+
+/// The question input of a results dataflow, and the questions worker 0 waits to answer.
+pub struct QuestionInput {
+    pub input: InputHandle<u64, CapacityContainerBuilder<Vec<Question>>>,
+    pub pending: Pending,
 }
 
 /// What a node of the spec produces.
@@ -132,6 +143,8 @@ struct Wiring<'a> {
     probe: ProbeHandle<u64>,
     sink_set: Rc<RefCell<SinkSet>>,
     make_sink: Option<SinkFactory<'a>>,
+    /// Wire the question input and the arrangements that answer it.
+    questions: bool,
 }
 
 /// Builds the dataflows of `spec` on this worker; `R` is the driver's round report.
@@ -142,6 +155,18 @@ pub fn build<R: timely::ExchangeData + Clone>(
     emit: Emit,
     make_sink: Option<SinkFactory>,
 ) -> anyhow::Result<ClickDataflow<R>> {
+    build_with_questions(worker, spec, positions, emit, make_sink, false)
+}
+
+/// [`build`], and with `questions` the counts can also be asked (see [`questions`]).
+pub fn build_with_questions<R: timely::ExchangeData + Clone>(
+    worker: &mut Worker,
+    spec: &DataflowSpec,
+    positions: &Positions,
+    emit: Emit,
+    make_sink: Option<SinkFactory>,
+    questions: bool,
+) -> anyhow::Result<ClickDataflow<R>> {
     let wiring = Wiring {
         spec,
         positions,
@@ -150,11 +175,12 @@ pub fn build<R: timely::ExchangeData + Clone>(
         probe: ProbeHandle::new(),
         sink_set: Rc::new(RefCell::new(SinkSet::default())),
         make_sink,
+        questions,
     };
     let rounds = worker.dataflow::<u64, _, _>(|scope| wiring.rounds(scope))?;
-    let accepted = worker.dataflow::<u64, _, _>(|scope| wiring.results(scope))?;
+    let (accepted, questions) = worker.dataflow::<u64, _, _>(|scope| wiring.results(scope))?;
     let Wiring { probe, sink_set, .. } = wiring;
-    Ok(ClickDataflow { accepted, probe, rounds, sinks: sink_set })
+    Ok(ClickDataflow { accepted, probe, rounds, sinks: sink_set, questions })
 }
 
 impl<'a> Wiring<'a> {
@@ -192,11 +218,15 @@ impl<'a> Wiring<'a> {
         Ok(RoundInputs { reports, late, rejected, probe: round_probe, received })
     }
 
-    /// The results dataflow: the spec's nodes on the accepted clicks, and a sink on each node a
-    /// spec sink reads.
-    fn results(&self, scope: Scope<'_, u64>) -> anyhow::Result<InputSession<u64, ClickEvent, isize>> {
+    /// The results dataflow: the spec's nodes on the accepted clicks, a sink on each node a
+    /// spec sink reads, and the questions when asked for.
+    fn results(
+        &self,
+        scope: Scope<'_, u64>,
+    ) -> anyhow::Result<(InputSession<u64, ClickEvent, isize>, Option<QuestionInput>)> {
         let (accepted_input, accepted) = scope.new_collection::<ClickEvent, isize>();
         let outputs = self.nodes(accepted);
+        let questions = self.questions.then(|| self.questions(scope, &outputs));
         for sink_spec in &self.spec.sinks {
             let SinkInput::Node(node) = &sink_spec.input else {
                 continue;
@@ -207,7 +237,35 @@ impl<'a> Wiring<'a> {
                 NodeOutput::Clicks(_) => unreachable!("validated: sinks read counts or top_n"),
             }
         }
-        Ok(accepted_input)
+        Ok((accepted_input, questions))
+    }
+
+    /// The question input, joined against an arrangement of each askable count's panes (kept
+    /// for the spec's retention after their end), the answers gathered on worker 0.
+    fn questions(&self, scope: Scope<'_, u64>, outputs: &BTreeMap<&str, NodeOutput<'_>>) -> QuestionInput {
+        let (input, asked) = scope.new_input::<Vec<Question>>();
+        let routed = questions::route(asked, scope.peers());
+        let (pane_ms, retention_ms) = (self.spec.time.pane_ms, self.spec.queries.retention_ms);
+        let mut partials = Vec::new();
+        for (index, (name, _)) in Catalog::of(self.spec).counts.iter().enumerate() {
+            let Some(NodeOutput::Counts { keys, .. }) = outputs.get(name.as_str()) else {
+                unreachable!("the catalog lists counts")
+            };
+            let panes = keys
+                .inner
+                .clone()
+                .retract_at_close(move |key: &GroupKey| key.0 + pane_ms + retention_ms)
+                .as_collection()
+                .map(|(pane, ad_id, second)| ((second, ad_id), pane))
+                .arrange_by_key_named("PanesForQuestions");
+            partials.push(routed.clone().answer_questions(index as u32, &panes));
+        }
+        let pending = Pending::default();
+        let all = partials.into_iter().reduce(|all, more| all.concat(more));
+        if let Some(all) = all {
+            questions::gather_answers(all, pending.clone());
+        }
+        QuestionInput { input, pending }
     }
 
     /// The spec's nodes, in order, each reading the output of one before it (or the source).

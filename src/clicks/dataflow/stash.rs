@@ -29,6 +29,11 @@ impl<K: Ord, V: Default> Stash<K, V> {
         &mut self.held.entry(key).or_insert_with(|| (capability(), V::default())).1
     }
 
+    /// The least key held, if any.
+    pub fn first_key(&self) -> Option<&K> {
+        self.held.keys().next()
+    }
+
     /// Takes out, in ascending key order, each key's capability and data while `due(key)`
     /// holds; the first key that is not due and every later one stay held.
     pub fn release(&mut self, due: impl Fn(&K) -> bool) -> impl Iterator<Item = (K, Capability<u64>, V)> {

@@ -26,7 +26,7 @@ use anyhow::Result;
 use rustc_hash::FxHashMap;
 use timely::worker::Worker;
 
-use super::dataflow::ClickDataflow;
+use super::dataflow::{ClickDataflow, QuestionInput};
 use super::event::{self, ClickEvent};
 use super::time::Clock;
 use crate::checkpoint::{Checkpoint, Checkpointer, PartitionCheckpoint, Restore};
@@ -45,6 +45,15 @@ pub use rounds::{BatchReport, Decisions, RoundReport};
 /// that the map stays in the CPU's cache (a map of a whole pane's ~150,000 groups misses it on
 /// nearly every click and costs more than the extra updates a smaller one lets through).
 const MAX_PENDING_CLICKS: usize = 1 << 15;
+
+/// Questions to the running job, on worker 0 (see `clicks::query`): taken at the start of a
+/// round, entered into the dataflow after the round's clicks, at the time they will reflect.
+pub trait Asker {
+    /// Takes the questions asked since the last round; whether there are any.
+    fn take(&mut self) -> bool;
+    /// Enters the taken questions at dataflow time `at`.
+    fn enter(&mut self, at: u64, input: &mut QuestionInput);
+}
 
 /// When a streaming job checkpoints and how it treats quiet partitions.
 #[derive(Debug, Clone, Copy)]
@@ -103,8 +112,14 @@ pub struct Driver {
     restore: Restore,
     leader: Option<Leader>,
     round: u64,
-    /// The results dataflow's input time.
+    /// The job time (a pane-aligned watermark) of the results dataflow's input.
     input_time: u64,
+    /// The input's time is `input_time + sub_tick`: after a round with questions the input
+    /// moves on by one, below the next pane boundary, so the frontier passes the questions'
+    /// time without the watermark moving (every close time is on a pane boundary).
+    sub_tick: u64,
+    /// Worker 0 of a job that answers questions.
+    asker: Option<Box<dyn Asker>>,
     /// Accepted clicks not yet given to the dataflow. Clicks that agree on pane and on the
     /// used fields are one record with a multiplicity, summed over rounds until the input time
     /// moves (nothing downstream can see them earlier anyway), which cuts the updates the
@@ -172,6 +187,8 @@ impl Driver {
             partitions: state,
             own,
             input_time: restore.job_time,
+            sub_tick: 0,
+            asker: None,
             restore,
             leader,
             round: 0,
@@ -183,6 +200,11 @@ impl Driver {
             late: 0,
             rejected: 0,
         }
+    }
+
+    /// Worker 0 of a job that answers questions: takes them from `asker` every round.
+    pub fn ask_with(&mut self, asker: Box<dyn Asker>) {
+        self.asker = Some(asker);
     }
 
     /// Runs the source, whose lines are in `format`, to its end (or until worker 0 decides to
@@ -205,7 +227,8 @@ impl Driver {
             let batches = batches.unwrap_or_default();
             let parsed: Vec<ParsedBatch> = batches.iter().map(|b| parse_batch(format, b)).collect();
             let ready = checkpointer.as_deref_mut().is_none_or(|c| c.ready());
-            let report = self.report(worker.index(), &batches, &parsed, ended, ready);
+            let asked = self.asker.as_mut().is_some_and(|asker| asker.take());
+            let report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
             let reports = self.exchange(worker, report, dataflow)?;
             if let Some(checkpointer) = checkpointer.as_deref_mut() {
                 self.commit_pending_checkpoint(checkpointer, &reports)?;
@@ -223,6 +246,9 @@ impl Driver {
                 self.feed(batch, parsed, max_before, lines_before, dataflow);
             }
             self.absorb(&reports);
+            if let (true, Some(asker), Some(input)) = (asked, self.asker.as_mut(), dataflow.questions.as_mut()) {
+                asker.enter(self.input_time + self.sub_tick, input);
+            }
             let job_time = self.advance(&decisions, &reports, dataflow);
             if let Some(checkpointer) = checkpointer.as_deref_mut()
                 && (decisions.checkpoint || self.finishing)
@@ -245,6 +271,7 @@ impl Driver {
         parsed: &[ParsedBatch],
         ended: bool,
         checkpointer_ready: bool,
+        asked: bool,
     ) -> RoundReport {
         RoundReport {
             round: self.round,
@@ -263,7 +290,7 @@ impl Driver {
             ended: ended || self.finishing,
             late: self.late,
             rejected: self.rejected,
-            decisions: self.decide(checkpointer_ready),
+            decisions: self.decide(checkpointer_ready, asked),
             checkpoint: std::mem::take(&mut self.checkpoint_parts),
         }
     }
@@ -297,12 +324,22 @@ impl Driver {
         self.finishing = all_ended || decisions.drain;
         // At the end every pane is flushed: the input moves past every close time.
         let time = if self.finishing { u64::MAX } else { job_time };
-        if time > self.input_time || self.accepted.len() > MAX_PENDING_CLICKS {
-            self.flush_accepted(dataflow);
-            dataflow.accepted.advance_to(time);
+        let pane_ms = self.clock.spec.pane_ms;
+        if time > self.input_time {
+            self.sub_tick = 0;
             self.input_time = time;
+        } else if decisions.questions && self.sub_tick + 1 < pane_ms {
+            self.sub_tick += 1;
+        }
+        let input_time = self.input_time + self.sub_tick;
+        if input_time > *dataflow.accepted.time() || self.accepted.len() > MAX_PENDING_CLICKS {
+            self.flush_accepted(dataflow);
+            dataflow.accepted.advance_to(input_time);
         }
         dataflow.accepted.flush();
+        if let Some(questions) = dataflow.questions.as_mut() {
+            questions.input.advance_to(input_time);
+        }
         job_time
     }
 }

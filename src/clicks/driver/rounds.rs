@@ -34,6 +34,9 @@ pub struct Decisions {
     pub drain: bool,
     /// Partitions left out of the job watermark because they have been quiet too long.
     pub idle: Vec<u32>,
+    /// Worker 0 enters questions in this round: every worker moves the input on by a
+    /// sub-tick afterwards, so that the frontier passes their time.
+    pub questions: bool,
 }
 
 /// A worker's report for a round. The counts are this worker's totals through the previous
@@ -65,7 +68,7 @@ pub(super) struct Leader {
 
 impl Driver {
     /// Worker 0's decisions for this round, from what it has seen so far.
-    pub(super) fn decide(&mut self, checkpointer_ready: bool) -> Option<Decisions> {
+    pub(super) fn decide(&mut self, checkpointer_ready: bool, questions: bool) -> Option<Decisions> {
         let leader = self.leader.as_mut()?;
         let now = Instant::now();
         let policy = leader.policy;
@@ -84,7 +87,7 @@ impl Driver {
             .map(|(p, _)| *p)
             .collect();
         let drain = policy.drain_when_idle.is_some_and(|quiet| now - leader.last_any_record >= quiet);
-        Some(Decisions { checkpoint, drain, idle })
+        Some(Decisions { checkpoint, drain, idle, questions })
     }
 
     /// The job read nothing for `pause` (it was committing): partitions were not quiet then,
@@ -115,7 +118,8 @@ impl Driver {
         rounds.rejected.advance_to(self.round);
         // Also let the results dataflow catch up to its input time, so that input never piles
         // up and every result of the previous round has reached the sinks.
-        while rounds.probe.less_than(&self.round) || dataflow.probe.less_than(&self.input_time) {
+        let time = self.input_time + self.sub_tick;
+        while rounds.probe.less_than(&self.round) || dataflow.probe.less_than(&time) {
             // Park rather than spin while other workers finish their round.
             worker.step_or_park(Some(Duration::from_millis(1)));
             dataflow.sinks.borrow_mut().take_error()?;
