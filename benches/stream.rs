@@ -29,22 +29,25 @@ mod broker;
 mod rusage;
 #[path = "../tests/common/scripts.rs"]
 mod scripts;
+#[path = "common/services.rs"]
+mod services;
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clickstay::config::KafkaConfig;
-use postgres::{Client, NoTls};
-use scripts::run_script;
+use postgres::Client;
+use services::{
+    Services, WORKERS, committed_offsets, connect, env_u64, fresh_name, kill, log_tail, now_ms, percentile,
+    write_config,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 const PARTITIONS: i32 = 8;
-const WORKERS: &str = "2";
 
 fn main() -> Result<()> {
     let events = env_u64("CLICKSTAY_BENCH_STREAM_EVENTS", 10_000_000)?;
@@ -301,136 +304,4 @@ fn wait_until_ready(job: &mut Child, pg: &mut Client, log: &Path) -> Result<()> 
     }
     std::thread::sleep(Duration::from_millis(500));
     Ok(())
-}
-
-/// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// The broker and the Postgres server; those started here are stopped when this is dropped.
-struct Services {
-    brokers: String,
-    pg_base: String,
-    broker_dir: Option<String>,
-    pg_dir: Option<String>,
-}
-
-impl Services {
-    fn start() -> Result<Services> {
-        let mut services = Services { brokers: String::new(), pg_base: String::new(), broker_dir: None, pg_dir: None };
-        let tag = std::process::id();
-        match std::env::var("CLICKSTAY_KAFKA_BROKERS") {
-            Ok(brokers) => services.brokers = brokers.trim().to_string(),
-            Err(_) => {
-                let dir = format!("/tmp/clickstay-bench-stream-broker-{tag}");
-                services.brokers = run_script("broker.sh", &["start", &dir], Stdio::inherit())?;
-                services.broker_dir = Some(dir);
-            }
-        }
-        match std::env::var("CLICKSTAY_TEST_PG") {
-            Ok(url) => services.pg_base = url.trim().to_string(),
-            Err(_) => {
-                let dir = format!("/tmp/clickstay-bench-stream-pg-{tag}");
-                services.pg_base = run_script("postgres.sh", &["start", &dir], Stdio::inherit())?;
-                services.pg_dir = Some(dir);
-            }
-        }
-        Ok(services)
-    }
-
-    /// Creates database `name` on the server; its URL.
-    fn create_database(&self, name: &str) -> Result<String> {
-        let mut client = connect(&self.pg_base)?;
-        client
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .with_context(|| format!("cannot create {name}"))?;
-        let (server, _) = self.pg_base.rsplit_once('/').context("the Postgres URL has no database")?;
-        Ok(format!("{server}/{name}"))
-    }
-
-    /// `clickstay` with this broker, and no stray database override from the environment.
-    fn command(&self) -> Command {
-        let mut command = Command::new(BIN);
-        command.env("CLICKSTAY_KAFKA_BROKERS", &self.brokers).env_remove("CLICKSTAY_CLICKS_DB");
-        command
-    }
-
-    /// `clickstay run` of `spec` with its log in `log`, plus `extra` arguments.
-    fn spawn_job(&self, spec: &Path, config: &Path, archive: &Path, log: &Path, extra: &[&str]) -> Result<Child> {
-        self.command()
-            .args(["run", "--dataflow"])
-            .arg(spec)
-            .arg("--config")
-            .arg(config)
-            .args(["-w", WORKERS, "--archive"])
-            .arg(archive)
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(File::create(log).with_context(|| format!("cannot create {}", log.display()))?)
-            .spawn()
-            .context("cannot start clickstay run")
-    }
-}
-
-impl Drop for Services {
-    fn drop(&mut self) {
-        if let Some(dir) = self.broker_dir.take() {
-            let _ = run_script("broker.sh", &["stop", &dir], Stdio::inherit());
-        }
-        if let Some(dir) = self.pg_dir.take() {
-            let _ = run_script("postgres.sh", &["stop", &dir], Stdio::inherit());
-        }
-    }
-}
-
-fn write_config(work: &Path, name: &str, kafka: &KafkaConfig, db: &str) -> Result<PathBuf> {
-    let path = work.join(format!("{name}-workers.toml"));
-    let text = format!(
-        "[kafka]\nbrokers = {:?}\ntopic = {:?}\npartitions = {}\n\n[postgres]\nclicks = {db:?}\n",
-        kafka.brokers, kafka.topic, kafka.partitions
-    );
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
-}
-
-fn connect(url: &str) -> Result<Client> {
-    Client::connect(url, NoTls).with_context(|| format!("cannot connect to {url}"))
-}
-
-/// Events the job has committed: the sum of its partitions' next offsets (0 before its tables exist).
-fn committed_offsets(pg: &mut Client) -> u64 {
-    match pg.query_one("SELECT coalesce(sum(next_offset), 0)::bigint FROM source_offsets", &[]) {
-        Ok(row) => row.get::<_, i64>(0) as u64,
-        Err(_) => 0,
-    }
-}
-
-/// The last lines of a job's log, for an error message (the temporary directory goes with it).
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
-}
-
-fn kill(mut child: Child) -> Result<()> {
-    let _ = child.kill();
-    child.wait().context("cannot wait for a killed child")?;
-    Ok(())
-}
-
-fn fresh_name(prefix: &str) -> String {
-    format!("{prefix}_{}_{}", std::process::id(), now_ms() as u64)
-}
-
-fn now_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock before 1970").as_secs_f64() * 1000.0
-}
-
-fn env_u64(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(text) => text.trim().replace('_', "").parse().with_context(|| format!("{name}: {text:?} is not a number")),
-        Err(_) => Ok(default),
-    }
 }
