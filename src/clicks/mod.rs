@@ -6,6 +6,7 @@ pub mod driver;
 pub mod event;
 pub mod generate;
 pub mod produce;
+pub mod reconcile;
 pub mod replay;
 pub mod spec;
 pub mod stream;
