@@ -11,8 +11,9 @@ use anyhow::Result;
 
 use super::{Rows, Sink, TableSchema, Value};
 
-/// The rows a [`MemorySink`] kept, back to back, shared with whoever made the sink.
-pub type MemoryRows = Rc<RefCell<Vec<Value>>>;
+/// The rows a [`MemorySink`] kept, shared with whoever made the sink: chunks of rows back to
+/// back (as written, so that nothing is copied when every row of a write is kept).
+pub type MemoryRows = Rc<RefCell<Vec<Vec<Value>>>>;
 
 /// Which rows a [`MemorySink`] keeps.
 pub type Keep = Box<dyn Fn(&[Value]) -> bool>;
@@ -35,10 +36,12 @@ impl MemorySink {
 impl Sink for MemorySink {
     fn write(&mut self, rows: Rows) -> Result<()> {
         let mut kept = self.rows.borrow_mut();
-        for row in rows.values.chunks_exact(self.columns) {
-            if (self.keep)(row) {
-                kept.extend_from_slice(row);
-            }
+        let mut rows = rows.values;
+        if !rows.chunks_exact(self.columns).all(|row| (self.keep)(row)) {
+            rows = rows.chunks_exact(self.columns).filter(|row| (self.keep)(row)).flatten().cloned().collect();
+        }
+        if !rows.is_empty() {
+            kept.push(rows);
         }
         Ok(())
     }
@@ -64,6 +67,6 @@ mod tests {
         sink.write(rows).unwrap();
         sink.finish().unwrap();
         let expected = [1, 10, 3, 30].map(Value::Integer);
-        assert_eq!(*kept.borrow(), expected);
+        assert_eq!(*kept.borrow(), [expected]);
     }
 }

@@ -2,7 +2,9 @@
 //! checked, what is equal, what differs (streamed and batch values), what is missing or extra;
 //! as text for the terminal and as JSON (`--report`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -34,26 +36,58 @@ impl TableComparison {
     }
 }
 
-/// A value as compared: a `StaticText` is the text it holds.
-fn canonical(value: Value) -> Value {
+/// Values as compared: a `StaticText` equals the `Text` of the same string (the batch writes
+/// static country codes, PostgreSQL gives back strings).
+#[derive(Clone, Copy)]
+struct Compared<'a>(&'a [Value]);
+
+/// A value's comparable form: its number and kind, or its text.
+fn comparable(value: &Value) -> (u8, u64, &str) {
     match value {
-        Value::StaticText(s) => Value::Text(s.to_string()),
-        other => other,
+        Value::Integer(n) => (0, *n, ""),
+        Value::Timestamp(n) => (1, *n, ""),
+        Value::Text(s) => (2, 0, s),
+        Value::StaticText(s) => (2, 0, s),
     }
 }
 
-/// An order of rows for the report (values have no `Ord`): numbers, then text.
-fn sort_key(row: &[Value]) -> Vec<(u64, String)> {
-    row.iter()
-        .map(|v| match v {
-            Value::Integer(n) | Value::Timestamp(n) => (*n, String::new()),
-            Value::Text(s) => (0, s.clone()),
-            Value::StaticText(s) => (0, s.to_string()),
-        })
-        .collect()
+/// Whether two values are equal as compared (the hot path of a comparison: no string is
+/// looked at unless both values are text).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Integer(x), Value::Integer(y)) | (Value::Timestamp(x), Value::Timestamp(y)) => x == y,
+        (Value::Text(_) | Value::StaticText(_), Value::Text(_) | Value::StaticText(_)) => {
+            comparable(a).2 == comparable(b).2
+        }
+        _ => false,
+    }
 }
 
-/// Compares `batch` (back to back values of `schema`) with `streamed` (rows) by the schema's
+impl PartialEq for Compared<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.len() == other.0.len() && self.0.iter().zip(other.0).all(|(a, b)| same(a, b))
+    }
+}
+
+impl Eq for Compared<'_> {}
+
+impl std::hash::Hash for Compared<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        for value in self.0 {
+            match comparable(value) {
+                (kind @ (0 | 1), n, _) => state.write_u64(n ^ (kind as u64) << 63),
+                (_, _, text) => state.write(text.as_bytes()),
+            }
+        }
+    }
+}
+
+/// An order of rows for the report (values have no `Ord`).
+fn sort_key(row: &[Value]) -> Vec<(u8, u64, String)> {
+    row.iter().map(comparable).map(|(kind, n, s)| (kind, n, s.to_string())).collect()
+}
+
+/// Compares `batch` with `streamed` (each chunks of back to back values of `schema`) by the schema's
 /// key. `group_of` maps a row's time (`time_column`) to its pane or window.
 pub fn compare(
     table: &str,
@@ -61,8 +95,8 @@ pub fn compare(
     time_column: usize,
     unit: &'static str,
     group_of: impl Fn(u64) -> u64,
-    batch: Vec<Value>,
-    streamed: Vec<Vec<Value>>,
+    batch: &[Vec<Value>],
+    streamed: &[Vec<Value>],
 ) -> TableComparison {
     let (width, keys) = (schema.columns.len(), schema.key_columns);
     let mut groups = BTreeSet::new();
@@ -71,15 +105,11 @@ pub fn compare(
             groups.insert(group_of(t));
         }
     };
-    let mut batch_rows: HashMap<Vec<Value>, Vec<Value>> = HashMap::with_capacity(batch.len() / width.max(1));
-    let mut values = batch.into_iter().map(canonical);
-    loop {
-        let row: Vec<Value> = values.by_ref().take(width).collect();
-        if row.len() < width {
-            break;
-        }
-        time(&row);
-        batch_rows.insert(row[..keys].to_vec(), row);
+    let mut batch_rows: FxHashMap<Compared, &[Value]> = FxHashMap::default();
+    batch_rows.reserve(batch.iter().map(Vec::len).sum::<usize>() / width.max(1));
+    for row in batch.iter().flat_map(|chunk| chunk.chunks_exact(width)) {
+        time(row);
+        batch_rows.insert(Compared(&row[..keys]), row);
     }
     let mut comparison = TableComparison {
         table: table.to_string(),
@@ -92,21 +122,21 @@ pub fn compare(
         missing: Vec::new(),
         extra: Vec::new(),
     };
-    for row in streamed {
-        time(&row);
+    for row in streamed.iter().flat_map(|chunk| chunk.chunks_exact(width)) {
+        time(row);
         comparison.checked += 1;
-        match batch_rows.remove(&row[..keys]) {
-            Some(batch) if batch == row => comparison.equal += 1,
-            Some(batch) => comparison.differing.push((row, batch)),
-            None => comparison.extra.push(row),
+        match batch_rows.remove(&Compared(&row[..keys])) {
+            Some(batch) if Compared(batch) == Compared(row) => comparison.equal += 1,
+            Some(batch) => comparison.differing.push((row.to_vec(), batch.to_vec())),
+            None => comparison.extra.push(row.to_vec()),
         }
     }
     comparison.checked += batch_rows.len() as u64;
-    comparison.missing = batch_rows.into_values().collect();
+    comparison.missing = batch_rows.into_values().map(<[Value]>::to_vec).collect();
     comparison.groups = groups.len() as u64;
-    comparison.differing.sort_by_key(|(row, _)| sort_key(row));
-    comparison.missing.sort_by_key(|row| sort_key(row));
-    comparison.extra.sort_by_key(|row| sort_key(row));
+    comparison.differing.sort_by_cached_key(|(row, _)| sort_key(row));
+    comparison.missing.sort_by_cached_key(|row| sort_key(row));
+    comparison.extra.sort_by_cached_key(|row| sort_key(row));
     comparison
 }
 
@@ -276,11 +306,11 @@ mod tests {
         let batch: Vec<Value> =
             [vec![Value::Timestamp(0), Value::StaticText("US"), Value::Integer(1)], row(0, "DE", 2), row(60, "DE", 3)]
                 .concat();
-        let streamed = vec![row(0, "US", 1), row(0, "DE", 5), row(120, "FR", 1)];
-        let c = compare("c", &schema, 0, "panes", |t| t / 60, batch, streamed);
+        let streamed = [row(0, "US", 1), row(0, "DE", 5), row(120, "FR", 1)].concat();
+        let c = compare("c", &schema, 0, "panes", |t| t / 60, &[batch], &[streamed]);
         assert_eq!((c.checked, c.equal, c.groups), (4, 1, 3));
         assert_eq!(c.differing, [(row(0, "DE", 5), row(0, "DE", 2))]);
-        assert_eq!(c.missing, [row(60, "DE", 3)]);
+        assert_eq!(c.missing, [[Value::Timestamp(60), Value::Text("DE".into()), Value::Integer(3)]]);
         assert_eq!(c.extra, [row(120, "FR", 1)]);
         let report = TableReport::of(&c);
         let differing = &report.differing[0];

@@ -77,7 +77,7 @@ struct Shared {
 }
 
 /// A result table worker 0 collected: its name, schema and the rows of the range.
-type Collected = Vec<(String, TableSchema, Vec<Value>)>;
+type Collected = Vec<(String, TableSchema, Vec<Vec<Value>>)>;
 
 /// Runs a reconciliation; true when nothing differs. Only process 0 compares and reports.
 pub fn run(args: ReconcileArgs) -> Result<bool> {
@@ -100,6 +100,29 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     };
     let ranges = committed_ranges(&mut pg, &job, &topic, &args.archive)?;
     let workers = Workers::from_args(&args.workers)?;
+    let positions = Positions::Offsets { topic: topic.clone() };
+    let tables: Vec<(String, TableSchema, usize)> = spec
+        .sinks
+        .iter()
+        .filter_map(|sink| {
+            let schema = super::dataflow::sink_schema(&spec, sink, &positions);
+            time_column(&schema).map(|column| (sink.table.clone(), schema, column))
+        })
+        .collect();
+    // Process 0 reads the job's rows while the workers compute the batch's.
+    let (from, to) = (args.from, args.to);
+    let streamed = workers.is_first_process().then(|| {
+        let tables = tables.clone();
+        std::thread::spawn(move || -> Result<Vec<Vec<Vec<Value>>>> {
+            let started = Instant::now();
+            let mut pg = PgReconciler::connect(&clicks_db)?;
+            pg.begin_snapshot()?;
+            let rows = tables.iter().map(|(table, schema, c)| pg.read_rows(table, schema, *c, from, to)).collect();
+            pg.end_snapshot()?;
+            tracing::debug!(seconds = started.elapsed().as_secs_f64(), "read the job's rows");
+            rows
+        })
+    });
     let shared = Arc::new(Shared {
         spec,
         topic: topic.clone(),
@@ -111,20 +134,22 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     let worker_shared = Arc::clone(&shared);
     let results = crate::cluster::run_workers(&workers, move |worker| batch_worker(worker, &worker_shared))?;
     let batch_seconds = started.elapsed().as_secs_f64();
-    if !workers.is_first_process() {
-        return Ok(true);
-    }
+    let Some(streamed) = streamed else { return Ok(true) };
+    tracing::debug!(seconds = batch_seconds, "batch done");
+    let streamed = streamed.join().map_err(|_| anyhow::anyhow!("the thread reading PostgreSQL panicked"))??;
+    let compared = Instant::now();
     let (read, collected) = results.into_iter().next().context("no worker ran")?;
-    let collected = collected.context("worker 0 collected no rows")?;
+    let mut collected = collected.context("worker 0 collected no rows")?;
     let pane_ms = shared.spec.time.pane_ms;
     let mut comparisons = Vec::new();
-    for (table, schema, rows) in collected {
-        let Some(time_column) = time_column(&schema) else { continue };
-        let streamed = pg.read_rows(&table, &schema, time_column, args.from, args.to)?;
+    for ((table, schema, time_column), streamed) in tables.iter().zip(&streamed) {
+        let index = collected.iter().position(|(t, ..)| t == table).context("a table the batch did not write")?;
+        let (_, _, batch) = collected.swap_remove(index);
         let windows = schema.columns.iter().any(|c| c.name == "window_end");
         let unit = if windows { "windows" } else { "panes" };
-        comparisons.push(compare(&table, &schema, time_column, unit, |t| t - t % pane_ms, rows, streamed));
+        comparisons.push(compare(table, schema, *time_column, unit, |t| t - t % pane_ms, &batch, streamed));
     }
+    tracing::debug!(seconds = compared.elapsed().as_secs_f64(), "compared");
     let repaired = if args.repair { comparisons.iter().map(TableComparison::mismatches).sum() } else { 0 };
     let report = Report {
         job: job.clone(),

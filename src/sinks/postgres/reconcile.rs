@@ -11,6 +11,9 @@ use super::tables::ident;
 use crate::checkpoint::ArchivedRange;
 use crate::sinks::{ColumnKind, TableSchema, Value};
 
+/// Rows per chunk of [`PgReconciler::read_rows`].
+const ROWS_PER_CHUNK: usize = 1 << 16;
+
 /// One row per reconciliation run.
 const RECONCILIATIONS: &str = "
 CREATE TABLE IF NOT EXISTS reconciliations (
@@ -85,8 +88,21 @@ impl PgReconciler {
             .collect())
     }
 
+    /// Reads until [`PgReconciler::end_snapshot`] see one snapshot of the database (tables a
+    /// running job commits to stay consistent with each other).
+    pub fn begin_snapshot(&mut self) -> Result<()> {
+        self.client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        Ok(())
+    }
+
+    pub fn end_snapshot(&mut self) -> Result<()> {
+        self.client.batch_execute("COMMIT")?;
+        Ok(())
+    }
+
     /// The rows of `table` whose column `time_column` lies in `[from, to)` (epoch ms), as values
-    /// of `schema`'s kinds.
+    /// of `schema`'s kinds: chunks of rows back to back (as in [`crate::sinks::Rows`]), so that
+    /// no huge vector is grown. Read with `COPY ... TO STDOUT`, the server's cheapest way out.
     pub fn read_rows(
         &mut self,
         table: &str,
@@ -99,43 +115,59 @@ impl PgReconciler {
             .columns
             .iter()
             .map(|c| match c.kind {
-                ColumnKind::Integer | ColumnKind::Count => format!("{}::text", ident(&c.name)),
-                ColumnKind::Timestamp => format!("((extract(epoch from {}) * 1000)::bigint)::text", ident(&c.name)),
-                ColumnKind::Text => ident(&c.name),
+                ColumnKind::Timestamp => format!("(extract(epoch from {}) * 1000)::bigint", ident(&c.name)),
+                _ => ident(&c.name),
             })
             .collect();
         let time = &schema.columns[time_column];
-        let bound = |n: usize| match time.kind {
-            ColumnKind::Timestamp => format!("timestamptz 'epoch' + ${n}::bigint * interval '1 millisecond'"),
-            _ => format!("${n}::bigint"),
+        let bound = |ms: u64| match time.kind {
+            ColumnKind::Timestamp => format!("timestamptz 'epoch' + {ms} * interval '1 millisecond'"),
+            _ => ms.to_string(),
         };
         let column = ident(&time.name);
         let sql = format!(
-            "SELECT {} FROM {} WHERE {column} >= {} AND {column} < {}",
+            "COPY (SELECT {} FROM {} WHERE {column} >= {} AND {column} < {}) TO STDOUT",
             select.join(", "),
             ident(table),
-            bound(1),
-            bound(2)
+            bound(from),
+            bound(to)
         );
-        let rows = self
-            .client
-            .query(&sql, &[&(from as i64), &(to as i64)])
-            .with_context(|| format!("cannot read table {table}"))?;
-        let mut values = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut out = Vec::with_capacity(schema.columns.len());
-            for (i, c) in schema.columns.iter().enumerate() {
-                let text: String = row.get(i);
-                let number = || text.parse::<u64>().with_context(|| format!("{table}.{}: `{text}`", c.name));
-                out.push(match c.kind {
+        let context = || format!("cannot read table {table}");
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, self.client.copy_out(&sql).with_context(context)?);
+        let width = schema.columns.len();
+        let chunk_values = ROWS_PER_CHUNK * width;
+        let mut chunks: Vec<Vec<Value>> = Vec::new();
+        let mut values = Vec::with_capacity(chunk_values);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if std::io::BufRead::read_until(&mut reader, b'\n', &mut line).with_context(context)? == 0 {
+                break;
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+            }
+            if values.len() >= chunk_values {
+                chunks.push(std::mem::replace(&mut values, Vec::with_capacity(chunk_values)));
+            }
+            let mut fields = line.split(|b| *b == b'\t');
+            for c in &schema.columns {
+                let field = fields.next().with_context(|| format!("{table}: a row has too few columns"))?;
+                let number = || {
+                    std::str::from_utf8(field)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok())
+                        .with_context(|| format!("{table}.{}: `{}`", c.name, String::from_utf8_lossy(field)))
+                };
+                values.push(match c.kind {
                     ColumnKind::Integer | ColumnKind::Count => Value::Integer(number()?),
                     ColumnKind::Timestamp => Value::Timestamp(number()?),
-                    ColumnKind::Text => Value::Text(text),
+                    ColumnKind::Text => Value::Text(copy_text(field)),
                 });
             }
-            values.push(out);
         }
-        Ok(values)
+        chunks.push(values);
+        Ok(chunks)
     }
 
     /// In one transaction: the repairs (rows upserted, keys deleted) and the record of the run.
@@ -162,6 +194,32 @@ impl PgReconciler {
         tx.commit().context("cannot commit the reconciliation")?;
         Ok(())
     }
+}
+
+/// A text field of `COPY`'s text format, its backslash escapes undone.
+fn copy_text(field: &[u8]) -> String {
+    if !field.contains(&b'\\') {
+        return String::from_utf8_lossy(field).into_owned();
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut bytes = field.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        out.push(match bytes.next() {
+            Some(b't') => b'\t',
+            Some(b'n') => b'\n',
+            Some(b'r') => b'\r',
+            Some(b'b') => 8,
+            Some(b'f') => 12,
+            Some(b'v') => 11,
+            Some(&other) => other,
+            None => break,
+        });
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A value of `kind` as a bind parameter `$n` (sent as text, cast in SQL).
