@@ -27,6 +27,8 @@ enum Command {
     Produce(clickstay::clicks::produce::ProduceArgs),
     /// The streaming job: click events from Kafka through the dataflow into PostgreSQL, exactly once.
     Run(clickstay::clicks::stream::RunArgs),
+    /// Check the streaming job's tables against the batch path over its raw archive (and repair them).
+    Reconcile(clickstay::clicks::reconcile::ReconcileArgs),
     /// Start the local processes of the cluster in `workers.toml` and wait for them.
     Launch(clickstay::cluster::LaunchArgs),
     /// Hotel reservations: database migration, seeding and the HTTP API.
@@ -44,6 +46,13 @@ fn main() -> Result<()> {
         Command::Replay(args) => clickstay::clicks::replay::run(args),
         Command::Produce(args) => clickstay::clicks::produce::run(&args),
         Command::Run(args) => clickstay::clicks::stream::run(args),
+        Command::Reconcile(args) => {
+            // Exit status 2: the check ran and found differences (1 is an error).
+            if !clickstay::clicks::reconcile::run(args)? {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
         Command::Launch(args) => clickstay::cluster::launch(&args),
         Command::Rooms(command) => clickstay::rooms::cli::run(command),
     }

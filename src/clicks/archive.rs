@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use parquet::data_type::ByteArray;
 
-use super::event::{ClickEvent, write_ipv4};
+use super::event::{ClickEvent, Country, parse_ipv4, write_ipv4};
 use crate::sinks::Sink;
 use crate::sinks::parquet::{ColumnValues, ParquetFile, ParquetSink};
 
@@ -114,6 +114,55 @@ fn columns(topic: &str, partition: i32, chunk: &[&(u64, ClickEvent)]) -> Vec<Col
     ]
 }
 
+/// The events of an archive file, `(offset, event)` in offset order (as written). Only the
+/// columns an event needs are decoded (not `topic` and `partition`, which the path names).
+pub fn read_archive_file(path: &Path) -> Result<Vec<(u64, ClickEvent)>> {
+    use parquet::column::reader::ColumnReader;
+    use parquet::data_type::{ByteArrayType, DataType, Int64Type};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    fn column<T: DataType>(reader: ColumnReader, rows: usize, path: &Path) -> Result<Vec<T::T>> {
+        let mut typed = parquet::column::reader::get_typed_column_reader::<T>(reader);
+        let mut values = Vec::with_capacity(rows);
+        while values.len() < rows {
+            let (records, ..) = typed
+                .read_records(rows - values.len(), None, None, &mut values)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if records == 0 {
+                anyhow::bail!("{}: a column ends before its row group's {rows} rows", path.display());
+            }
+        }
+        Ok(values)
+    }
+    let context = || format!("cannot read archive file {}", path.display());
+    let file = std::fs::File::open(path).with_context(context)?;
+    let reader = SerializedFileReader::new(file).with_context(context)?;
+    let mut events = Vec::with_capacity(reader.metadata().file_metadata().num_rows().max(0) as usize);
+    for index in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(index).with_context(context)?;
+        let rows = group.metadata().num_rows().max(0) as usize;
+        let long = |i: usize| column::<Int64Type>(group.get_column_reader(i).with_context(context)?, rows, path);
+        let text = |i: usize| column::<ByteArrayType>(group.get_column_reader(i).with_context(context)?, rows, path);
+        // Columns in SCHEMA order: topic, partition, offset, ad_id, click_ts, user_id, ip, country.
+        let (offsets, ads, times, users) = (long(2)?, long(3)?, long(4)?, long(5)?);
+        let (ips, countries) = (text(6)?, text(7)?);
+        for row in 0..rows {
+            let bad = |what: &str| anyhow::anyhow!("{}: row {row} has an invalid {what}", path.display());
+            events.push((
+                offsets[row] as u64,
+                ClickEvent {
+                    ad_id: ads[row] as u64,
+                    click_ts: times[row] as u64,
+                    user_id: users[row] as u64,
+                    ip: parse_ipv4(ips[row].data()).ok_or_else(|| bad("ip"))?,
+                    country: Country::parse(countries[row].data()).ok_or_else(|| bad("country"))?,
+                },
+            ));
+        }
+    }
+    Ok(events)
+}
+
 /// The `(partition, first, next)` an archive path names, if it is a finished archive file.
 fn parse_path(path: &Path) -> Option<(i32, i64, i64)> {
     let name = path.file_name()?.to_str()?.strip_suffix(".parquet")?;
@@ -169,7 +218,6 @@ mod tests {
     use std::fs::File;
 
     use super::*;
-    use crate::clicks::event::Country;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::RowAccessor;
 
@@ -231,6 +279,8 @@ mod tests {
             [&events[0], &events[2]].iter().map(|(o, e)| ("clicks".to_string(), 3, *o as i64, *e)).collect();
         assert_eq!(read_back(&written[0]), first_hour);
         assert_eq!(read_back(&written[1]), [("clicks".to_string(), 3, 101, events[1].1)]);
+        // The reader reconcile uses gives the same events with their offsets.
+        assert_eq!(read_archive_file(&written[0]).unwrap(), [events[0], events[2]]);
         // No temporary file is left behind.
         let names: Vec<_> =
             std::fs::read_dir(written[0].parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -81,6 +81,11 @@ pub enum Format {
     Csv,
     /// One JSON object per line.
     Jsonl,
+    /// Fixed-width binary records of valid events ([`write_packed`]): how the raw archive's
+    /// events reach the driver in `clickstay reconcile`, with no text to format and parse again.
+    /// Not a file format, so not on the command line.
+    #[value(skip)]
+    Packed,
 }
 
 impl Format {
@@ -214,7 +219,7 @@ fn ip(bytes: &[u8]) -> Result<u32, Reject> {
 /// Parses a dotted IPv4 address exactly as `std::net::Ipv4Addr` does (four decimal octets of at
 /// most three digits, no leading zeros, each at most 255), but straight from bytes: this is on
 /// the hot path.
-fn parse_ipv4(bytes: &[u8]) -> Option<u32> {
+pub fn parse_ipv4(bytes: &[u8]) -> Option<u32> {
     let mut address: u32 = 0;
     let mut octets = 0;
     for part in bytes.split(|&b| b == b'.') {
@@ -407,7 +412,41 @@ pub fn parse(format: Format, line: &[u8], full_len: usize) -> Result<ClickEvent,
     match format {
         Format::Csv => parse_csv(line, full_len),
         Format::Jsonl => parse_json(line, full_len),
+        Format::Packed => parse_packed(line),
     }
+}
+
+/// The length of a [`Format::Packed`] record: ad_id, click_ts, user_id (8 bytes each), ip (4)
+/// and country (2), little-endian.
+pub const PACKED_LEN: usize = 30;
+
+/// Appends `event` as a [`Format::Packed`] record.
+pub fn write_packed(event: &ClickEvent, out: &mut Vec<u8>) {
+    out.extend_from_slice(&event.ad_id.to_le_bytes());
+    out.extend_from_slice(&event.click_ts.to_le_bytes());
+    out.extend_from_slice(&event.user_id.to_le_bytes());
+    out.extend_from_slice(&event.ip.to_le_bytes());
+    out.extend_from_slice(&event.country.0.to_le_bytes());
+}
+
+/// Reads a [`Format::Packed`] record (written from a valid event, so only its length and
+/// its time's range are checked).
+pub fn parse_packed(record: &[u8]) -> Result<ClickEvent, Reject> {
+    let Ok(record) = <&[u8; PACKED_LEN]>::try_from(record) else {
+        return Err(Reject::TooLong(record.len()));
+    };
+    let u64_at = |at: usize| u64::from_le_bytes(record[at..at + 8].try_into().expect("8 bytes"));
+    let click_ts = u64_at(8);
+    if click_ts > MAX_CLICK_TS {
+        return Err(Reject::TimeOutOfRange(click_ts));
+    }
+    Ok(ClickEvent {
+        ad_id: u64_at(0),
+        click_ts,
+        user_id: u64_at(16),
+        ip: u32::from_le_bytes(record[24..28].try_into().expect("4 bytes")),
+        country: Country(u16::from_le_bytes([record[28], record[29]])),
+    })
 }
 
 /// Checks, before any worker starts, that a CSV file begins with the header; the error names the
@@ -461,7 +500,7 @@ impl<W: Write> EventWriter<W> {
     pub fn header(&mut self) -> std::io::Result<()> {
         match self.format {
             Format::Csv => writeln!(self.out, "{CSV_HEADER}"),
-            Format::Jsonl => Ok(()),
+            Format::Jsonl | Format::Packed => Ok(()),
         }
     }
 

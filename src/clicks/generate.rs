@@ -276,7 +276,7 @@ fn write_malformed<W: Write>(
     let negative_time = format!("-{}", click.click_ts.max(1));
     let padded_ad_id = match writer.format {
         // Leading zeros keep a CSV number valid; JSON allows whitespace instead.
-        Format::Csv => format!("{:0>5000}", click.ad_id),
+        Format::Csv | Format::Packed => format!("{:0>5000}", click.ad_id),
         Format::Jsonl => format!("{:>5000}", click.ad_id),
     };
     match kind {
@@ -325,7 +325,7 @@ impl Generator {
             source: ClickSource::new(options, events_per_second)?,
             malformed: Bernoulli::new(options.malformed_fraction).context("--malformed-fraction")?,
             kinds: match format {
-                Format::Csv => CSV_MALFORMATIONS,
+                Format::Csv | Format::Packed => CSV_MALFORMATIONS,
                 Format::Jsonl => JSONL_MALFORMATIONS,
             },
             scratch: EventWriter::new(Vec::new(), format),

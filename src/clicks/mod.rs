@@ -7,6 +7,7 @@ pub mod event;
 pub mod generate;
 pub mod produce;
 pub mod query;
+pub mod reconcile;
 pub mod replay;
 pub mod spec;
 pub mod stream;

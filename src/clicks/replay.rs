@@ -22,7 +22,7 @@ use crate::cluster::{WorkerArgs, Workers};
 use crate::sinks::Sink;
 use crate::sinks::csv::CsvSink;
 use crate::sources::file::{DEFAULT_CHUNK_BYTES, FileOptions, FileSource};
-use crate::sources::{Share, Source};
+use crate::sources::{LineSource, Share, Source};
 
 /// Options of `clickstay replay`.
 #[derive(Args, Debug)]
@@ -104,19 +104,33 @@ fn replay_worker(
     let make_sink = |sink: &crate::clicks::spec::SinkSpec,
                      schema: &crate::sinks::TableSchema|
      -> Result<Box<dyn Sink>> { Ok(Box::new(CsvSink::create(out, &sink.file, schema)?)) };
+    let progress = "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}";
+    run_batch(worker, spec, &mut source, format, &Positions::Lines, &make_sink, progress)
+}
+
+/// The batch path on one worker, for any source: the dataflow with `Emit::Final` sinks (made by
+/// `make_sink` on worker 0), the driver without checkpoints, run to the end of the source, then
+/// wound down and the sinks finished. Worker 0 shows a progress bar on a terminal, of the
+/// source's own unit (`template` is an `indicatif` template). Replay and reconcile use it.
+pub(super) fn run_batch<S: LineSource>(
+    worker: &mut timely::worker::Worker,
+    spec: &DataflowSpec,
+    source: &mut S,
+    format: Format,
+    positions: &Positions,
+    make_sink: dataflow::SinkFactory,
+    template: &str,
+) -> Result<RunTotals> {
     let first_worker = worker.index() == 0;
-    let make_sink = first_worker.then_some(&make_sink as dataflow::SinkFactory);
-    let mut dataflow = dataflow::build(worker, spec, &Positions::Lines, Emit::Final, make_sink)?;
+    let make_sink = first_worker.then_some(make_sink);
+    let mut dataflow = dataflow::build(worker, spec, positions, Emit::Final, make_sink)?;
     let mut driver = Driver::new(worker, spec, &source.partitions(), None, Restore::default(), &|_| true);
     let progress = (first_worker && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(source.progress().1);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("a valid template"),
-        );
+        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
         bar
     });
-    let totals = driver.run(worker, &mut source, format, &mut dataflow, None, |source| {
+    let totals = driver.run(worker, source, format, &mut dataflow, None, |source| {
         if let Some(bar) = &progress {
             bar.set_position(source.progress().0);
         }

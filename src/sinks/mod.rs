@@ -6,6 +6,7 @@
 //! other records names them: the Parquet sink is a `Sink<ParquetFile>`.
 
 pub mod csv;
+pub mod memory;
 pub mod parquet;
 pub mod postgres;
 

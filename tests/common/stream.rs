@@ -37,6 +37,8 @@ pub struct Job {
     pub db: String,
     pub config: PathBuf,
     pub archive: PathBuf,
+    /// The dataflow spec it runs (`dataflows/ad_clicks.toml` unless [`Job::with_spec`]).
+    pub spec: PathBuf,
 }
 
 impl Job {
@@ -65,7 +67,13 @@ impl Job {
             db: db.to_string(),
             config,
             archive: dir.join(format!("archive_{name}")),
+            spec: spec(),
         }
+    }
+
+    /// The same job running another spec.
+    pub fn with_spec(self, spec: &Path) -> Job {
+        Job { spec: spec.to_path_buf(), ..self }
     }
 
     /// `clickstay run` for this job, on two workers, draining once the topic is quiet for 2 s.
@@ -79,7 +87,7 @@ impl Job {
         command
             .arg("run")
             .arg("--dataflow")
-            .arg(spec())
+            .arg(&self.spec)
             .arg("--config")
             .arg(&self.config)
             .args(["--job", &self.name, "-w", "2", "--checkpoint-interval", "0.05"])

@@ -17,6 +17,7 @@
 mod checkpoint;
 mod commit;
 mod copy;
+pub mod reconcile;
 mod tables;
 
 use std::cell::RefCell;

@@ -68,7 +68,7 @@ impl TableRows {
 }
 
 /// Quotes an identifier (names come from the spec; `offset` is a keyword).
-fn ident(name: &str) -> String {
+pub(super) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
