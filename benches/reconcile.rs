@@ -18,6 +18,8 @@
 //! - `CLICKSTAY_BENCH_WORKERS`: worker threads per run, default `1,2`
 //! - `CLICKSTAY_BENCH_RUNS`: runs per configuration (best time, largest RSS), default 1
 
+#[path = "common/batch.rs"]
+mod batch;
 #[path = "../tests/common/broker.rs"]
 mod broker;
 #[path = "../tests/common/pg.rs"]
@@ -29,18 +31,16 @@ mod scripts;
 #[path = "../tests/common/stream.rs"]
 mod stream;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
-use stream::{BIN, Job, fresh_database, produce};
+use anyhow::{Context, Result};
+use batch::{BIN, best_of, data_file, env_list, measure};
+use stream::{Job, fresh_database, produce};
 
 /// The seed, ads and version of `benches/replay.rs`'s files, so that the cache is shared.
-const SEED: u64 = 42;
 const ADS: u64 = 100_000;
-const DATA_VERSION: u32 = 1;
 /// A range holding every generated event: [1970, 2100), on pane boundaries.
 const FROM: &str = "0";
 const TO: &str = "4102444800000";
@@ -50,7 +50,7 @@ fn main() -> Result<()> {
     let workers = env_list("CLICKSTAY_BENCH_WORKERS", "1,2")?;
     let runs = env_list("CLICKSTAY_BENCH_RUNS", "1")?.first().copied().unwrap_or(1).max(1);
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/ad_clicks.toml");
-    let input = data_file(events)?;
+    let input = data_file("csv", events, ADS)?;
 
     let work = tempfile::tempdir().context("cannot create a temporary directory")?;
     let job = Job::new(work.path(), "bench", 8, &fresh_database("bench_reconcile"));
@@ -94,76 +94,4 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The CSV file of `events` events, generated now unless `benches/replay.rs` left it.
-fn data_file(events: u64) -> Result<PathBuf> {
-    let target = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
-    };
-    let dir = target.join("bench-data");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let path = dir.join(format!("clicks-v{DATA_VERSION}-seed{SEED}-ads{ADS}-{events}.csv"));
-    if path.exists() {
-        eprintln!("reusing {}", path.display());
-        return Ok(path);
-    }
-    let partial = path.with_extension("csv.partial");
-    let status = Command::new(BIN)
-        .args(["gen", "--events", &events.to_string(), "--ads", &ADS.to_string(), "--seed", &SEED.to_string()])
-        .args(["--format", "csv", "--out"])
-        .arg(&partial)
-        .status()
-        .context("cannot run clickstay gen")?;
-    ensure!(status.success(), "clickstay gen failed: {status}");
-    std::fs::rename(&partial, &path).with_context(|| format!("cannot rename {}", partial.display()))?;
-    Ok(path)
-}
-
-struct Measurement {
-    wall: Duration,
-    peak_rss_kib: i64,
-    summary: String,
-}
-
-fn best_of(runs: u64, mut run: impl FnMut() -> Result<Measurement>) -> Result<Measurement> {
-    let mut best: Option<Measurement> = None;
-    for _ in 0..runs {
-        let m = run()?;
-        best = Some(match best {
-            Some(b) if b.wall <= m.wall => Measurement { peak_rss_kib: b.peak_rss_kib.max(m.peak_rss_kib), ..b },
-            Some(b) => Measurement { peak_rss_kib: b.peak_rss_kib.max(m.peak_rss_kib), ..m },
-            None => m,
-        });
-    }
-    best.context("no run")
-}
-
-/// Runs `command` to its end: wall time, peak RSS, and its stdout (the summary).
-fn measure(command: &mut Command, work: &Path) -> Result<Measurement> {
-    let stdout_path = work.join("stdout.txt");
-    let started = Instant::now();
-    let child =
-        command.stdout(File::create(&stdout_path)?).stderr(Stdio::null()).spawn().context("cannot start clickstay")?;
-    let (status, peak_rss_kib) = rusage::wait4(child.id(), true)?.context("wait4 returned before the child exited")?;
-    let wall = started.elapsed();
-    let summary = std::fs::read_to_string(&stdout_path)?.trim().to_string();
-    if status != 0 {
-        bail!("{command:?} failed (wait status {status}):\n{summary}");
-    }
-    Ok(Measurement { wall, peak_rss_kib, summary })
-}
-
-/// A comma-separated list of numbers from the environment (or the default).
-fn env_list(name: &str, default: &str) -> Result<Vec<u64>> {
-    let text = std::env::var(name).unwrap_or_else(|_| default.to_string());
-    let list: Vec<u64> = text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace('_', "").parse().with_context(|| format!("{name}: {s:?} is not a number")))
-        .collect::<Result<_>>()?;
-    ensure!(!list.is_empty(), "{name} is empty");
-    Ok(list)
 }
