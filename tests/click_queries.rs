@@ -15,6 +15,7 @@ mod stream;
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -82,8 +83,10 @@ struct Running {
 }
 
 impl Drop for Running {
+    /// Kills the job's whole process group: `launch` and the processes it started.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: kill(2) on the child's own process group (see `start`).
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
     }
 }
@@ -125,7 +128,7 @@ fn start(job: &Job, cluster: Cluster) -> Running {
         }
     }
     let log = std::fs::File::create(std::env::temp_dir().join(format!("click_queries_{}.log", job.name))).unwrap();
-    let child = command.stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let child = command.stdout(Stdio::null()).stderr(log).process_group(0).spawn().unwrap();
     Running { child, url: format!("http://127.0.0.1:{port}") }
 }
 

@@ -47,9 +47,10 @@ pub use rounds::{BatchReport, Decisions, RoundReport};
 const MAX_PENDING_CLICKS: usize = 1 << 15;
 
 /// Questions to the running job, on worker 0 (see `clicks::query`): taken at the start of a
-/// round, entered into the dataflow after the round's clicks, at the time they will reflect.
+/// round (so that the round's report can ask every worker for a sub-tick) and again after the
+/// round's clicks, when all taken are entered into the dataflow at the time they will reflect.
 pub trait Asker {
-    /// Takes the questions asked since the last round; whether there are any.
+    /// Takes the questions asked so far; whether any are taken and not yet entered.
     fn take(&mut self) -> bool;
     /// Enters the taken questions at dataflow time `at`.
     fn enter(&mut self, at: u64, input: &mut QuestionInput);
@@ -120,6 +121,8 @@ pub struct Driver {
     sub_tick: u64,
     /// Worker 0 of a job that answers questions.
     asker: Option<Box<dyn Asker>>,
+    /// Worker 0 entered questions in a round without a sub-tick: the next report asks for one.
+    unticked: bool,
     /// Accepted clicks not yet given to the dataflow. Clicks that agree on pane and on the
     /// used fields are one record with a multiplicity, summed over rounds until the input time
     /// moves (nothing downstream can see them earlier anyway), which cuts the updates the
@@ -189,6 +192,7 @@ impl Driver {
             input_time: restore.job_time,
             sub_tick: 0,
             asker: None,
+            unticked: false,
             restore,
             leader,
             round: 0,
@@ -227,7 +231,7 @@ impl Driver {
             let batches = batches.unwrap_or_default();
             let parsed: Vec<ParsedBatch> = batches.iter().map(|b| parse_batch(format, b)).collect();
             let ready = checkpointer.as_deref_mut().is_none_or(|c| c.ready());
-            let asked = self.asker.as_mut().is_some_and(|asker| asker.take());
+            let asked = self.asker.as_mut().is_some_and(|asker| asker.take()) || self.unticked;
             let report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
             let reports = self.exchange(worker, report, dataflow)?;
             if let Some(checkpointer) = checkpointer.as_deref_mut() {
@@ -246,8 +250,15 @@ impl Driver {
                 self.feed(batch, parsed, max_before, lines_before, dataflow);
             }
             self.absorb(&reports);
-            if let (true, Some(asker), Some(input)) = (asked, self.asker.as_mut(), dataflow.questions.as_mut()) {
-                asker.enter(self.input_time + self.sub_tick, input);
+            // Questions that came during the round go in too: they ride on the round's sub-tick
+            // when it has one, else the next round's report asks for one.
+            if let (Some(asker), Some(input)) = (self.asker.as_mut(), dataflow.questions.as_mut()) {
+                if asker.take() {
+                    asker.enter(self.input_time + self.sub_tick, input);
+                    self.unticked = !decisions.questions;
+                } else if decisions.questions {
+                    self.unticked = false;
+                }
             }
             let job_time = self.advance(&decisions, &reports, dataflow);
             if let Some(checkpointer) = checkpointer.as_deref_mut()
