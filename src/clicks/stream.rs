@@ -65,8 +65,9 @@ struct Job {
     archive: PathBuf,
     policy: StreamPolicy,
     restore: Restore,
-    /// With `--listen`: the job answers questions (worker 0 takes them from here).
-    listen: Option<std::net::SocketAddr>,
+    /// With `--listen`: every worker builds the question side of the dataflow.
+    askable: bool,
+    /// Worker 0 of process 0 takes the questions from here.
     asker: std::sync::Mutex<Option<HubAsker>>,
 }
 
@@ -114,7 +115,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         archive: args.archive.clone(),
         policy,
         restore,
-        listen: args.listen,
+        askable: args.listen.is_some(),
         asker: std::sync::Mutex::new(asker),
     });
     crate::cluster::run_workers(&workers, move |worker| stream_worker(worker, &shared))?;
@@ -203,7 +204,7 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
         &positions,
         Emit::Changes { restored: job.restore.job_time },
         make_sink,
-        job.listen.is_some(),
+        job.askable,
     )?;
     let owned = |partition: u32| share.owns(partition);
     let mut driver =

@@ -58,11 +58,6 @@ impl Catalog {
     pub fn count_for(&self, field: Option<Field>) -> Option<u32> {
         self.counts.iter().position(|(_, second)| *second == field).map(|i| i as u32)
     }
-
-    /// The fields questions can be filtered by.
-    pub fn filter_fields(&self) -> Vec<Field> {
-        self.counts.iter().filter_map(|(_, second)| *second).collect()
-    }
 }
 
 /// A question as it enters the dataflow; `from..to` are pane starts (to exclusive).
@@ -75,10 +70,12 @@ pub enum Question {
 }
 
 impl Question {
-    pub fn id(&self) -> u64 {
-        match self {
-            Question::Count { id, .. } | Question::Popular { id, .. } => *id,
+    /// The same question under the id `id`.
+    pub fn with_id(mut self, id: u64) -> Self {
+        match &mut self {
+            Question::Count { id: own, .. } | Question::Popular { id: own, .. } => *own = id,
         }
+        self
     }
 
     fn count(&self) -> u32 {
@@ -88,26 +85,20 @@ impl Question {
     }
 }
 
-/// One worker's part of an answer.
+/// A question's answer, or one worker's part of it (merged on worker 0, see [`merge`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Partial {
-    Count {
-        id: u64,
-        clicks: u64,
-    },
-    /// This worker's best `n` ads: (ad_id, clicks).
-    Popular {
-        id: u64,
-        ads: Vec<(u64, u64)>,
-    },
-}
-
-/// A question's merged answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merged {
     Count(u64),
-    /// (ad_id, clicks), clicks descending, then ad_id ascending.
+    /// (ad_id, clicks), clicks descending, then ad_id ascending: a worker's best `n`, or the
+    /// best `n` of all.
     Popular(Vec<(u64, u64)>),
+}
+
+/// One worker's part of the answer to question `id`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Partial {
+    pub id: u64,
+    pub part: Merged,
 }
 
 /// Routes questions to the workers that hold what they ask about: a count question to the
@@ -233,7 +224,7 @@ fn answer<C: PaneCursor>(batches: &mut [(C, C::Storage)], question: &Question, a
                     clicks += clicks_of(cursor, storage, from, to, at);
                 }
             }
-            Partial::Count { id, clicks: clicks.max(0) as u64 }
+            Partial { id, part: Merged::Count(clicks.max(0) as u64) }
         }
         Question::Popular { id, second, n, from, to, .. } => {
             let mut sums: HashMap<u64, isize> = HashMap::new();
@@ -249,7 +240,7 @@ fn answer<C: PaneCursor>(batches: &mut [(C, C::Storage)], question: &Question, a
                 }
             }
             let ads = sums.into_iter().filter(|(_, clicks)| *clicks > 0).map(|(ad, clicks)| (ad, clicks as u64));
-            Partial::Popular { id, ads: best(ads.collect(), n as usize) }
+            Partial { id, part: Merged::Popular(best(ads.collect(), n as usize)) }
         }
     }
 }
@@ -273,7 +264,8 @@ pub struct Waiting {
     pub n: Option<usize>,
     /// The parts arrived so far.
     pub parts: Vec<Merged>,
-    pub deliver: Box<dyn FnOnce(Merged)>,
+    /// Where the answer goes: each request that asked the question.
+    pub deliver: Vec<Box<dyn FnOnce(Merged)>>,
 }
 
 /// Questions waiting for their answers, by id (worker 0).
@@ -283,34 +275,22 @@ pub type Pending = Rc<RefCell<HashMap<u64, Waiting>>>;
 /// passed the question's time (every part of it has arrived then).
 pub fn gather_answers(partials: StreamVec<'_, u64, Partial>, pending: Pending) {
     partials.sink(Exchange::new(|_: &Partial| 0), "GatherAnswers", move |(input, frontier)| {
-        let mut parts: HashMap<u64, Merged> = HashMap::new();
+        let mut pending = pending.borrow_mut();
         input.for_each(|_, data| {
-            for partial in data.drain(..) {
-                match partial {
-                    Partial::Count { id, clicks } => {
-                        let Merged::Count(sum) = parts.entry(id).or_insert(Merged::Count(0)) else { continue };
-                        *sum += clicks;
-                    }
-                    Partial::Popular { id, ads } => {
-                        let Merged::Popular(all) = parts.entry(id).or_insert(Merged::Popular(Vec::new())) else {
-                            continue;
-                        };
-                        all.extend(ads);
-                    }
+            for Partial { id, part } in data.drain(..) {
+                if let Some(waiting) = pending.get_mut(&id) {
+                    waiting.parts.push(part);
                 }
             }
         });
-        let mut pending = pending.borrow_mut();
-        for (id, part) in parts {
-            if let Some(waiting) = pending.get_mut(&id) {
-                waiting.parts.push(part);
-            }
-        }
         let ready: Vec<u64> =
             pending.iter().filter(|(_, waiting)| !frontier.less_equal(&waiting.at)).map(|(id, _)| *id).collect();
         for id in ready {
             let waiting = pending.remove(&id).expect("listed above");
-            (waiting.deliver)(merge(waiting.parts, waiting.n));
+            let merged = merge(waiting.parts, waiting.n);
+            for deliver in waiting.deliver {
+                deliver(merged.clone());
+            }
         }
     });
 }

@@ -198,8 +198,7 @@ async fn ask(hub: &QueryHub, asks: Vec<Ask>) -> Result<Vec<Value>, ApiError> {
                 ),
             }),
         })
-        .collect::<Result<Vec<Value>, ApiError>>()
-        .map(|answers| answers.into_iter().collect())
+        .collect()
 }
 
 /// Parameters every question may carry besides its own: at most one filter.
@@ -207,7 +206,7 @@ fn filter(hub: &QueryHub, params: &Params, own: &[&str]) -> Result<Option<(Field
     let mut filter = None;
     for (name, value) in params.iter().filter(|(name, _)| !own.contains(&name.as_str())) {
         let field = Field::parse(name)
-            .filter(|field| hub.catalog.filter_fields().contains(field))
+            .filter(|field| hub.catalog.count_for(Some(*field)).is_some())
             .ok_or_else(|| ApiError::bad(format!("{name}: the spec has no count grouped by ad_id and {name}")))?;
         if filter.is_some() {
             return Err(ApiError::bad(format!("{name}: only one filter per question")));

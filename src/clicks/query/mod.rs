@@ -124,7 +124,7 @@ impl Asker for HubAsker {
     fn enter(&mut self, at: u64, input: &mut QuestionInput) {
         // The answers reflect every pane that ends at or before this watermark.
         let as_of = at - at % self.pane_ms;
-        // The same popular question asked several times in one round is answered once.
+        // A question asked several times in one round (the same popular list, say) enters once.
         let mut shared: HashMap<Question, u64> = HashMap::new();
         for submitted in std::mem::take(&mut self.taken) {
             let missing = submitted.asks.len();
@@ -133,8 +133,10 @@ impl Asker for HubAsker {
                 missing,
                 reply: Some(submitted.reply),
             }));
-            if missing == 0 {
-                collector.borrow_mut().reply.take().map(|reply| reply.send(Vec::new()));
+            if missing == 0
+                && let Some(reply) = collector.borrow_mut().reply.take()
+            {
+                let _ = reply.send(Vec::new());
             }
             for (index, ask) in submitted.asks.into_iter().enumerate() {
                 let collector = collector.clone();
@@ -151,21 +153,15 @@ impl Asker for HubAsker {
                             Question::Count { .. } => None,
                         };
                         let mut pending = input.pending.borrow_mut();
-                        if let Some(id) = shared.get(&question)
-                            && let Some(waiting) = pending.get_mut(id)
-                        {
-                            let earlier = std::mem::replace(&mut waiting.deliver, Box::new(|_| {}));
-                            waiting.deliver = Box::new(move |merged: Merged| {
-                                earlier(merged.clone());
-                                deliver(merged);
-                            });
+                        if let Some(waiting) = shared.get(&question).and_then(|id| pending.get_mut(id)) {
+                            waiting.deliver.push(deliver);
                             continue;
                         }
                         let id = self.next_id;
                         self.next_id += 1;
                         shared.insert(question.clone(), id);
-                        let question = with_id(question, id);
-                        pending.insert(id, Waiting { at, n, parts: Vec::new(), deliver });
+                        let question = question.with_id(id);
+                        pending.insert(id, Waiting { at, n, parts: Vec::new(), deliver: vec![deliver] });
                         input.input.send(question);
                     }
                 }
@@ -212,15 +208,6 @@ impl HubAsker {
     fn window(&self, window_ms: u64, asked: Option<u64>, as_of: u64) -> (u64, u64) {
         let end = asked.map_or(as_of, |asked| (asked - asked % self.pane_ms).min(as_of));
         (end.saturating_sub(window_ms), end)
-    }
-}
-
-fn with_id(question: Question, id: u64) -> Question {
-    match question {
-        Question::Count { count, ad_id, second, from, to, .. } => {
-            Question::Count { id, count, ad_id, second, from, to }
-        }
-        Question::Popular { count, second, n, from, to, .. } => Question::Popular { id, count, second, n, from, to },
     }
 }
 
