@@ -45,7 +45,7 @@ echo "run: broker $CLICKSTAY_KAFKA_BROKERS, results in $CLICKSTAY_CLICKS_DB" >&2
 if $demo; then
     "$bin" produce --config workers.toml --events 1000000 --rate 0 --seed 42
     "$bin" run --dataflow dataflows/ad_clicks.toml --config workers.toml -w 2 --archive out/archive --exit-when-idle 5
-    psql "$CLICKSTAY_CLICKS_DB" -c "SELECT window_start, rank, ad_id, clicks FROM top_ads ORDER BY window_start DESC, rank LIMIT 10"
+    psql "$CLICKSTAY_CLICKS_DB" -c "SELECT window_start, rank, ad_id, clicks FROM ad_clicks.top_ads ORDER BY window_start DESC, rank LIMIT 10"
 else
     exec "$bin" run --dataflow dataflows/ad_clicks.toml --config workers.toml -w 2 --archive out/archive "$@"
 fi

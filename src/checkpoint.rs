@@ -38,14 +38,14 @@ pub struct Checkpoint {
 }
 
 /// Where a restarted job picks up, from its last committed checkpoint.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Restore {
     pub job_time: u64,
     pub partitions: BTreeMap<u32, RestoredPartition>,
 }
 
 /// A partition's state in the last committed checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoredPartition {
     pub committed_next: u64,
     pub restart_offset: u64,

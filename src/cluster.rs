@@ -189,6 +189,32 @@ pub fn run_workers<T: Send + 'static>(
     guards.join().into_iter().map(|r| r.map_err(|e| anyhow::anyhow!("{e}"))).collect()
 }
 
+/// Worker 0's `value` on every worker of the cluster, through timely's own channels: what
+/// process 0 alone established (a job's restored checkpoint) reaches the workers of the other
+/// processes before any dataflow of the job is built. `value` is read on worker 0 only.
+pub fn from_worker_0<T: timely::ExchangeData + Clone>(worker: &mut timely::worker::Worker, value: Option<T>) -> T {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use timely::dataflow::operators::core::Inspect;
+    use timely::dataflow::operators::vec::Broadcast;
+    use timely::dataflow::operators::{Input, Probe};
+    let received: Rc<RefCell<Option<T>>> = Default::default();
+    let store = Rc::clone(&received);
+    let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+        let (input, stream) = scope.new_input::<Vec<T>>();
+        let (probe, _) = stream.broadcast().inspect(move |value: &T| *store.borrow_mut() = Some(value.clone())).probe();
+        (input, probe)
+    });
+    if worker.index() == 0 {
+        input.send(value.expect("worker 0 has the value to share"));
+    }
+    input.close();
+    while !probe.done() {
+        worker.step();
+    }
+    received.take().expect("worker 0 sent a value")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,13 +109,6 @@ fn start(job: &Job, cluster: Cluster) -> Running {
             command.args(&run_args).args(["-w", "2", "--config"]).arg(&job.config);
         }
         Cluster::TwoProcesses => {
-            // The tables first, from one process (several processes creating them at once is
-            // issue 12's first defect).
-            let mut first = Command::new(BIN);
-            first.args(["run", "--dataflow"]).arg(spec()).arg("--config").arg(&job.config);
-            first.args(["--job", &job.name, "--exit-when-idle", "0.5", "--archive"]).arg(&job.archive);
-            first.env_remove("CLICKSTAY_KAFKA_BROKERS").env_remove("CLICKSTAY_CLICKS_DB");
-            assert!(first.status().unwrap().success());
             let config = job.dir.join(format!("{}-cluster.toml", job.name));
             let text = std::fs::read_to_string(&job.config).unwrap();
             let (a, b) = (free_port(), free_port());
@@ -279,6 +272,7 @@ async fn answers_equal_the_oracle_while_ingesting(cluster: Cluster, name: &str) 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (client, connection) = tokio_postgres::connect(&db, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
+    client.batch_execute(&format!("SET search_path TO \"{}\"", job.name)).await.unwrap();
     for (ad, _) in top {
         let (status, body) =
             get(&http, &format!("{}/v1/ads/{ad}/aggregated_count?from={from}&to={to}", running.url)).await;

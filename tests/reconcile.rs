@@ -134,7 +134,7 @@ fn assert_no_difference(outcome: &Outcome, tables: &[&str]) {
 }
 
 fn client(job: &Job) -> postgres::Client {
-    postgres::Client::connect(&job.db, postgres::NoTls).unwrap()
+    job.connect()
 }
 
 #[test]

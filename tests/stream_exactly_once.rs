@@ -31,7 +31,7 @@ fn one_partition_run_equals_replay() {
     job.run_to_end(&[]);
 
     let replayed = replay_csv(dir.path(), &events);
-    let tables = dump_tables(&job.db);
+    let tables = dump_tables(&job);
     for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads"] {
         assert_eq!(tables[table], replayed[table], "{table} differs from replay");
         assert!(!tables[table].is_empty(), "{table} is empty: the test proves nothing");
@@ -64,14 +64,14 @@ fn started_over_on_its_own_tables_changes_nothing() {
     let job = Job::new(dir.path(), "again", 2, &fresh_database("stream_again"));
     produce(&job, &events);
     job.run_to_end(&[]);
-    let first = dump_tables(&job.db);
+    let first = dump_tables(&job);
     assert!(!first["ad_click_counts"].is_empty());
 
-    let mut client = postgres::Client::connect(&job.db, postgres::NoTls).unwrap();
+    let mut client = job.connect();
     client.batch_execute("DELETE FROM source_offsets; DELETE FROM job_checkpoints; DELETE FROM raw_archive").unwrap();
     let log = job.run_to_end(&[]);
     assert!(log.contains("redoing the checkpoint with upserts"), "no pane's first rows collided:\n{log}");
-    assert_eq!(dump_tables(&job.db), first);
+    assert_eq!(dump_tables(&job), first);
 }
 
 #[test]
@@ -102,8 +102,8 @@ fn killed_again_and_again_ends_as_if_never_killed() {
     assert!(disturbed.committed_offsets() > 0);
     disturbed.run_to_end(&[]);
 
-    let calm = dump_tables(&undisturbed.db);
-    let crashy = dump_tables(&disturbed.db);
+    let calm = dump_tables(&undisturbed);
+    let crashy = dump_tables(&disturbed);
     for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"] {
         assert_eq!(crashy[table].len(), calm[table].len(), "{table}: row counts differ");
         assert_eq!(crashy[table], calm[table], "{table} differs from the undisturbed run");

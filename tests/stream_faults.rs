@@ -74,8 +74,8 @@ fn broker_frozen_and_postgres_restarted() {
         "no retry with backoff was logged:\n{log}"
     );
 
-    let calm_tables = dump_tables(&calm.db);
-    let troubled_tables = dump_tables(&troubled.db);
+    let calm_tables = dump_tables(&calm);
+    let troubled_tables = dump_tables(&troubled);
     for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"] {
         assert!(!calm_tables[table].is_empty(), "{table} is empty: the test proves nothing");
         assert_eq!(troubled_tables[table], calm_tables[table], "{table} differs from the undisturbed run");

@@ -2,8 +2,10 @@
 //! as Parquet files (written by [`ParquetSink`]) that DuckDB, pandas (pyarrow) or Spark read
 //! directly.
 //!
-//! Layout: `root/hour=YYYY-MM-DDTHH/partition=P/<first>-<next>.parquet`, one file per event-time
-//! hour (UTC) of the range `[first, next)` of Kafka partition `P`. The `key=value` directory
+//! Layout: `ARCHIVE/job=J/topic=T/hour=YYYY-MM-DDTHH/partition=P/<first>-<next>.parquet`, one
+//! file per event-time hour (UTC) of the range `[first, next)` of Kafka partition `P`, under the
+//! job's own directory ([`job_dir`], the `root` of the functions below), so that jobs may share
+//! `--archive`. The `key=value` directory
 //! names are Hive partitioning, so `read_parquet('root/**/*.parquet', hive_partitioning=true)`
 //! prunes by hour; offsets are zero-padded to 20 digits so that names sort by offset.
 //!
@@ -48,6 +50,11 @@ const ROW_GROUP_ROWS: usize = 1 << 20;
 /// The file name of the range `[first, next)`.
 fn file_name(first: i64, next: i64) -> String {
     format!("{first:020}-{next:020}.parquet")
+}
+
+/// The directory of `job`'s archive of `topic` under the archive root `archive`.
+pub fn job_dir(archive: &Path, job: &str, topic: &str) -> PathBuf {
+    archive.join(format!("job={job}")).join(format!("topic={topic}"))
 }
 
 /// The `hour=…` directory of the hour starting at `hour * MS_PER_HOUR`.

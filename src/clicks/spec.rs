@@ -571,3 +571,28 @@ mod tests {
         assert!(e.contains("sink `extra`") && e.contains("`missing`"), "{e}");
     }
 }
+
+// TEMPORARY stub until the spec-fingerprint branch lands (replaced by it).
+impl DataflowSpec {
+    pub fn result_summary(&self) -> std::collections::BTreeMap<String, String> {
+        [("spec".to_string(), format!("{:?} {:?} {:?}", self.time, self.nodes, self.sinks))].into()
+    }
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{:x}",
+            self.result_summary()["spec"]
+                .bytes()
+                .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+        )
+    }
+}
+pub fn spec_changes(
+    before: &std::collections::BTreeMap<String, String>,
+    after: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    before
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}: {v} -> {:?}", after.get(k)))
+        .collect()
+}

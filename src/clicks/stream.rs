@@ -16,13 +16,13 @@ use super::dataflow::{self, Emit, Positions};
 use super::driver::{Driver, StreamPolicy};
 use super::event::ClickEvent;
 use super::event::{Format, MAX_LINE_BYTES};
-use crate::checkpoint::{Checkpoint, Checkpointer, Restore};
+use crate::checkpoint::{Checkpoint, Checkpointer};
 use crate::clicks::query::{HubAsker, QueryHub};
 use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::config::{KafkaConfig, WorkersConfig};
 use crate::sinks::Sink;
-use crate::sinks::postgres::PgWriter;
+use crate::sinks::postgres::{JobIdentity, JobLock, JobStart, PgWriter, SpecStamp, Started};
 use crate::sources::kafka::{KafkaOptions, KafkaSource};
 use crate::sources::{Share, Source};
 
@@ -54,6 +54,12 @@ pub struct RunArgs {
     /// see the README's "Asking the running job"). Default: no listener.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Start the job over: drop its result tables (the schema named after the job) and forget
+    /// its offsets, checkpoints and archive listings on every topic, delete its archive files
+    /// (`ARCHIVE/job=J/`), then read the topic from its beginning. Needed to restart a job with
+    /// a spec that changes its results (or give it a new --job).
+    #[arg(long)]
+    pub reset_results: bool,
 }
 
 /// Everything a worker needs, shared by the threads of a process.
@@ -61,10 +67,11 @@ struct Job {
     spec: DataflowSpec,
     kafka: KafkaConfig,
     clicks_db: String,
-    job: String,
+    id: JobIdentity,
     archive: PathBuf,
     policy: StreamPolicy,
-    restore: Restore,
+    /// On process 0: the start every worker of the cluster begins from.
+    started: Option<Started>,
     /// With `--listen`: every worker builds the question side of the dataflow.
     askable: bool,
     /// Worker 0 of process 0 takes the questions from here.
@@ -81,6 +88,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     let clicks_db = config.clicks_db()?.to_string();
     let workers = Workers::from_args(&args.workers)?;
     let job = args.job.clone().unwrap_or_else(|| spec.name.clone());
+    check_job_name(&job)?;
     let seconds = |what: &str, s: f64| -> Result<Duration> {
         Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{what}: `{s}` is not a number of seconds"))
     };
@@ -90,14 +98,19 @@ pub fn run(args: RunArgs) -> Result<()> {
         drain_when_idle: args.exit_when_idle.map(|s| seconds("exit-when-idle", s)).transpose()?,
     };
     crate::sources::kafka::ensure_topic(&kafka)?;
-    let tables: Vec<_> = table_schemas(&spec, &kafka.topic);
-    let mut writer = PgWriter::open(&clicks_db, &job, &kafka.topic, &tables)?;
-    let restore = writer.restore()?;
-    if workers.is_first_process() {
-        remove_uncommitted_archive_files(&args.archive, &writer.archived_files()?)?;
-    }
-    drop(writer);
-    tracing::info!(%job, topic = %kafka.topic, restored_partitions = restore.partitions.len(), job_time = restore.job_time, "starting");
+    let id = JobIdentity {
+        job,
+        topic: kafka.topic.clone(),
+        spec: SpecStamp { fingerprint: spec.fingerprint(), summary: spec.result_summary() },
+    };
+    // Process 0 alone touches the database before the workers start; they all begin from its
+    // `Started`, and it holds the job's lock (`_lock`) until the job ends.
+    let (started, _lock) = if workers.is_first_process() {
+        let (started, lock) = start_job(&clicks_db, &id, &table_schemas(&spec, &id.topic), &args)?;
+        (Some(started), Some(lock))
+    } else {
+        (None, None)
+    };
     let mut asker = None;
     if let Some(listen) = args.listen {
         check_askable(&spec)?;
@@ -111,10 +124,10 @@ pub fn run(args: RunArgs) -> Result<()> {
         spec,
         kafka,
         clicks_db,
-        job,
+        id,
         archive: args.archive.clone(),
         policy,
-        restore,
+        started,
         askable: args.listen.is_some(),
         asker: std::sync::Mutex::new(asker),
     });
@@ -138,21 +151,76 @@ fn check_askable(spec: &DataflowSpec) -> Result<()> {
     Ok(())
 }
 
+/// Job names become a schema and a directory name: plain, and at most 63 bytes (Postgres's
+/// identifier limit).
+fn check_job_name(job: &str) -> Result<()> {
+    let plain = job.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if job.is_empty() || job.len() > 63 || !plain || job == "public" || job.starts_with("pg_") {
+        anyhow::bail!(
+            "--job `{job}` (default: the spec's name): a job name is 1 to 63 letters, digits, `_` or `-`, \
+             not `public` nor starting with `pg_` (it names the job's schema and archive directory)"
+        );
+    }
+    Ok(())
+}
+
+/// Process 0's start of the job: its tables, its lock (or the message naming the holder), the
+/// check that the spec is the one its results were made with (or `--reset-results`), this
+/// instance's generation, its checkpoint, and the archive cleaned of files no checkpoint lists.
+fn start_job(
+    url: &str,
+    id: &JobIdentity,
+    tables: &[(String, crate::sinks::TableSchema)],
+    args: &RunArgs,
+) -> Result<(Started, JobLock)> {
+    let mut start = JobStart::connect(url, id)?;
+    let job_archive = args.archive.join(format!("job={}", id.job));
+    if args.reset_results {
+        start.reset_results()?;
+        if job_archive.exists() {
+            std::fs::remove_dir_all(&job_archive)
+                .with_context(|| format!("--reset-results: cannot remove {}", job_archive.display()))?;
+        }
+    } else {
+        refuse_changed_spec(id, &start.other_specs()?)?;
+    }
+    let (started, committed_files, lock) = start.restore(tables)?;
+    let own_archive = super::archive::job_dir(&args.archive, &id.job, &id.topic);
+    remove_uncommitted_archive_files(&args.archive, &own_archive, &committed_files)?;
+    let restore = &started.restore;
+    tracing::info!(job = %id.job, topic = %id.topic, generation = started.generation,
+        restored_partitions = restore.partitions.len(), job_time = restore.job_time, "starting");
+    Ok((started, lock))
+}
+
+/// Stops a restart whose spec differs from the one the job's committed results were made with.
+fn refuse_changed_spec(id: &JobIdentity, others: &[(String, SpecStamp)]) -> Result<()> {
+    let Some((topic, before)) = others.first() else { return Ok(()) };
+    let changes = crate::clicks::spec::spec_changes(&before.summary, &id.spec.summary);
+    anyhow::bail!(
+        "job `{}` committed results on topic `{topic}` with another spec; what changed:\n  {}\n\
+         restart with --reset-results to drop the job's results and start over, or give it a new --job",
+        id.job,
+        changes.join("\n  ")
+    )
+}
+
 /// The output tables of a spec, as the streaming job writes them.
 fn table_schemas(spec: &DataflowSpec, topic: &str) -> Vec<(String, crate::sinks::TableSchema)> {
     let positions = Positions::Offsets { topic: topic.to_string() };
     spec.sinks.iter().map(|sink| (sink.table.clone(), dataflow::sink_schema(spec, sink, &positions))).collect()
 }
 
-/// Files a crash left behind before their checkpoint committed: the ranges will be written
-/// again, so the archive holds every event exactly once.
-fn remove_uncommitted_archive_files(root: &Path, committed: &[String]) -> Result<()> {
-    if !root.exists() {
+/// Files a crash left behind in the job's own archive directory `own` before their checkpoint
+/// committed: the ranges will be written again, so the archive holds every event exactly once.
+/// `committed` lists files relative to the archive `root`; other jobs' files are never touched.
+fn remove_uncommitted_archive_files(root: &Path, own: &Path, committed: &[String]) -> Result<()> {
+    if !own.exists() {
         return Ok(());
     }
-    remove_temporary_files(root)?;
+    remove_temporary_files(own)?;
     let committed: std::collections::HashSet<&str> = committed.iter().map(String::as_str).collect();
-    for (path, ..) in super::archive::list_archive(root)? {
+    for (path, ..) in super::archive::list_archive(own)? {
         let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
         if !committed.contains(relative.as_str()) {
             tracing::info!(file = %path.display(), "removing an archive file no checkpoint committed");
@@ -178,19 +246,15 @@ fn remove_temporary_files(dir: &Path) -> Result<()> {
 /// One worker of the streaming job.
 fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     let index = worker.index();
+    let started = crate::cluster::from_worker_0(worker, job.started.clone());
+    let restore = started.restore.clone();
     let share = Share::new(index, worker.peers());
     let resume =
-        job.restore.partitions.iter().filter(|(p, _)| share.owns(**p)).map(|(p, r)| (*p, r.restart_offset)).collect();
+        restore.partitions.iter().filter(|(p, _)| share.owns(**p)).map(|(p, r)| (*p, r.restart_offset)).collect();
     let options = KafkaOptions { kafka: job.kafka.clone(), max_record_bytes: MAX_LINE_BYTES };
     let mut source = KafkaSource::open(&options, share, &resume)?;
-    let writer = if index == 0 {
-        let tables = table_schemas(&job.spec, &job.kafka.topic);
-        let mut writer = PgWriter::open(&job.clicks_db, &job.job, &job.kafka.topic, &tables)?;
-        writer.restore()?; // numbers this run's checkpoints after the committed ones
-        Some(Rc::new(RefCell::new(writer)))
-    } else {
-        None
-    };
+    let writer =
+        if index == 0 { Some(Rc::new(RefCell::new(PgWriter::open(&job.clicks_db, &job.id, &started)?))) } else { None };
     let make_sink =
         |sink: &crate::clicks::spec::SinkSpec, schema: &crate::sinks::TableSchema| -> Result<Box<dyn Sink>> {
             let writer = writer.as_ref().context("sinks live on worker 0")?;
@@ -202,19 +266,23 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
         worker,
         &job.spec,
         &positions,
-        Emit::Changes { restored: job.restore.job_time },
+        Emit::Changes { restored: restore.job_time },
         make_sink,
         job.askable,
     )?;
     let owned = |partition: u32| share.owns(partition);
-    let mut driver =
-        Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), job.restore.clone(), &owned);
+    let mut driver = Driver::new(worker, &job.spec, &source.partitions(), Some(job.policy), restore, &owned);
     if index == 0
         && let Some(asker) = job.asker.lock().expect("not poisoned").take()
     {
         driver.ask_with(Box::new(asker));
     }
-    let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
+    let mut checkpointer = StreamCheckpointer {
+        root: job.archive.clone(),
+        own: super::archive::job_dir(&job.archive, &job.id.job, &job.id.topic),
+        topic: job.kafka.topic.clone(),
+        writer,
+    };
     let totals = driver.run(worker, &mut source, Format::Jsonl, &mut dataflow, Some(&mut checkpointer), |_| {})?;
     if let Some(writer) = &checkpointer.writer {
         writer.borrow_mut().wait_committed()?; // the last checkpoint commits in the background
@@ -228,22 +296,19 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
 /// The streaming job's checkpoints: Parquet files for the archive, one Postgres transaction for
 /// the rest (committed in the background, see [`PgWriter::commit`]).
 struct StreamCheckpointer {
-    archive: PathBuf,
+    /// The archive root (`--archive`), which committed file names are relative to.
+    root: PathBuf,
+    /// The job's own directory in it, where its files go.
+    own: PathBuf,
     topic: String,
     writer: Option<Rc<RefCell<PgWriter>>>,
 }
 
 impl Checkpointer<ClickEvent> for StreamCheckpointer {
     fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>> {
-        let files = super::archive::write_archive(
-            &self.archive,
-            &self.topic,
-            partition as i32,
-            first as i64,
-            next as i64,
-            events,
-        )?;
-        Ok(files.iter().map(|f| f.strip_prefix(&self.archive).unwrap_or(f).to_string_lossy().into_owned()).collect())
+        let files =
+            super::archive::write_archive(&self.own, &self.topic, partition as i32, first as i64, next as i64, events)?;
+        Ok(files.iter().map(|f| f.strip_prefix(&self.root).unwrap_or(f).to_string_lossy().into_owned()).collect())
     }
 
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()> {

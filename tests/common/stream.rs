@@ -71,6 +71,14 @@ impl Job {
         }
     }
 
+    /// A connection that sees the job's result tables (the schema named after the job) and
+    /// the jobs' own tables (`public`) by their plain names.
+    pub fn connect(&self) -> postgres::Client {
+        let mut client = postgres::Client::connect(&self.db, postgres::NoTls).unwrap();
+        client.batch_execute(&format!("SET search_path TO \"{}\", public", self.name)).unwrap();
+        client
+    }
+
     /// The same job running another spec.
     pub fn with_spec(self, spec: &Path) -> Job {
         Job { spec: spec.to_path_buf(), ..self }
@@ -247,7 +255,7 @@ pub fn replay_csv(dir: &Path, events: &Path) -> BTreeMap<String, Vec<Vec<String>
 
 /// The job's result tables as text rows, in a fixed order, times as epoch milliseconds (as in
 /// the replay files).
-pub fn dump_tables(db: &str) -> BTreeMap<String, Vec<Vec<String>>> {
+pub fn dump_tables(job: &Job) -> BTreeMap<String, Vec<Vec<String>>> {
     let ms = |column: &str| format!("(extract(epoch from {column}) * 1000)::bigint");
     let queries = [
         ("ad_click_counts", format!("SELECT {}, ad_id, clicks FROM ad_click_counts ORDER BY 1, 2", ms("window_start"))),
@@ -273,7 +281,7 @@ pub fn dump_tables(db: &str) -> BTreeMap<String, Vec<Vec<String>>> {
             "SELECT job, topic, partition, next_offset FROM source_offsets ORDER BY partition".to_string(),
         ),
     ];
-    let mut client = postgres::Client::connect(db, postgres::NoTls).unwrap();
+    let mut client = job.connect();
     let mut tables = BTreeMap::new();
     for (table, query) in queries {
         let mut rows = Vec::new();

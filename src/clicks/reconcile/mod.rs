@@ -89,14 +89,27 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     };
     let clicks_db = config.clicks_db()?.to_string();
     let job = args.job.clone().unwrap_or_else(|| spec.name.clone());
-    let mut pg = PgReconciler::connect(&clicks_db)?;
+    let mut pg = PgReconciler::connect(&clicks_db, &job)?;
     let jobs = pg.jobs()?;
-    let Some((_, topic)) = jobs.iter().find(|(name, _)| *name == job).cloned() else {
-        let known: Vec<&str> = jobs.iter().map(|(name, _)| name.as_str()).collect();
-        bail!(
-            "unknown job `{job}`: the clicks database has no checkpoint of it (known jobs: {}); pass --job as given to `clickstay run`",
-            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-        );
+    let topics: Vec<&str> = jobs.iter().filter(|(name, _)| *name == job).map(|(_, topic)| topic.as_str()).collect();
+    let configured = config.kafka().ok().map(|kafka| kafka.topic.as_str());
+    let topic = match topics[..] {
+        [] => {
+            let mut known: Vec<&str> = jobs.iter().map(|(name, _)| name.as_str()).collect();
+            known.dedup();
+            bail!(
+                "unknown job `{job}`: the clicks database has no checkpoint of it (known jobs: {}); pass --job as given to `clickstay run`",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            );
+        }
+        [only] => only.to_string(),
+        _ => match configured.filter(|t| topics.contains(t)) {
+            Some(topic) => topic.to_string(),
+            None => bail!(
+                "job `{job}` has checkpoints on the topics {}: say which in [kafka] topic of --config",
+                topics.join(", ")
+            ),
+        },
     };
     let ranges = committed_ranges(&mut pg, &job, &topic, &args.archive)?;
     let workers = Workers::from_args(&args.workers)?;
@@ -112,10 +125,10 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     // Process 0 reads the job's rows while the workers compute the batch's.
     let (from, to) = (args.from, args.to);
     let streamed = workers.is_first_process().then(|| {
-        let tables = tables.clone();
+        let (tables, job) = (tables.clone(), job.clone());
         std::thread::spawn(move || -> Result<Vec<Vec<Vec<Value>>>> {
             let started = Instant::now();
-            let mut pg = PgReconciler::connect(&clicks_db)?;
+            let mut pg = PgReconciler::connect(&clicks_db, &job)?;
             pg.begin_snapshot()?;
             let rows = tables.iter().map(|(table, schema, c)| pg.read_rows(table, schema, *c, from, to)).collect();
             pg.end_snapshot()?;

@@ -1,48 +1,52 @@
-//! The job's own tables: where each partition stands (`source_offsets`), the last checkpoint
-//! (`job_checkpoints`) and the raw archive's committed files (`raw_archive`). Their DDL, the
-//! writes of one checkpoint (inside its transaction, after the rows) and what a restart reads.
+//! The job's own tables, in the `public` schema and keyed by job and topic: where each partition
+//! stands (`source_offsets`), the last checkpoint with the spec it was made with
+//! (`job_checkpoints`), the raw archive's committed files (`raw_archive`). Their DDL, the writes
+//! of one checkpoint (inside its transaction, after the rows) and what a restart reads.
 
 use std::collections::BTreeMap;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use postgres::Client;
 
+use super::{JobIdentity, SpecStamp};
 use crate::checkpoint::{Checkpoint, Restore, RestoredPartition};
 
 /// The job's own tables: where each partition stands, the checkpoint, the raw archive.
 pub(super) const JOB_TABLES: &str = "
-CREATE TABLE IF NOT EXISTS source_offsets (
+CREATE TABLE IF NOT EXISTS public.source_offsets (
     job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
     next_offset bigint NOT NULL, restart_offset bigint NOT NULL, restart_max_ts bigint,
     PRIMARY KEY (job, topic, partition));
-CREATE TABLE IF NOT EXISTS job_checkpoints (
-    job text PRIMARY KEY, topic text NOT NULL, job_time bigint NOT NULL,
-    checkpoints bigint NOT NULL, committed_at timestamptz NOT NULL);
-CREATE TABLE IF NOT EXISTS raw_archive (
+CREATE TABLE IF NOT EXISTS public.job_checkpoints (
+    job text NOT NULL, topic text NOT NULL, job_time bigint NOT NULL,
+    checkpoints bigint NOT NULL, committed_at timestamptz NOT NULL,
+    spec_fingerprint text NOT NULL, spec_summary jsonb NOT NULL,
+    PRIMARY KEY (job, topic));
+CREATE TABLE IF NOT EXISTS public.raw_archive (
     job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
     first_offset bigint NOT NULL, next_offset bigint NOT NULL, files text[] NOT NULL,
     committed_at timestamptz NOT NULL,
     PRIMARY KEY (job, topic, partition, first_offset));
 ";
 
-/// Writes checkpoint `number` of `job` on `topic`: every partition's offsets and archived
-/// files, then the checkpoint itself.
+/// Writes checkpoint `number` of `id`'s job on its topic: every partition's offsets and archived
+/// files, then the checkpoint itself with the spec it was made with.
 pub(super) fn write(
     tx: &mut postgres::Transaction<'_>,
-    job: &str,
-    topic: &str,
+    id: &JobIdentity,
     checkpoint: &Checkpoint,
     number: u64,
 ) -> Result<()> {
+    let (job, topic) = (&id.job, &id.topic);
     for partition in &checkpoint.partitions {
         tx.execute(
-            "INSERT INTO source_offsets (job, topic, partition, next_offset, restart_offset, restart_max_ts)
+            "INSERT INTO public.source_offsets (job, topic, partition, next_offset, restart_offset, restart_max_ts)
              VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (job, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
                restart_offset = EXCLUDED.restart_offset, restart_max_ts = EXCLUDED.restart_max_ts",
             &[
-                &job,
-                &topic,
+                job,
+                topic,
                 &(partition.partition as i32),
                 &(partition.next_offset as i64),
                 &(partition.restart_offset as i64),
@@ -51,24 +55,27 @@ pub(super) fn write(
         )?;
         if let Some(range) = &partition.archived {
             tx.execute(
-                "INSERT INTO raw_archive (job, topic, partition, first_offset, next_offset, files, committed_at)
+                "INSERT INTO public.raw_archive (job, topic, partition, first_offset, next_offset, files, committed_at)
                  VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
-                &[
-                    &job,
-                    &topic,
-                    &(partition.partition as i32),
-                    &(range.first as i64),
-                    &(range.next as i64),
-                    &range.files,
-                ],
+                &[job, topic, &(partition.partition as i32), &(range.first as i64), &(range.next as i64), &range.files],
             )?;
         }
     }
     tx.execute(
-        "INSERT INTO job_checkpoints (job, topic, job_time, checkpoints, committed_at) VALUES ($1, $2, $3, $4, now())
-         ON CONFLICT (job) DO UPDATE SET topic = EXCLUDED.topic, job_time = EXCLUDED.job_time,
-           checkpoints = EXCLUDED.checkpoints, committed_at = EXCLUDED.committed_at",
-        &[&job, &topic, &(checkpoint.job_time.min(i64::MAX as u64) as i64), &(number as i64)],
+        "INSERT INTO public.job_checkpoints
+           (job, topic, job_time, checkpoints, committed_at, spec_fingerprint, spec_summary)
+         VALUES ($1, $2, $3, $4, now(), $5, $6::text::jsonb)
+         ON CONFLICT (job, topic) DO UPDATE SET job_time = EXCLUDED.job_time,
+           checkpoints = EXCLUDED.checkpoints, committed_at = EXCLUDED.committed_at,
+           spec_fingerprint = EXCLUDED.spec_fingerprint, spec_summary = EXCLUDED.spec_summary",
+        &[
+            job,
+            topic,
+            &(checkpoint.job_time.min(i64::MAX as u64) as i64),
+            &(number as i64),
+            &id.spec.fingerprint,
+            &serde_json::to_string(&id.spec.summary)?,
+        ],
     )?;
     Ok(())
 }
@@ -76,7 +83,7 @@ pub(super) fn write(
 /// The last committed checkpoint of `job` on `topic` and its number, if any.
 pub(super) fn restore(client: &mut Client, job: &str, topic: &str) -> Result<Option<(Restore, u64)>> {
     let Some(row) = client.query_opt(
-        "SELECT job_time, checkpoints FROM job_checkpoints WHERE job = $1 AND topic = $2",
+        "SELECT job_time, checkpoints FROM public.job_checkpoints WHERE job = $1 AND topic = $2",
         &[&job, &topic],
     )?
     else {
@@ -86,7 +93,8 @@ pub(super) fn restore(client: &mut Client, job: &str, topic: &str) -> Result<Opt
     let checkpoints = row.get::<_, i64>(1) as u64;
     let mut partitions = BTreeMap::new();
     for row in client.query(
-        "SELECT partition, next_offset, restart_offset, restart_max_ts FROM source_offsets WHERE job = $1 AND topic = $2",
+        "SELECT partition, next_offset, restart_offset, restart_max_ts FROM public.source_offsets
+         WHERE job = $1 AND topic = $2",
         &[&job, &topic],
     )? {
         let partition: i32 = row.get(0);
@@ -102,8 +110,35 @@ pub(super) fn restore(client: &mut Client, job: &str, topic: &str) -> Result<Opt
     Ok(Some((Restore { job_time: job_time as u64, partitions }, checkpoints)))
 }
 
+/// The specs `job`'s committed checkpoints were made with, by topic, differing from `spec`.
+pub(super) fn other_specs(client: &mut Client, job: &str, spec: &SpecStamp) -> Result<Vec<(String, SpecStamp)>> {
+    let rows = client.query(
+        "SELECT topic, spec_fingerprint, spec_summary::text FROM public.job_checkpoints
+         WHERE job = $1 AND spec_fingerprint <> $2 ORDER BY topic",
+        &[&job, &spec.fingerprint],
+    )?;
+    rows.iter()
+        .map(|r| {
+            let summary: String = r.get(2);
+            let summary =
+                serde_json::from_str(&summary).context("job_checkpoints.spec_summary is not a JSON object")?;
+            Ok((r.get(0), SpecStamp { fingerprint: r.get(1), summary }))
+        })
+        .collect()
+}
+
+/// Forgets everything `job` committed, on every topic: offsets, checkpoints, archive listings
+/// (the result tables are dropped by the caller, in the same transaction).
+pub(super) fn forget(tx: &mut postgres::Transaction<'_>, job: &str) -> Result<()> {
+    for table in ["source_offsets", "job_checkpoints", "raw_archive"] {
+        tx.execute(&format!("DELETE FROM public.{table} WHERE job = $1"), &[&job])?;
+    }
+    Ok(())
+}
+
 /// Every archive file a committed checkpoint of `job` on `topic` lists.
 pub(super) fn archived_files(client: &mut Client, job: &str, topic: &str) -> Result<Vec<String>> {
-    let rows = client.query("SELECT unnest(files) FROM raw_archive WHERE job = $1 AND topic = $2", &[&job, &topic])?;
+    let rows =
+        client.query("SELECT unnest(files) FROM public.raw_archive WHERE job = $1 AND topic = $2", &[&job, &topic])?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use postgres::{Client, NoTls};
 
-use super::checkpoint;
 use super::tables::{self, TableRows};
+use super::{JobIdentity, checkpoint, fence};
 use crate::checkpoint::Checkpoint;
 
 /// How long a commit keeps retrying an unreachable database before the job gives up.
@@ -35,7 +35,7 @@ pub(super) struct CommitThread {
 
 impl CommitThread {
     /// Starts the thread, which commits through `client` while it stays connected.
-    pub(super) fn start(url: String, job: String, topic: String, client: Option<Client>) -> Result<Self> {
+    pub(super) fn start(url: String, id: JobIdentity, generation: i64, client: Option<Client>) -> Result<Self> {
         let (transactions, incoming) = std::sync::mpsc::sync_channel::<Transaction>(0);
         let (report, results) = std::sync::mpsc::channel();
         std::thread::Builder::new()
@@ -44,7 +44,7 @@ impl CommitThread {
                 let mut client = client;
                 for transaction in incoming {
                     let result =
-                        retry("commit a checkpoint", || commit_on(&mut client, &url, &job, &topic, &transaction));
+                        retry("commit a checkpoint", || commit_on(&mut client, &url, &id, generation, &transaction));
                     let rows: usize = transaction.tables.iter().map(TableRows::row_count).sum();
                     tracing::debug!(
                         checkpoint = transaction.number,
@@ -98,18 +98,24 @@ impl CommitThread {
 /// One attempt at committing `transaction` through `client` (connecting first if it is not
 /// connected): with fresh rows appended, and redone with upserts only should one collide.
 /// After a failure `client` is dropped, so that the next attempt starts on a new connection.
-fn commit_on(client: &mut Option<Client>, url: &str, job: &str, topic: &str, transaction: &Transaction) -> Result<()> {
+fn commit_on(
+    client: &mut Option<Client>,
+    url: &str,
+    id: &JobIdentity,
+    generation: i64,
+    transaction: &Transaction,
+) -> Result<()> {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = Some(connect_once(url)?);
+        *client = Some(connect_once(url, &id.job)?);
     }
     let connection = client.as_mut().context("not connected")?;
-    let mut result = commit_transaction(connection, job, topic, transaction, true);
+    let mut result = commit_transaction(connection, id, generation, transaction, true);
     if result.as_ref().is_err_and(is_unique_violation) {
         tracing::warn!(
             checkpoint = transaction.number,
             "a pane's first rows are in the table already: redoing the checkpoint with upserts"
         );
-        result = commit_transaction(connection, job, topic, transaction, false);
+        result = commit_transaction(connection, id, generation, transaction, false);
     }
     if result.is_err() {
         *client = None; // start over on a fresh connection
@@ -117,20 +123,22 @@ fn commit_on(client: &mut Option<Client>, url: &str, job: &str, topic: &str, tra
     result
 }
 
-/// Writes a checkpoint's rows and the checkpoint itself in one transaction: fresh rows copied
-/// straight into their table when `append_fresh`, the others upserted.
+/// Writes a checkpoint's rows and the checkpoint itself in one transaction, if this instance is
+/// still the job's newest (`generation`): fresh rows copied straight into their table when
+/// `append_fresh`, the others upserted.
 fn commit_transaction(
     client: &mut Client,
-    job: &str,
-    topic: &str,
+    id: &JobIdentity,
+    generation: i64,
     transaction: &Transaction,
     append_fresh: bool,
 ) -> Result<()> {
     let mut tx = client.transaction()?;
+    fence::check_generation(&mut tx, &id.job, generation)?;
     for table in &transaction.tables {
         tables::write_rows(&mut tx, table, append_fresh)?;
     }
-    checkpoint::write(&mut tx, job, topic, &transaction.checkpoint, transaction.number)?;
+    checkpoint::write(&mut tx, id, &transaction.checkpoint, transaction.number)?;
     crash_here_if_asked(transaction.number);
     tx.commit()?;
     Ok(())
@@ -156,15 +164,17 @@ fn is_unique_violation(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Connects, retrying with backoff while the server is not reachable.
-pub(super) fn connect(url: &str) -> Result<Client> {
-    retry("connect to the clicks database", || connect_once(url))
+/// Connects to work on `job`'s result tables, retrying with backoff while the server is not
+/// reachable.
+pub(super) fn connect(url: &str, job: &str) -> Result<Client> {
+    retry("connect to the clicks database", || connect_once(url, job))
 }
 
-/// One connection attempt; the job's idempotent DDL would otherwise log a NOTICE per table.
-fn connect_once(url: &str) -> Result<Client> {
+/// One connection attempt, with `job`'s schema as the only one searched (the job's own tables
+/// are named `public.…`); the job's idempotent DDL would otherwise log a NOTICE per table.
+fn connect_once(url: &str, job: &str) -> Result<Client> {
     let mut client = Client::connect(url, NoTls)?;
-    client.batch_execute("SET client_min_messages TO warning")?;
+    client.batch_execute(&format!("SET client_min_messages TO warning; SET search_path TO {}", tables::ident(job)))?;
     Ok(client)
 }
 
@@ -176,7 +186,7 @@ fn retry<T>(what: &str, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
     for number in 1.. {
         match attempt() {
             Ok(value) => return Ok(value),
-            Err(error) if started.elapsed() < GIVE_UP_AFTER => {
+            Err(error) if started.elapsed() < GIVE_UP_AFTER && !fence::is_fenced(&error) => {
                 tracing::warn!(attempt = number, retry_in_ms = pause.as_millis() as u64, "cannot {what}: {error:#}");
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));

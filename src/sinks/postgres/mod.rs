@@ -10,23 +10,31 @@
 //! table, which costs PostgreSQL about a third of an upsert. Should one collide all the same
 //! (tables written by another run), the transaction is redone with upserts only.
 //!
-//! This file buffers rows per table ([`PgWriter`], [`PgTable`]); `commit.rs` commits them on a
-//! thread of its own, `tables.rs` writes one table's rows, `checkpoint.rs` the checkpoint, and
-//! `copy.rs` encodes rows for a binary COPY.
+//! A job's result tables live in the schema named after the job; its own tables (offsets,
+//! checkpoints, archive listings, instances) in `public`, keyed by job and topic.
+//!
+//! This file starts a job ([`JobStart`]: tables, lock, restore) and buffers rows per table
+//! ([`PgWriter`], [`PgTable`]); `commit.rs` commits them on a thread of its own, `tables.rs`
+//! writes one table's rows, `checkpoint.rs` the checkpoint, `fence.rs` keeps one instance per
+//! job, and `copy.rs` encodes rows for a binary COPY.
 
 mod checkpoint;
 mod commit;
 mod copy;
+mod fence;
 pub mod reconcile;
 mod tables;
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use anyhow::{Context, Result, bail};
 use postgres::Client;
+use serde::{Deserialize, Serialize};
 
 use self::commit::{CommitThread, Transaction};
+pub use self::fence::{Fenced, JobLock};
 use self::tables::TableRows;
 pub use self::tables::create_table_sql;
 use super::{Rows, Sink, TableSchema};
@@ -37,11 +45,106 @@ use crate::checkpoint::{Checkpoint, Restore};
 /// 32 bytes a value (some 450,000 rows of four or five columns, two 1-minute panes here).
 const MAX_BUFFERED_VALUES: usize = 1 << 21;
 
-/// The job's connection and the rows waiting for the next checkpoint.
+/// Whose results a writer keeps: a job (its result tables live in the schema of its name) on
+/// one topic (its checkpoint is kept per job and topic), and the spec they are made with.
+#[derive(Debug, Clone)]
+pub struct JobIdentity {
+    pub job: String,
+    pub topic: String,
+    pub spec: SpecStamp,
+}
+
+/// What a job's results depend on: a fingerprint and the readable summary it is taken of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecStamp {
+    pub fingerprint: String,
+    pub summary: BTreeMap<String, String>,
+}
+
+/// What process 0 establishes before any worker starts ([`JobStart::restore`]); every worker of
+/// every process starts from this same value.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Started {
+    pub restore: Restore,
+    /// This instance's fencing generation, checked by each of its checkpoints.
+    pub generation: i64,
+    /// Checkpoints committed so far (this run numbers its own after them).
+    pub checkpoints: u64,
+}
+
+/// The start of a job, on process 0: the job's tables created, its lock taken. Holds the lock
+/// until [`JobStart::restore`] hands it on.
+pub struct JobStart {
+    client: Client,
+    lock: JobLock,
+    id: JobIdentity,
+}
+
+impl JobStart {
+    /// Connects, creates the job's own tables (under a lock, so that any number of processes
+    /// and jobs may start at once) and takes the job's lock, or says who holds it.
+    pub fn connect(url: &str, id: &JobIdentity) -> Result<Self> {
+        let lock = fence::lock_job(url, &id.job)?;
+        let mut client = commit::connect(url, &id.job)?;
+        ddl(&mut client, |tx| {
+            tx.batch_execute(checkpoint::JOB_TABLES)?;
+            tx.batch_execute(fence::INSTANCE_TABLE)?;
+            Ok(())
+        })
+        .context("cannot create the job tables")?;
+        Ok(JobStart { client, lock, id: id.clone() })
+    }
+
+    /// Committed checkpoints of this job made with another spec than this run's, by topic.
+    pub fn other_specs(&mut self) -> Result<Vec<(String, SpecStamp)>> {
+        checkpoint::other_specs(&mut self.client, &self.id.job, &self.id.spec)
+    }
+
+    /// `--reset-results`: drops the job's result tables (its schema) and forgets its offsets,
+    /// checkpoints and archive listings on every topic, in one transaction.
+    pub fn reset_results(&mut self) -> Result<()> {
+        let mut tx = self.client.transaction()?;
+        tx.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", tables::ident(&self.id.job)))?;
+        checkpoint::forget(&mut tx, &self.id.job)?;
+        tx.commit().context("cannot reset the job's results")?;
+        tracing::warn!(job = %self.id.job, "--reset-results: dropped the job's result tables and checkpoints");
+        Ok(())
+    }
+
+    /// Creates the job's schema and result tables (one per `(name, schema)`), makes this the
+    /// job's newest instance and reads its last checkpoint on the topic. Also returns every
+    /// archive file a committed checkpoint lists (relative to the archive root), and the lock.
+    pub fn restore(mut self, tables: &[(String, TableSchema)]) -> Result<(Started, Vec<String>, JobLock)> {
+        let job = self.id.job.clone();
+        ddl(&mut self.client, |tx| {
+            tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", tables::ident(&job)))?;
+            for (table, schema) in tables {
+                tables::create_table(tx, table, schema)?;
+            }
+            Ok(())
+        })?;
+        let generation = fence::next_generation(&mut self.client, &job)?;
+        let (restore, checkpoints) = checkpoint::restore(&mut self.client, &job, &self.id.topic)?.unwrap_or_default();
+        let files = checkpoint::archived_files(&mut self.client, &job, &self.id.topic)?;
+        Ok((Started { restore, generation, checkpoints }, files, self.lock))
+    }
+}
+
+/// Runs `statements` in a transaction holding one advisory lock that every clickstay DDL takes:
+/// `CREATE ... IF NOT EXISTS` run at once by two sessions can fail on a duplicate catalog row.
+fn ddl(client: &mut Client, statements: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<()>) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.batch_execute("SELECT pg_advisory_xact_lock(hashtextextended('clickstay ddl', 0))")?;
+    statements(&mut tx)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Worker 0's writer: the rows waiting for the next checkpoint, and the commit thread.
 pub struct PgWriter {
     url: String,
-    job: String,
-    topic: String,
+    id: JobIdentity,
+    generation: i64,
     /// The connection until the first commit, which hands it to the commit thread.
     client: Option<Client>,
     tables: Vec<TableRows>,
@@ -50,40 +153,18 @@ pub struct PgWriter {
 }
 
 impl PgWriter {
-    /// Connects and creates the job's tables and one table per `(table name, schema)`.
-    pub fn open(url: &str, job: &str, topic: &str, tables: &[(String, TableSchema)]) -> Result<Self> {
-        let mut client = commit::connect(url)?;
-        client.batch_execute(checkpoint::JOB_TABLES).context("cannot create the job tables")?;
-        for (table, schema) in tables {
-            tables::create_table(&mut client, table, schema)?;
-        }
+    /// Connects for the instance `started` (no DDL: process 0 did it before the workers).
+    pub fn open(url: &str, id: &JobIdentity, started: &Started) -> Result<Self> {
+        let client = commit::connect(url, &id.job)?;
         Ok(PgWriter {
             url: url.to_string(),
-            job: job.to_string(),
-            topic: topic.to_string(),
+            id: id.clone(),
+            generation: started.generation,
             client: Some(client),
             tables: Vec::new(),
-            checkpoints: 0,
+            checkpoints: started.checkpoints,
             commit_thread: None,
         })
-    }
-
-    /// The last committed checkpoint of this job on this topic, if any.
-    pub fn restore(&mut self) -> Result<Restore> {
-        let client = self.client.as_mut().context("not connected")?;
-        match checkpoint::restore(client, &self.job, &self.topic)? {
-            Some((restore, checkpoints)) => {
-                self.checkpoints = checkpoints;
-                Ok(restore)
-            }
-            None => Ok(Restore::default()),
-        }
-    }
-
-    /// Every archive file a committed checkpoint lists (relative to the archive root).
-    pub fn archived_files(&mut self) -> Result<Vec<String>> {
-        let client = self.client.as_mut().context("not connected")?;
-        checkpoint::archived_files(client, &self.job, &self.topic)
     }
 
     /// A sink for one table, buffering into this writer.
@@ -102,8 +183,8 @@ impl PgWriter {
         let commit_thread = match &mut self.commit_thread {
             Some(commit_thread) => commit_thread,
             None => {
-                let (url, job, topic) = (self.url.clone(), self.job.clone(), self.topic.clone());
-                self.commit_thread.insert(CommitThread::start(url, job, topic, self.client.take())?)
+                let (url, id) = (self.url.clone(), self.id.clone());
+                self.commit_thread.insert(CommitThread::start(url, id, self.generation, self.client.take())?)
             }
         };
         commit_thread.send(Transaction { number, tables, checkpoint: checkpoint.clone() })?;

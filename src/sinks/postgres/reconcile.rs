@@ -16,7 +16,7 @@ const ROWS_PER_CHUNK: usize = 1 << 16;
 
 /// One row per reconciliation run.
 const RECONCILIATIONS: &str = "
-CREATE TABLE IF NOT EXISTS reconciliations (
+CREATE TABLE IF NOT EXISTS public.reconciliations (
     job text NOT NULL, \"from\" timestamptz NOT NULL, \"to\" timestamptz NOT NULL,
     checked bigint NOT NULL, differing bigint NOT NULL, repaired bigint NOT NULL,
     at timestamptz NOT NULL);
@@ -50,18 +50,20 @@ pub struct PgReconciler {
 }
 
 impl PgReconciler {
-    pub fn connect(url: &str) -> Result<Self> {
-        let client = super::commit::connect(url)?;
+    /// Connects to read and repair `job`'s result tables (the schema named after it).
+    pub fn connect(url: &str, job: &str) -> Result<Self> {
+        let client = super::commit::connect(url, job)?;
         Ok(PgReconciler { client })
     }
 
     /// The jobs with a committed checkpoint, by name, each with its topic.
     pub fn jobs(&mut self) -> Result<Vec<(String, String)>> {
-        let exists: Option<String> = self.client.query_one("SELECT to_regclass('job_checkpoints')::text", &[])?.get(0);
+        let exists: Option<String> =
+            self.client.query_one("SELECT to_regclass('public.job_checkpoints')::text", &[])?.get(0);
         if exists.is_none() {
             return Ok(Vec::new());
         }
-        let rows = self.client.query("SELECT job, topic FROM job_checkpoints ORDER BY job", &[])?;
+        let rows = self.client.query("SELECT job, topic FROM public.job_checkpoints ORDER BY job, topic", &[])?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -70,7 +72,7 @@ impl PgReconciler {
         let rows = self
             .client
             .query(
-                "SELECT partition, first_offset, next_offset, files FROM raw_archive
+                "SELECT partition, first_offset, next_offset, files FROM public.raw_archive
                  WHERE job = $1 AND topic = $2 ORDER BY partition, first_offset",
                 &[&job, &topic],
             )
@@ -178,7 +180,7 @@ impl PgReconciler {
             repair_table(&mut tx, repair).with_context(|| format!("cannot repair table {}", repair.table))?;
         }
         tx.execute(
-            "INSERT INTO reconciliations (job, \"from\", \"to\", checked, differing, repaired, at)
+            "INSERT INTO public.reconciliations (job, \"from\", \"to\", checked, differing, repaired, at)
              VALUES ($1, timestamptz 'epoch' + $2::bigint * interval '1 millisecond',
                      timestamptz 'epoch' + $3::bigint * interval '1 millisecond', $4, $5, $6, now())",
             &[

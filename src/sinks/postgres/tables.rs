@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result, bail};
-use postgres::Client;
+use postgres::GenericClient;
 use rustc_hash::FxHashMap;
 
 use super::copy::copy_rows;
@@ -90,14 +90,14 @@ fn sql_type(kind: ColumnKind) -> SqlType {
 }
 
 /// Creates `table` for `schema` unless it exists, and checks that it has the schema's columns.
-pub(super) fn create_table(client: &mut Client, table: &str, schema: &TableSchema) -> Result<()> {
+pub(super) fn create_table(client: &mut impl GenericClient, table: &str, schema: &TableSchema) -> Result<()> {
     client.batch_execute(&create_table_sql(table, schema)).with_context(|| format!("cannot create table {table}"))?;
     check_table(client, table, schema)
 }
 
 /// Checks that an existing `table` has the schema's columns and types: the binary COPY sends
 /// values in exactly those types, and a table left by an older version may differ.
-fn check_table(client: &mut Client, table: &str, schema: &TableSchema) -> Result<()> {
+fn check_table(client: &mut impl GenericClient, table: &str, schema: &TableSchema) -> Result<()> {
     let found: Vec<(String, String)> = client
         .query(
             "SELECT column_name::text, data_type::text FROM information_schema.columns
