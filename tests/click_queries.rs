@@ -14,7 +14,6 @@ mod scripts;
 mod stream;
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use serde_json::{Value, json};
-use stream::{BIN, Job, generate, produce};
+use stream::{BIN, Job, free_port, generate, produce};
 
 const PANE: u64 = 60_000;
 
@@ -64,10 +63,6 @@ fn oracle_popular(events: &[Event], country: Option<&str>, n: usize, from: u64, 
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     ranked.truncate(n);
     ranked
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// How the job runs.

@@ -107,6 +107,31 @@ impl Job {
         command
     }
 
+    /// `clickstay launch` of this job as `processes` local processes of `threads` threads each
+    /// (a cluster config beside the job's, on free ports), draining once the topic is quiet
+    /// for 2 s. The launcher runs in a process group of its own, so that a test can kill the
+    /// whole cluster at once.
+    pub fn launch_command(&self, processes: usize, threads: usize) -> Command {
+        let config = self.dir.join(format!("{}-cluster-{processes}x{threads}.toml", self.name));
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let addresses: Vec<String> = (0..processes).map(|_| format!("\"127.0.0.1:{}\"", free_port())).collect();
+        let cluster = format!("\n[cluster]\nprocesses = [{}]\nthreads = {threads}\n", addresses.join(", "));
+        std::fs::write(&config, text + &cluster).unwrap();
+        let mut command = Command::new(BIN);
+        command.arg("launch").arg("--config").arg(&config).arg("--");
+        command.arg("run").arg("--dataflow").arg(&self.spec);
+        command.args(["--job", &self.name, "--checkpoint-interval", "0.05", "--exit-when-idle", "2"]);
+        command.arg("--archive").arg(&self.archive);
+        command.env_remove("CLICKSTAY_KAFKA_BROKERS").env_remove("CLICKSTAY_CLICKS_DB");
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        command
+    }
+
+    /// The job's own archive directory (jobs may share `--archive`).
+    pub fn own_archive(&self) -> PathBuf {
+        self.archive.join(format!("job={}", self.name))
+    }
+
     /// Runs the job until it drains and exits successfully; its log.
     pub fn run_to_end(&self, env: &[(&str, &str)]) -> String {
         let mut command = self.command();
@@ -153,11 +178,11 @@ impl Job {
         running
     }
 
-    /// (partition, offset) of every event in the archive files.
+    /// (partition, offset) of every event in the job's archive files.
     pub fn archived_offsets(&self) -> Vec<(i32, i64)> {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let mut offsets = Vec::new();
-        let mut pending = vec![self.archive.clone()];
+        let mut pending = vec![self.own_archive()];
         while let Some(path) = pending.pop() {
             if path.is_dir() {
                 pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
@@ -209,6 +234,11 @@ impl Job {
             );
         }
     }
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A fresh database on the test server (created on a throwaway runtime: these tests are sync).
