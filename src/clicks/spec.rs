@@ -10,12 +10,14 @@
 //! the node and the problem.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 use serde::Deserialize;
 
+use crate::clicks::event::MAX_CLICK_TS;
 use crate::duration::{format_duration_ms, parse_duration_ms};
+use crate::sinks::postgres::TEMP_TABLE_PREFIX;
 use crate::toml_file;
 
 pub use super::event::Field;
@@ -98,6 +100,30 @@ pub struct QuerySpec {
 
 /// The retention when the spec has no `[queries]` section.
 pub const DEFAULT_RETENTION_MS: u64 = 24 * 3600 * 1000;
+
+/// The longest duration a spec may give: 365 days (`8760h`).
+///
+/// Why this bound makes the job's time arithmetic safe without checks in its hot paths: every
+/// sum it computes is an event time (at most [`MAX_CLICK_TS`], year 9999, enforced by every
+/// parser) plus at most three durations (`pane + allowed_lateness + max_out_of_orderness` in
+/// `time::Clock::is_late`, `size + allowed_lateness` for a window, `pane + retention` for
+/// questions), and a product of durations only ever multiplies a slide by the number of slides
+/// in a window. The assertion below shows that even eight such durations on top of the latest
+/// event time stay inside `i64` microseconds, what PostgreSQL's `timestamptz` holds.
+pub const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
+const _: () = assert!(MAX_CLICK_TS + 8 * MAX_DURATION_MS <= i64::MAX as u64 / 1000);
+
+/// PostgreSQL keeps the first 63 bytes of an identifier (NAMEDATALEN - 1) and drops the rest
+/// with only a notice, so two longer names that share those bytes would be one table.
+const POSTGRES_IDENTIFIER_BYTES: usize = 63;
+
+/// The longest table name a sink may write: its temporary table (`incoming_<table>`, see
+/// `sinks::postgres`) must fit PostgreSQL's identifiers too, or two tables would share one.
+pub const MAX_TABLE_NAME_BYTES: usize = POSTGRES_IDENTIFIER_BYTES - TEMP_TABLE_PREFIX.len();
+
+/// The job's own tables in the clicks database (`sinks::postgres`), which no sink may write;
+/// `source_gaps` is the offset-gap record of issue 12.
+const JOB_TABLES: [&str; 5] = ["source_offsets", "job_checkpoints", "raw_archive", "reconciliations", "source_gaps"];
 
 /// A validated dataflow spec; `nodes` are in dependency order.
 #[derive(Debug, Clone)]
@@ -200,13 +226,65 @@ struct RawSink {
 // ---------------------------------------------------------------------------------------------
 // Validation: from the raw shapes to the model, one error message per problem.
 
+/// A duration of the spec, at most [`MAX_DURATION_MS`].
 fn duration(what: &str, text: &str) -> Result<u64, String> {
-    parse_duration_ms(text).map_err(|e| format!("{what}: {e}"))
+    let ms = parse_duration_ms(text).map_err(|e| format!("{what}: {e}"))?;
+    if ms > MAX_DURATION_MS {
+        return Err(format!(
+            "{what}: `{}` is longer than 365 days ({}), the longest duration a spec may give",
+            text.trim(),
+            format_duration_ms(MAX_DURATION_MS)
+        ));
+    }
+    Ok(ms)
+}
+
+/// The spec's `name`: the default `--job`, which names the job in the database and in archive
+/// paths, so it must be a plain file name and a PostgreSQL identifier.
+fn job_name(name: &str) -> Result<(), String> {
+    plain_file_name(name).and_then(|()| identifier(name, POSTGRES_IDENTIFIER_BYTES)).map_err(|e| format!("name: {e}"))
+}
+
+/// A name that lands in one directory (`--out`, the archive) and nowhere else: one plain
+/// component, not empty, no `/`, not `.` or `..`, no NUL byte.
+fn plain_file_name(name: &str) -> Result<(), String> {
+    let mut components = Path::new(name).components();
+    let plain = matches!((components.next(), components.next()), (Some(Component::Normal(only)), None) if only == name);
+    if !plain || name.contains('\0') {
+        return Err(format!("`{name}` must be a plain file name (not empty, no `/`, not `.` or `..`)"));
+    }
+    Ok(())
+}
+
+/// A PostgreSQL identifier of at most `max_bytes`: quoted identifiers take any text but an
+/// empty one or a NUL byte.
+fn identifier(name: &str, max_bytes: usize) -> Result<(), String> {
+    if name.is_empty() || name.contains('\0') {
+        return Err(format!("`{name}` is not a PostgreSQL identifier (empty, or holds a NUL byte)"));
+    }
+    if name.len() > max_bytes {
+        return Err(format!("`{name}` is {} bytes long, more than the {max_bytes} allowed", name.len()));
+    }
+    Ok(())
+}
+
+/// A sink's table: an identifier (see [`MAX_TABLE_NAME_BYTES`]), none of the job's own tables,
+/// and not named like a temporary table, which would hide it in the job's session.
+fn table_name(table: &str) -> Result<(), String> {
+    identifier(table, MAX_TABLE_NAME_BYTES)?;
+    if JOB_TABLES.contains(&table) {
+        return Err(format!("`{table}` is one of the job's own tables ({})", JOB_TABLES.join(", ")));
+    }
+    if table.starts_with(TEMP_TABLE_PREFIX) {
+        return Err(format!("`{table}` starts with `{TEMP_TABLE_PREFIX}`, the prefix of the job's temporary tables"));
+    }
+    Ok(())
 }
 
 /// The model of a raw spec, checked in this order: time, each node, inputs, dependency order,
 /// sinks; the first problem is the error.
 fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
+    job_name(&raw.name)?;
     let time = time_spec(&raw.time)?;
     let (source, nodes) = compile_nodes(&raw.nodes, &time)?;
     check_inputs(&nodes, &source, &raw.nodes)?;
@@ -393,13 +471,23 @@ fn check_inputs(nodes: &[Node], source: &SourceSpec, raw: &BTreeMap<String, RawN
     Ok(())
 }
 
-/// The sinks, in name order; the file and table default to the sink's name.
+/// The sinks, in name order; the file and table default to the sink's name. Files are plain
+/// names (they land in `--out`), tables valid names; no two sinks share a file or a table.
 fn compile_sinks(raw: BTreeMap<String, RawSink>, source: &SourceSpec, nodes: &[Node]) -> Result<Vec<SinkSpec>, String> {
-    let mut sinks = Vec::new();
+    let mut sinks: Vec<SinkSpec> = Vec::new();
     for (name, sink) in raw {
+        let context = |problem: String| format!("sink `{name}`: {problem}");
         let input = sink_input(&name, &sink.input, &source.name, nodes)?;
         let file = sink.file.unwrap_or_else(|| format!("{name}.csv"));
+        plain_file_name(&file).map_err(|e| context(format!("file: {e}")))?;
         let table = sink.table.unwrap_or_else(|| name.clone());
+        table_name(&table).map_err(|e| context(format!("table: {e}")))?;
+        if let Some(other) = sinks.iter().find(|s| s.file == file) {
+            return Err(context(format!("file: `{file}` is also the file of sink `{}`", other.name)));
+        }
+        if let Some(other) = sinks.iter().find(|s| s.table == table) {
+            return Err(context(format!("table: `{table}` is also the table of sink `{}`", other.name)));
+        }
         sinks.push(SinkSpec { name, input, file, table });
     }
     Ok(sinks)
@@ -569,5 +657,122 @@ mod tests {
         assert!(e.contains("dataflows/test.toml") && e.contains("allowed_latenes"), "{e}");
         let e = error(&format!("{SPEC}\n[sinks.extra]\ninput = \"missing\"\n"));
         assert!(e.contains("sink `extra`") && e.contains("`missing`"), "{e}");
+    }
+
+    fn with_sink(sink: &str) -> String {
+        format!("{SPEC}\n{sink}\n")
+    }
+
+    /// `error` for `text`, checked to name the test file, `subject` (node, sink or key) and
+    /// every part of the problem.
+    fn assert_error(text: &str, subject: &str, problem: &[&str]) {
+        let e = error(text);
+        assert!(e.starts_with("dataflows/test.toml: ") && e.contains(subject), "{e}");
+        for part in problem {
+            assert!(e.contains(part), "`{part}` missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn sink_files_are_plain_names_inside_out() {
+        for file in ["/tmp/top.csv", "../top.csv", "..", ".", "", "out/top.csv", "top.csv/", "a\\u0000b"] {
+            assert_error(
+                &with_sink(&format!("[sinks.escape]\ninput = \"top_ads\"\nfile = \"{file}\"\ntable = \"escape\"")),
+                "sink `escape`: file:",
+                &["must be a plain file name"],
+            );
+        }
+        // The default file comes from the sink's name, which must then be plain too.
+        assert_error(
+            &with_sink("[sinks.\"../up\"]\ninput = \"top_ads\"\ntable = \"up\""),
+            "sink `../up`: file:",
+            &["`../up.csv` must be a plain file name"],
+        );
+    }
+
+    #[test]
+    fn two_sinks_cannot_share_a_file_or_a_table() {
+        assert_error(
+            &with_sink("[sinks.zz_again]\ninput = \"top_ads\"\nfile = \"ad_click_counts.csv\""),
+            "sink `zz_again`: file:",
+            &["`ad_click_counts.csv` is also the file of sink `ad_click_counts`"],
+        );
+        assert_error(
+            &with_sink("[sinks.zz_again]\ninput = \"top_ads\"\ntable = \"top_ads\""),
+            "sink `zz_again`: table:",
+            &["`top_ads` is also the table of sink `top_ads`"],
+        );
+    }
+
+    #[test]
+    fn table_names_fit_postgres_identifiers() {
+        // 54 bytes fit (with `incoming_`, 63); 55 would be cut, and collide with its twin.
+        let fits = "t".repeat(MAX_TABLE_NAME_BYTES);
+        parse(&with_sink(&format!("[sinks.long]\ninput = \"top_ads\"\ntable = \"{fits}\""))).unwrap();
+        let long = format!("{fits}x");
+        assert_error(
+            &with_sink(&format!("[sinks.long]\ninput = \"top_ads\"\ntable = \"{long}\"")),
+            "sink `long`: table:",
+            &["is 55 bytes long, more than the 54 allowed"],
+        );
+        // Bytes, not characters: 27 two-byte letters are 54 bytes, 28 are too many.
+        let wide = "é".repeat(28);
+        assert_error(
+            &with_sink(&format!("[sinks.wide]\ninput = \"top_ads\"\ntable = \"{wide}\"")),
+            "sink `wide`: table:",
+            &["56 bytes"],
+        );
+        for (table, problem) in [
+            ("", "not a PostgreSQL identifier"),
+            ("source_offsets", "one of the job's own tables"),
+            ("incoming_top_ads", "the prefix of the job's temporary tables"),
+        ] {
+            assert_error(
+                &with_sink(&format!("[sinks.odd]\ninput = \"top_ads\"\nfile = \"odd.csv\"\ntable = \"{table}\"")),
+                "sink `odd`: table:",
+                &[problem],
+            );
+        }
+    }
+
+    #[test]
+    fn the_spec_name_is_a_plain_identifier() {
+        let named = |name: &str| SPEC.replace("name = \"ad_clicks\"", &format!("name = \"{name}\""));
+        assert_error(&named("../jobs"), "name:", &["must be a plain file name"]);
+        assert_error(&named(""), "name:", &["must be a plain file name"]);
+        assert_error(&named(&"j".repeat(64)), "name:", &["64 bytes long, more than the 63 allowed"]);
+    }
+
+    #[test]
+    fn durations_are_at_most_365_days() {
+        let year = "8760h";
+        for (text, key) in [
+            (SPEC.replace("pane = \"60s\"", "pane = \"8761h\""), "time.pane"),
+            (
+                SPEC.replace("max_out_of_orderness = \"5s\"", "max_out_of_orderness = \"31536000001ms\""),
+                "time.max_out_of_orderness",
+            ),
+            (SPEC.replace("allowed_lateness = \"60s\"", "allowed_lateness = \"525601m\""), "time.allowed_lateness"),
+            (SPEC.replace("retention = \"24h\"", "retention = \"9000h\""), "queries.retention"),
+            (SPEC.replace("size = \"300s\"", "size = \"100000h\""), "node `top_ads`: window.size"),
+            (SPEC.replace("slide = \"60s\"", "slide = \"18446744073709551615ms\""), "node `top_ads`: window.slide"),
+        ] {
+            assert_error(&text, key, &["longer than 365 days (8760h)"]);
+        }
+        // A number too large for milliseconds at all is still named.
+        assert_error(&SPEC.replace("pane = \"60s\"", "pane = \"18446744073709551615h\""), "time.pane", &["too long"]);
+        // Exactly 365 days is allowed, everywhere at once.
+        let text = SPEC
+            .replace("max_out_of_orderness = \"5s\"", &format!("max_out_of_orderness = \"{year}\""))
+            .replace("allowed_lateness = \"60s\"", &format!("allowed_lateness = \"{year}\""))
+            .replace("retention = \"24h\"", &format!("retention = \"{year}\""))
+            .replace("size = \"300s\"", &format!("size = \"{year}\""));
+        let spec = parse(&text).unwrap();
+        // The job's largest sums, at the latest event time, stay inside u64.
+        let clock = crate::clicks::time::Clock::new(spec.time);
+        assert!(!clock.is_late(MAX_CLICK_TS, Some(MAX_CLICK_TS)));
+        let Op::TopN { window, .. } = spec.node("top_ads").unwrap().op else { panic!("top_ads is a top_n") };
+        let last_pane = clock.pane_start(MAX_CLICK_TS);
+        assert!(clock.windows_of(window, last_pane).all(|start| clock.window_close(window, start) > MAX_CLICK_TS));
     }
 }

@@ -28,7 +28,7 @@ use postgres::Client;
 
 use self::commit::{CommitThread, Transaction};
 use self::tables::TableRows;
-pub use self::tables::create_table_sql;
+pub use self::tables::{TEMP_TABLE_PREFIX, create_table_sql};
 use super::{Rows, Sink, TableSchema};
 use crate::checkpoint::{Checkpoint, Restore};
 
