@@ -10,12 +10,14 @@
 //! the node and the problem.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
-use crate::clicks::event::MAX_CLICK_TS;
+use crate::clicks::event::{Country, MAX_CLICK_TS};
 use crate::duration::{format_duration_ms, parse_duration_ms};
 use crate::sinks::postgres::TEMP_TABLE_PREFIX;
 use crate::toml_file;
@@ -153,6 +155,63 @@ impl DataflowSpec {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// Everything that changes the job's results, as readable `key -> value` pairs: the time
+    /// settings (`time.pane` -> `1m`), every node's op and settings (`node.top_ads.window` ->
+    /// `size 5m, slide 1m`), every sink's input and table (`sink.top_ads.table` -> `top_ads`).
+    /// Durations are written back in one spelling and filter values decoded, so the summary
+    /// does not depend on how the spec is written (comments, order, `60s` or `1m`).
+    ///
+    /// Left out, because they change no row of any table:
+    /// - `[queries] retention`: how long panes stay in memory for questions to the running job.
+    ///   It changes what questions can see, not the tables, so changing it must not block a
+    ///   restart.
+    /// - a sink's `file`: replay's output file; the streaming job, whose checkpoint keeps the
+    ///   summary, writes tables only.
+    /// - the spec's `name`: the default `--job`, which already picks the checkpoint.
+    pub fn result_summary(&self) -> BTreeMap<String, String> {
+        let mut summary = BTreeMap::new();
+        let time = &self.time;
+        for (key, ms) in [
+            ("time.pane", time.pane_ms),
+            ("time.max_out_of_orderness", time.max_out_of_orderness_ms),
+            ("time.allowed_lateness", time.allowed_lateness_ms),
+        ] {
+            summary.insert(key.to_string(), format_duration_ms(ms));
+        }
+        let source = &self.source;
+        let node_settings =
+            std::iter::once((&source.name, vec![("op", "source".into()), ("key", source.key.to_string())]))
+                .chain(self.nodes.iter().map(|node| (&node.name, op_summary(&node.op))));
+        for (name, settings) in node_settings {
+            summary.extend(settings.into_iter().map(|(key, value)| (format!("node.{name}.{key}"), value)));
+        }
+        for sink in &self.sinks {
+            let input = match &sink.input {
+                SinkInput::Node(node) => node.clone(),
+                SinkInput::Late => format!("{}.late", source.name),
+                SinkInput::Rejected => format!("{}.rejected", source.name),
+            };
+            summary.insert(format!("sink.{}.input", sink.name), input);
+            summary.insert(format!("sink.{}.table", sink.name), sink.table.clone());
+        }
+        summary
+    }
+
+    /// A stable digest of [`Self::result_summary`]: SHA-256, as lowercase hex, of every key and
+    /// value, each prefixed by its length so no two summaries read alike. The same on every
+    /// machine and Rust version (unlike std's `Hasher`), so a checkpoint can keep it.
+    pub fn fingerprint(&self) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"clickstay result summary 1\n");
+        for (key, value) in self.result_summary() {
+            for text in [key, value] {
+                digest.update((text.len() as u64).to_le_bytes());
+                digest.update(text.as_bytes());
+            }
+        }
+        digest.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
     /// Every event field some node filters or groups by: the source keeps only these.
     pub fn fields_used(&self) -> BTreeSet<Field> {
         let mut fields = BTreeSet::from([Field::AdId]);
@@ -165,6 +224,93 @@ impl DataflowSpec {
         }
         fields
     }
+}
+
+/// What changed from `before` to `after` (two [`DataflowSpec::result_summary`]s), one readable
+/// line per key: `time.pane: 1m -> 2m`, `node.top_ads.n: 10 -> 5`. A node or sink that is new
+/// or gone is one line, `node.x: added (input clicks, op filter, where country in [US])` or
+/// `sink.y: removed`. Lines are in key order; none when nothing changed.
+pub fn spec_changes(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    let subjects: BTreeSet<&str> = before.keys().chain(after.keys()).map(|key| subject_of(key)).collect();
+    let mut lines = Vec::new();
+    for subject in subjects {
+        let of_subject = |summary: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            summary.iter().filter(|(key, _)| subject_of(key) == subject).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let (old, new) = (of_subject(before), of_subject(after));
+        if old.is_empty() || new.is_empty() {
+            if old.is_empty() {
+                let settings: Vec<String> = new.iter().map(|(key, value)| setting(subject, key, value)).collect();
+                lines.push(format!("{subject}: added ({})", settings.join(", ")));
+            } else {
+                lines.push(format!("{subject}: removed"));
+            }
+            continue;
+        }
+        for key in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
+            match (old.get(key), new.get(key)) {
+                (Some(was), Some(is)) if was != is => lines.push(format!("{key}: {was} -> {is}")),
+                (Some(_), None) => lines.push(format!("{key}: removed")),
+                (None, Some(is)) => lines.push(format!("{key}: added ({is})")),
+                _ => {}
+            }
+        }
+    }
+    lines
+}
+
+/// What a summary key is about: `node.NAME` or `sink.NAME` for their settings (a name may hold
+/// dots, a setting's key never does), the key itself for the time settings.
+fn subject_of(key: &str) -> &str {
+    match key.rsplit_once('.') {
+        Some((subject, _)) if key.starts_with("node.") || key.starts_with("sink.") => subject,
+        _ => key,
+    }
+}
+
+/// `key value` of a setting of `subject`, for the line of an added node or sink.
+fn setting(subject: &str, key: &str, value: &str) -> String {
+    match key.strip_prefix(subject).and_then(|rest| rest.strip_prefix('.')) {
+        Some(name) => format!("{name} {value}"),
+        None => value.to_string(),
+    }
+}
+
+/// A node's settings for the result summary, beside its name: op, input and the op's own.
+fn op_summary(op: &Op) -> Vec<(&'static str, String)> {
+    match op {
+        Op::Filter { input, predicates } => {
+            let clauses: Vec<String> = predicates.iter().map(predicate_text).collect();
+            vec![("op", "filter".into()), ("input", input.clone()), ("where", clauses.join("; "))]
+        }
+        Op::Count { input, group_by } => {
+            let fields: Vec<&str> = group_by.iter().map(|f| f.name()).collect();
+            vec![("op", "count".into()), ("input", input.clone()), ("group_by", fields.join(", "))]
+        }
+        Op::TopN { input, window, n } => vec![
+            ("op", "top_n".into()),
+            ("input", input.clone()),
+            (
+                "window",
+                format!("size {}, slide {}", format_duration_ms(window.size_ms), format_duration_ms(window.slide_ms)),
+            ),
+            ("n", n.to_string()),
+        ],
+    }
+}
+
+/// `country in [CA, US]`: a filter clause with its values as a spec writes them.
+fn predicate_text(predicate: &Predicate) -> String {
+    let values: Vec<String> = predicate
+        .values
+        .iter()
+        .map(|&value| match predicate.field {
+            Field::AdId | Field::UserId => value.to_string(),
+            Field::Country => Country(value as u16).to_string(),
+            Field::Ip => Ipv4Addr::from(value as u32).to_string(),
+        })
+        .collect();
+    format!("{} in [{}]", predicate.field, values.join(", "))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -774,5 +920,157 @@ mod tests {
         let Op::TopN { window, .. } = spec.node("top_ads").unwrap().op else { panic!("top_ads is a top_n") };
         let last_pane = clock.pane_start(MAX_CLICK_TS);
         assert!(clock.windows_of(window, last_pane).all(|start| clock.window_close(window, start) > MAX_CLICK_TS));
+    }
+
+    /// The shipped spec rewritten: sections and keys in another order, other comments, other
+    /// spellings of the same durations, a sub-table for the window, another retention.
+    const SHIPPED_REWRITTEN: &str = r#"
+# Same job, written differently.
+name = "ad_clicks"
+[sinks.top_ads]
+input = "top_ads"
+[sinks.rejected]
+table = "rejected_events"   # the table keeps its name
+input = "clicks.rejected"
+[sinks.late_clicks]
+input = "clicks.late"
+[sinks.ad_click_counts_by_country]
+input = "ad_click_counts_by_country"
+file = "by_country.csv"
+[sinks.ad_click_counts]
+input = "ad_click_counts"
+
+[nodes.top_ads]
+n = 10
+input = "ad_click_counts"
+op = "top_n"
+[nodes.top_ads.window]
+slide = "1m"
+size = "5m"
+
+[nodes.ad_click_counts_by_country]
+group_by = ["ad_id", "country"]
+input = "clicks"
+op = "count"
+[nodes.ad_click_counts]
+group_by = ["ad_id"]
+op = "count"
+input = "clicks"
+[nodes.clicks]
+op = "source"
+
+[queries]
+retention = "48h"
+
+[time]
+allowed_lateness = "1m"
+max_out_of_orderness = "5000ms"
+pane = "1m"
+"#;
+
+    fn summary(text: &str) -> BTreeMap<String, String> {
+        parse(text).unwrap().result_summary()
+    }
+
+    #[test]
+    fn the_summary_reads_as_the_spec() {
+        let summary = summary(SPEC);
+        for (key, value) in [
+            ("time.pane", "1m"),
+            ("time.allowed_lateness", "1m"),
+            ("time.max_out_of_orderness", "5s"),
+            ("node.clicks.op", "source"),
+            ("node.ad_click_counts_by_country.group_by", "ad_id, country"),
+            ("node.top_ads.window", "size 5m, slide 1m"),
+            ("node.top_ads.n", "10"),
+            ("sink.top_ads.table", "top_ads"),
+            ("sink.rejected.input", "clicks.rejected"),
+            ("sink.rejected.table", "rejected_events"),
+        ] {
+            assert_eq!(summary.get(key).map(String::as_str), Some(value), "{key} in {summary:?}");
+        }
+        assert!(!summary.keys().any(|key| key.contains("retention") || key.contains("file")), "{summary:?}");
+    }
+
+    #[test]
+    fn the_same_spec_written_differently_has_the_same_fingerprint() {
+        let (shipped, rewritten) = (parse(SPEC).unwrap(), parse(SHIPPED_REWRITTEN).unwrap());
+        assert_eq!(shipped.result_summary(), rewritten.result_summary());
+        assert_eq!(shipped.fingerprint(), rewritten.fingerprint());
+        assert!(spec_changes(&shipped.result_summary(), &rewritten.result_summary()).is_empty());
+        // Lowercase hex SHA-256, the same on every machine: pinned so a change of the summary's
+        // keys or encoding (which would refuse every restart) is a conscious one. (Checked
+        // against Python's hashlib over the same encoding.)
+        let fingerprint = shipped.fingerprint();
+        assert_eq!(fingerprint.len(), 64);
+        assert!(fingerprint.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{fingerprint}");
+        assert_eq!(fingerprint, "23cf26ebfcb01558e32225e35a8e6ba837fde2827c5890e4ddc44b2e7d6b87ad");
+    }
+
+    /// The shipped spec with a US filter and a count of its clicks.
+    fn with_filter(countries: &str) -> String {
+        with_node(&format!(
+            "[nodes.us]\nop = \"filter\"\ninput = \"clicks\"\nwhere = {{ country = [{countries}] }}\n\
+             [nodes.us_counts]\nop = \"count\"\ninput = \"us\"\ngroup_by = [\"ad_id\"]\n\
+             [sinks.us_counts]\ninput = \"us_counts\""
+        ))
+    }
+
+    #[test]
+    fn every_change_of_results_changes_the_fingerprint_and_is_named() {
+        let cases = [
+            (SPEC.to_string(), SPEC.replace("pane = \"60s\"", "pane = \"30s\""), "time.pane: 1m -> 30s"),
+            (
+                SPEC.to_string(),
+                SPEC.replace("allowed_lateness = \"60s\"", "allowed_lateness = \"2m\""),
+                "time.allowed_lateness: 1m -> 2m",
+            ),
+            (
+                SPEC.to_string(),
+                SPEC.replace("max_out_of_orderness = \"5s\"", "max_out_of_orderness = \"10s\""),
+                "time.max_out_of_orderness: 5s -> 10s",
+            ),
+            (
+                SPEC.to_string(),
+                SPEC.replace("size = \"300s\"", "size = \"10m\""),
+                "node.top_ads.window: size 5m, slide 1m -> size 10m, slide 1m",
+            ),
+            (SPEC.to_string(), SPEC.replace("n = 10", "n = 5"), "node.top_ads.n: 10 -> 5"),
+            (
+                with_filter("\"US\""),
+                with_filter("\"US\", \"CA\""),
+                "node.us.where: country in [US] -> country in [CA, US]",
+            ),
+            (
+                SPEC.to_string(),
+                SPEC.replace("table = \"rejected_events\"", "table = \"rejects\""),
+                "sink.rejected.table: rejected_events -> rejects",
+            ),
+        ];
+        for (before, after, change) in cases {
+            let (before, after) = (parse(&before).unwrap(), parse(&after).unwrap());
+            assert_ne!(before.fingerprint(), after.fingerprint(), "{change}");
+            assert_eq!(spec_changes(&before.result_summary(), &after.result_summary()), vec![change.to_string()]);
+        }
+    }
+
+    #[test]
+    fn added_and_removed_nodes_are_one_line_each() {
+        let (before, after) = (summary(SPEC), summary(&with_filter("\"US\"")));
+        assert_eq!(
+            spec_changes(&before, &after),
+            vec![
+                "node.us: added (input clicks, op filter, where country in [US])",
+                "node.us_counts: added (group_by ad_id, input us, op count)",
+                "sink.us_counts: added (input us_counts, table us_counts)",
+            ]
+        );
+        assert_eq!(
+            spec_changes(&after, &before),
+            vec!["node.us: removed", "node.us_counts: removed", "sink.us_counts: removed"]
+        );
+        // Retention changes what questions see, not the tables: no change to refuse.
+        let longer = summary(&SPEC.replace("retention = \"24h\"", "retention = \"48h\""));
+        assert!(spec_changes(&before, &longer).is_empty());
     }
 }
