@@ -593,3 +593,21 @@ fn a_csv_file_without_the_header_fails_naming_file_and_line() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no_header.csv") && stderr.contains("line 1"), "{}", describe(&output));
 }
+
+#[test]
+fn a_sink_file_outside_out_is_refused_and_nothing_is_written() {
+    let dir = TempDir::new().unwrap();
+    let input = generate(dir.path(), "events.csv", 1_000, &["--seed", "3"]);
+    let shipped = std::fs::read_to_string(spec_file(&Spec::DEFAULT, dir.path())).unwrap();
+    let spec = dir.path().join("escape.toml");
+    let escaping = "[sinks.top_ads]\ninput = \"top_ads\"\nfile = \"../escaped.csv\"";
+    std::fs::write(&spec, shipped.replace("[sinks.top_ads]\ninput = \"top_ads\"", escaping)).unwrap();
+    let out = dir.path().join("out");
+    let output = replay(&spec, &input, None, Cluster::Threads(1), &out);
+    assert!(!output.status.success(), "replay accepted a file outside --out: {}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for part in ["escape.toml", "sink `top_ads`", "file:", "`../escaped.csv` must be a plain file name"] {
+        assert!(stderr.contains(part), "`{part}` missing: {}", describe(&output));
+    }
+    assert!(!dir.path().join("escaped.csv").exists() && !dir.path().join("escaped.csv.tmp").exists());
+}

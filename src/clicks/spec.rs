@@ -10,12 +10,16 @@
 //! the node and the problem.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::net::Ipv4Addr;
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::Result;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
+use crate::clicks::event::{Country, MAX_CLICK_TS};
 use crate::duration::{format_duration_ms, parse_duration_ms};
+use crate::sinks::postgres::TEMP_TABLE_PREFIX;
 use crate::toml_file;
 
 pub use super::event::Field;
@@ -99,6 +103,30 @@ pub struct QuerySpec {
 /// The retention when the spec has no `[queries]` section.
 pub const DEFAULT_RETENTION_MS: u64 = 24 * 3600 * 1000;
 
+/// The longest duration a spec may give: 365 days (`8760h`).
+///
+/// Why this bound makes the job's time arithmetic safe without checks in its hot paths: every
+/// sum it computes is an event time (at most [`MAX_CLICK_TS`], year 9999, enforced by every
+/// parser) plus at most three durations (`pane + allowed_lateness + max_out_of_orderness` in
+/// `time::Clock::is_late`, `size + allowed_lateness` for a window, `pane + retention` for
+/// questions), and a product of durations only ever multiplies a slide by the number of slides
+/// in a window. The assertion below shows that even eight such durations on top of the latest
+/// event time stay inside `i64` microseconds, what PostgreSQL's `timestamptz` holds.
+pub const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
+const _: () = assert!(MAX_CLICK_TS + 8 * MAX_DURATION_MS <= i64::MAX as u64 / 1000);
+
+/// PostgreSQL keeps the first 63 bytes of an identifier (NAMEDATALEN - 1) and drops the rest
+/// with only a notice, so two longer names that share those bytes would be one table.
+const POSTGRES_IDENTIFIER_BYTES: usize = 63;
+
+/// The longest table name a sink may write: its temporary table (`incoming_<table>`, see
+/// `sinks::postgres`) must fit PostgreSQL's identifiers too, or two tables would share one.
+pub const MAX_TABLE_NAME_BYTES: usize = POSTGRES_IDENTIFIER_BYTES - TEMP_TABLE_PREFIX.len();
+
+/// The job's own tables in the clicks database (`sinks::postgres`), which no sink may write;
+/// `source_gaps` is the offset-gap record of issue 12.
+const JOB_TABLES: [&str; 5] = ["source_offsets", "job_checkpoints", "raw_archive", "reconciliations", "source_gaps"];
+
 /// A validated dataflow spec; `nodes` are in dependency order.
 #[derive(Debug, Clone)]
 pub struct DataflowSpec {
@@ -127,6 +155,63 @@ impl DataflowSpec {
         self.nodes.iter().find(|n| n.name == name)
     }
 
+    /// Everything that changes the job's results, as readable `key -> value` pairs: the time
+    /// settings (`time.pane` -> `1m`), every node's op and settings (`node.top_ads.window` ->
+    /// `size 5m, slide 1m`), every sink's input and table (`sink.top_ads.table` -> `top_ads`).
+    /// Durations are written back in one spelling and filter values decoded, so the summary
+    /// does not depend on how the spec is written (comments, order, `60s` or `1m`).
+    ///
+    /// Left out, because they change no row of any table:
+    /// - `[queries] retention`: how long panes stay in memory for questions to the running job.
+    ///   It changes what questions can see, not the tables, so changing it must not block a
+    ///   restart.
+    /// - a sink's `file`: replay's output file; the streaming job, whose checkpoint keeps the
+    ///   summary, writes tables only.
+    /// - the spec's `name`: the default `--job`, which already picks the checkpoint.
+    pub fn result_summary(&self) -> BTreeMap<String, String> {
+        let mut summary = BTreeMap::new();
+        let time = &self.time;
+        for (key, ms) in [
+            ("time.pane", time.pane_ms),
+            ("time.max_out_of_orderness", time.max_out_of_orderness_ms),
+            ("time.allowed_lateness", time.allowed_lateness_ms),
+        ] {
+            summary.insert(key.to_string(), format_duration_ms(ms));
+        }
+        let source = &self.source;
+        let node_settings =
+            std::iter::once((&source.name, vec![("op", "source".into()), ("key", source.key.to_string())]))
+                .chain(self.nodes.iter().map(|node| (&node.name, op_summary(&node.op))));
+        for (name, settings) in node_settings {
+            summary.extend(settings.into_iter().map(|(key, value)| (format!("node.{name}.{key}"), value)));
+        }
+        for sink in &self.sinks {
+            let input = match &sink.input {
+                SinkInput::Node(node) => node.clone(),
+                SinkInput::Late => format!("{}.late", source.name),
+                SinkInput::Rejected => format!("{}.rejected", source.name),
+            };
+            summary.insert(format!("sink.{}.input", sink.name), input);
+            summary.insert(format!("sink.{}.table", sink.name), sink.table.clone());
+        }
+        summary
+    }
+
+    /// A stable digest of [`Self::result_summary`]: SHA-256, as lowercase hex, of every key and
+    /// value, each prefixed by its length so no two summaries read alike. The same on every
+    /// machine and Rust version (unlike std's `Hasher`), so a checkpoint can keep it.
+    pub fn fingerprint(&self) -> String {
+        let mut digest = Sha256::new();
+        digest.update(b"clickstay result summary 1\n");
+        for (key, value) in self.result_summary() {
+            for text in [key, value] {
+                digest.update((text.len() as u64).to_le_bytes());
+                digest.update(text.as_bytes());
+            }
+        }
+        digest.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
     /// Every event field some node filters or groups by: the source keeps only these.
     pub fn fields_used(&self) -> BTreeSet<Field> {
         let mut fields = BTreeSet::from([Field::AdId]);
@@ -139,6 +224,93 @@ impl DataflowSpec {
         }
         fields
     }
+}
+
+/// What changed from `before` to `after` (two [`DataflowSpec::result_summary`]s), one readable
+/// line per key: `time.pane: 1m -> 2m`, `node.top_ads.n: 10 -> 5`. A node or sink that is new
+/// or gone is one line, `node.x: added (input clicks, op filter, where country in [US])` or
+/// `sink.y: removed`. Lines are in key order; none when nothing changed.
+pub fn spec_changes(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+    let subjects: BTreeSet<&str> = before.keys().chain(after.keys()).map(|key| subject_of(key)).collect();
+    let mut lines = Vec::new();
+    for subject in subjects {
+        let of_subject = |summary: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+            summary.iter().filter(|(key, _)| subject_of(key) == subject).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let (old, new) = (of_subject(before), of_subject(after));
+        if old.is_empty() || new.is_empty() {
+            if old.is_empty() {
+                let settings: Vec<String> = new.iter().map(|(key, value)| setting(subject, key, value)).collect();
+                lines.push(format!("{subject}: added ({})", settings.join(", ")));
+            } else {
+                lines.push(format!("{subject}: removed"));
+            }
+            continue;
+        }
+        for key in old.keys().chain(new.keys()).collect::<BTreeSet<_>>() {
+            match (old.get(key), new.get(key)) {
+                (Some(was), Some(is)) if was != is => lines.push(format!("{key}: {was} -> {is}")),
+                (Some(_), None) => lines.push(format!("{key}: removed")),
+                (None, Some(is)) => lines.push(format!("{key}: added ({is})")),
+                _ => {}
+            }
+        }
+    }
+    lines
+}
+
+/// What a summary key is about: `node.NAME` or `sink.NAME` for their settings (a name may hold
+/// dots, a setting's key never does), the key itself for the time settings.
+fn subject_of(key: &str) -> &str {
+    match key.rsplit_once('.') {
+        Some((subject, _)) if key.starts_with("node.") || key.starts_with("sink.") => subject,
+        _ => key,
+    }
+}
+
+/// `key value` of a setting of `subject`, for the line of an added node or sink.
+fn setting(subject: &str, key: &str, value: &str) -> String {
+    match key.strip_prefix(subject).and_then(|rest| rest.strip_prefix('.')) {
+        Some(name) => format!("{name} {value}"),
+        None => value.to_string(),
+    }
+}
+
+/// A node's settings for the result summary, beside its name: op, input and the op's own.
+fn op_summary(op: &Op) -> Vec<(&'static str, String)> {
+    match op {
+        Op::Filter { input, predicates } => {
+            let clauses: Vec<String> = predicates.iter().map(predicate_text).collect();
+            vec![("op", "filter".into()), ("input", input.clone()), ("where", clauses.join("; "))]
+        }
+        Op::Count { input, group_by } => {
+            let fields: Vec<&str> = group_by.iter().map(|f| f.name()).collect();
+            vec![("op", "count".into()), ("input", input.clone()), ("group_by", fields.join(", "))]
+        }
+        Op::TopN { input, window, n } => vec![
+            ("op", "top_n".into()),
+            ("input", input.clone()),
+            (
+                "window",
+                format!("size {}, slide {}", format_duration_ms(window.size_ms), format_duration_ms(window.slide_ms)),
+            ),
+            ("n", n.to_string()),
+        ],
+    }
+}
+
+/// `country in [CA, US]`: a filter clause with its values as a spec writes them.
+fn predicate_text(predicate: &Predicate) -> String {
+    let values: Vec<String> = predicate
+        .values
+        .iter()
+        .map(|&value| match predicate.field {
+            Field::AdId | Field::UserId => value.to_string(),
+            Field::Country => Country(value as u16).to_string(),
+            Field::Ip => Ipv4Addr::from(value as u32).to_string(),
+        })
+        .collect();
+    format!("{} in [{}]", predicate.field, values.join(", "))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,13 +372,65 @@ struct RawSink {
 // ---------------------------------------------------------------------------------------------
 // Validation: from the raw shapes to the model, one error message per problem.
 
+/// A duration of the spec, at most [`MAX_DURATION_MS`].
 fn duration(what: &str, text: &str) -> Result<u64, String> {
-    parse_duration_ms(text).map_err(|e| format!("{what}: {e}"))
+    let ms = parse_duration_ms(text).map_err(|e| format!("{what}: {e}"))?;
+    if ms > MAX_DURATION_MS {
+        return Err(format!(
+            "{what}: `{}` is longer than 365 days ({}), the longest duration a spec may give",
+            text.trim(),
+            format_duration_ms(MAX_DURATION_MS)
+        ));
+    }
+    Ok(ms)
+}
+
+/// The spec's `name`: the default `--job`, which names the job in the database and in archive
+/// paths, so it must be a plain file name and a PostgreSQL identifier.
+fn job_name(name: &str) -> Result<(), String> {
+    plain_file_name(name).and_then(|()| identifier(name, POSTGRES_IDENTIFIER_BYTES)).map_err(|e| format!("name: {e}"))
+}
+
+/// A name that lands in one directory (`--out`, the archive) and nowhere else: one plain
+/// component, not empty, no `/`, not `.` or `..`, no NUL byte.
+fn plain_file_name(name: &str) -> Result<(), String> {
+    let mut components = Path::new(name).components();
+    let plain = matches!((components.next(), components.next()), (Some(Component::Normal(only)), None) if only == name);
+    if !plain || name.contains('\0') {
+        return Err(format!("`{name}` must be a plain file name (not empty, no `/`, not `.` or `..`)"));
+    }
+    Ok(())
+}
+
+/// A PostgreSQL identifier of at most `max_bytes`: quoted identifiers take any text but an
+/// empty one or a NUL byte.
+fn identifier(name: &str, max_bytes: usize) -> Result<(), String> {
+    if name.is_empty() || name.contains('\0') {
+        return Err(format!("`{name}` is not a PostgreSQL identifier (empty, or holds a NUL byte)"));
+    }
+    if name.len() > max_bytes {
+        return Err(format!("`{name}` is {} bytes long, more than the {max_bytes} allowed", name.len()));
+    }
+    Ok(())
+}
+
+/// A sink's table: an identifier (see [`MAX_TABLE_NAME_BYTES`]), none of the job's own tables,
+/// and not named like a temporary table, which would hide it in the job's session.
+fn table_name(table: &str) -> Result<(), String> {
+    identifier(table, MAX_TABLE_NAME_BYTES)?;
+    if JOB_TABLES.contains(&table) {
+        return Err(format!("`{table}` is one of the job's own tables ({})", JOB_TABLES.join(", ")));
+    }
+    if table.starts_with(TEMP_TABLE_PREFIX) {
+        return Err(format!("`{table}` starts with `{TEMP_TABLE_PREFIX}`, the prefix of the job's temporary tables"));
+    }
+    Ok(())
 }
 
 /// The model of a raw spec, checked in this order: time, each node, inputs, dependency order,
 /// sinks; the first problem is the error.
 fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
+    job_name(&raw.name)?;
     let time = time_spec(&raw.time)?;
     let (source, nodes) = compile_nodes(&raw.nodes, &time)?;
     check_inputs(&nodes, &source, &raw.nodes)?;
@@ -393,13 +617,23 @@ fn check_inputs(nodes: &[Node], source: &SourceSpec, raw: &BTreeMap<String, RawN
     Ok(())
 }
 
-/// The sinks, in name order; the file and table default to the sink's name.
+/// The sinks, in name order; the file and table default to the sink's name. Files are plain
+/// names (they land in `--out`), tables valid names; no two sinks share a file or a table.
 fn compile_sinks(raw: BTreeMap<String, RawSink>, source: &SourceSpec, nodes: &[Node]) -> Result<Vec<SinkSpec>, String> {
-    let mut sinks = Vec::new();
+    let mut sinks: Vec<SinkSpec> = Vec::new();
     for (name, sink) in raw {
+        let context = |problem: String| format!("sink `{name}`: {problem}");
         let input = sink_input(&name, &sink.input, &source.name, nodes)?;
         let file = sink.file.unwrap_or_else(|| format!("{name}.csv"));
+        plain_file_name(&file).map_err(|e| context(format!("file: {e}")))?;
         let table = sink.table.unwrap_or_else(|| name.clone());
+        table_name(&table).map_err(|e| context(format!("table: {e}")))?;
+        if let Some(other) = sinks.iter().find(|s| s.file == file) {
+            return Err(context(format!("file: `{file}` is also the file of sink `{}`", other.name)));
+        }
+        if let Some(other) = sinks.iter().find(|s| s.table == table) {
+            return Err(context(format!("table: `{table}` is also the table of sink `{}`", other.name)));
+        }
         sinks.push(SinkSpec { name, input, file, table });
     }
     Ok(sinks)
@@ -569,6 +803,275 @@ mod tests {
         assert!(e.contains("dataflows/test.toml") && e.contains("allowed_latenes"), "{e}");
         let e = error(&format!("{SPEC}\n[sinks.extra]\ninput = \"missing\"\n"));
         assert!(e.contains("sink `extra`") && e.contains("`missing`"), "{e}");
+    }
+
+    fn with_sink(sink: &str) -> String {
+        format!("{SPEC}\n{sink}\n")
+    }
+
+    /// `error` for `text`, checked to name the test file, `subject` (node, sink or key) and
+    /// every part of the problem.
+    fn assert_error(text: &str, subject: &str, problem: &[&str]) {
+        let e = error(text);
+        assert!(e.starts_with("dataflows/test.toml: ") && e.contains(subject), "{e}");
+        for part in problem {
+            assert!(e.contains(part), "`{part}` missing from: {e}");
+        }
+    }
+
+    #[test]
+    fn sink_files_are_plain_names_inside_out() {
+        for file in ["/tmp/top.csv", "../top.csv", "..", ".", "", "out/top.csv", "top.csv/", "a\\u0000b"] {
+            assert_error(
+                &with_sink(&format!("[sinks.escape]\ninput = \"top_ads\"\nfile = \"{file}\"\ntable = \"escape\"")),
+                "sink `escape`: file:",
+                &["must be a plain file name"],
+            );
+        }
+        // The default file comes from the sink's name, which must then be plain too.
+        assert_error(
+            &with_sink("[sinks.\"../up\"]\ninput = \"top_ads\"\ntable = \"up\""),
+            "sink `../up`: file:",
+            &["`../up.csv` must be a plain file name"],
+        );
+    }
+
+    #[test]
+    fn two_sinks_cannot_share_a_file_or_a_table() {
+        assert_error(
+            &with_sink("[sinks.zz_again]\ninput = \"top_ads\"\nfile = \"ad_click_counts.csv\""),
+            "sink `zz_again`: file:",
+            &["`ad_click_counts.csv` is also the file of sink `ad_click_counts`"],
+        );
+        assert_error(
+            &with_sink("[sinks.zz_again]\ninput = \"top_ads\"\ntable = \"top_ads\""),
+            "sink `zz_again`: table:",
+            &["`top_ads` is also the table of sink `top_ads`"],
+        );
+    }
+
+    #[test]
+    fn table_names_fit_postgres_identifiers() {
+        // 54 bytes fit (with `incoming_`, 63); 55 would be cut, and collide with its twin.
+        let fits = "t".repeat(MAX_TABLE_NAME_BYTES);
+        parse(&with_sink(&format!("[sinks.long]\ninput = \"top_ads\"\ntable = \"{fits}\""))).unwrap();
+        let long = format!("{fits}x");
+        assert_error(
+            &with_sink(&format!("[sinks.long]\ninput = \"top_ads\"\ntable = \"{long}\"")),
+            "sink `long`: table:",
+            &["is 55 bytes long, more than the 54 allowed"],
+        );
+        // Bytes, not characters: 27 two-byte letters are 54 bytes, 28 are too many.
+        let wide = "é".repeat(28);
+        assert_error(
+            &with_sink(&format!("[sinks.wide]\ninput = \"top_ads\"\ntable = \"{wide}\"")),
+            "sink `wide`: table:",
+            &["56 bytes"],
+        );
+        for (table, problem) in [
+            ("", "not a PostgreSQL identifier"),
+            ("source_offsets", "one of the job's own tables"),
+            ("incoming_top_ads", "the prefix of the job's temporary tables"),
+        ] {
+            assert_error(
+                &with_sink(&format!("[sinks.odd]\ninput = \"top_ads\"\nfile = \"odd.csv\"\ntable = \"{table}\"")),
+                "sink `odd`: table:",
+                &[problem],
+            );
+        }
+    }
+
+    #[test]
+    fn the_spec_name_is_a_plain_identifier() {
+        let named = |name: &str| SPEC.replace("name = \"ad_clicks\"", &format!("name = \"{name}\""));
+        assert_error(&named("../jobs"), "name:", &["must be a plain file name"]);
+        assert_error(&named(""), "name:", &["must be a plain file name"]);
+        assert_error(&named(&"j".repeat(64)), "name:", &["64 bytes long, more than the 63 allowed"]);
+    }
+
+    #[test]
+    fn durations_are_at_most_365_days() {
+        let year = "8760h";
+        for (text, key) in [
+            (SPEC.replace("pane = \"60s\"", "pane = \"8761h\""), "time.pane"),
+            (
+                SPEC.replace("max_out_of_orderness = \"5s\"", "max_out_of_orderness = \"31536000001ms\""),
+                "time.max_out_of_orderness",
+            ),
+            (SPEC.replace("allowed_lateness = \"60s\"", "allowed_lateness = \"525601m\""), "time.allowed_lateness"),
+            (SPEC.replace("retention = \"24h\"", "retention = \"9000h\""), "queries.retention"),
+            (SPEC.replace("size = \"300s\"", "size = \"100000h\""), "node `top_ads`: window.size"),
+            (SPEC.replace("slide = \"60s\"", "slide = \"18446744073709551615ms\""), "node `top_ads`: window.slide"),
+        ] {
+            assert_error(&text, key, &["longer than 365 days (8760h)"]);
+        }
+        // A number too large for milliseconds at all is still named.
+        assert_error(&SPEC.replace("pane = \"60s\"", "pane = \"18446744073709551615h\""), "time.pane", &["too long"]);
+        // Exactly 365 days is allowed, everywhere at once.
+        let text = SPEC
+            .replace("max_out_of_orderness = \"5s\"", &format!("max_out_of_orderness = \"{year}\""))
+            .replace("allowed_lateness = \"60s\"", &format!("allowed_lateness = \"{year}\""))
+            .replace("retention = \"24h\"", &format!("retention = \"{year}\""))
+            .replace("size = \"300s\"", &format!("size = \"{year}\""));
+        let spec = parse(&text).unwrap();
+        // The job's largest sums, at the latest event time, stay inside u64.
+        let clock = crate::clicks::time::Clock::new(spec.time);
+        assert!(!clock.is_late(MAX_CLICK_TS, Some(MAX_CLICK_TS)));
+        let Op::TopN { window, .. } = spec.node("top_ads").unwrap().op else { panic!("top_ads is a top_n") };
+        let last_pane = clock.pane_start(MAX_CLICK_TS);
+        assert!(clock.windows_of(window, last_pane).all(|start| clock.window_close(window, start) > MAX_CLICK_TS));
+    }
+
+    /// The shipped spec rewritten: sections and keys in another order, other comments, other
+    /// spellings of the same durations, a sub-table for the window, another retention.
+    const SHIPPED_REWRITTEN: &str = r#"
+# Same job, written differently.
+name = "ad_clicks"
+[sinks.top_ads]
+input = "top_ads"
+[sinks.rejected]
+table = "rejected_events"   # the table keeps its name
+input = "clicks.rejected"
+[sinks.late_clicks]
+input = "clicks.late"
+[sinks.ad_click_counts_by_country]
+input = "ad_click_counts_by_country"
+file = "by_country.csv"
+[sinks.ad_click_counts]
+input = "ad_click_counts"
+
+[nodes.top_ads]
+n = 10
+input = "ad_click_counts"
+op = "top_n"
+[nodes.top_ads.window]
+slide = "1m"
+size = "5m"
+
+[nodes.ad_click_counts_by_country]
+group_by = ["ad_id", "country"]
+input = "clicks"
+op = "count"
+[nodes.ad_click_counts]
+group_by = ["ad_id"]
+op = "count"
+input = "clicks"
+[nodes.clicks]
+op = "source"
+
+[queries]
+retention = "48h"
+
+[time]
+allowed_lateness = "1m"
+max_out_of_orderness = "5000ms"
+pane = "1m"
+"#;
+
+    fn summary(text: &str) -> BTreeMap<String, String> {
+        parse(text).unwrap().result_summary()
+    }
+
+    #[test]
+    fn the_summary_reads_as_the_spec() {
+        let summary = summary(SPEC);
+        for (key, value) in [
+            ("time.pane", "1m"),
+            ("time.allowed_lateness", "1m"),
+            ("time.max_out_of_orderness", "5s"),
+            ("node.clicks.op", "source"),
+            ("node.ad_click_counts_by_country.group_by", "ad_id, country"),
+            ("node.top_ads.window", "size 5m, slide 1m"),
+            ("node.top_ads.n", "10"),
+            ("sink.top_ads.table", "top_ads"),
+            ("sink.rejected.input", "clicks.rejected"),
+            ("sink.rejected.table", "rejected_events"),
+        ] {
+            assert_eq!(summary.get(key).map(String::as_str), Some(value), "{key} in {summary:?}");
+        }
+        assert!(!summary.keys().any(|key| key.contains("retention") || key.contains("file")), "{summary:?}");
+    }
+
+    #[test]
+    fn the_same_spec_written_differently_has_the_same_fingerprint() {
+        let (shipped, rewritten) = (parse(SPEC).unwrap(), parse(SHIPPED_REWRITTEN).unwrap());
+        assert_eq!(shipped.result_summary(), rewritten.result_summary());
+        assert_eq!(shipped.fingerprint(), rewritten.fingerprint());
+        assert!(spec_changes(&shipped.result_summary(), &rewritten.result_summary()).is_empty());
+        // Lowercase hex SHA-256, the same on every machine: pinned so a change of the summary's
+        // keys or encoding (which would refuse every restart) is a conscious one. (Checked
+        // against Python's hashlib over the same encoding.)
+        let fingerprint = shipped.fingerprint();
+        assert_eq!(fingerprint.len(), 64);
+        assert!(fingerprint.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{fingerprint}");
+        assert_eq!(fingerprint, "23cf26ebfcb01558e32225e35a8e6ba837fde2827c5890e4ddc44b2e7d6b87ad");
+    }
+
+    /// The shipped spec with a US filter and a count of its clicks.
+    fn with_filter(countries: &str) -> String {
+        with_node(&format!(
+            "[nodes.us]\nop = \"filter\"\ninput = \"clicks\"\nwhere = {{ country = [{countries}] }}\n\
+             [nodes.us_counts]\nop = \"count\"\ninput = \"us\"\ngroup_by = [\"ad_id\"]\n\
+             [sinks.us_counts]\ninput = \"us_counts\""
+        ))
+    }
+
+    #[test]
+    fn every_change_of_results_changes_the_fingerprint_and_is_named() {
+        let cases = [
+            (SPEC.to_string(), SPEC.replace("pane = \"60s\"", "pane = \"30s\""), "time.pane: 1m -> 30s"),
+            (
+                SPEC.to_string(),
+                SPEC.replace("allowed_lateness = \"60s\"", "allowed_lateness = \"2m\""),
+                "time.allowed_lateness: 1m -> 2m",
+            ),
+            (
+                SPEC.to_string(),
+                SPEC.replace("max_out_of_orderness = \"5s\"", "max_out_of_orderness = \"10s\""),
+                "time.max_out_of_orderness: 5s -> 10s",
+            ),
+            (
+                SPEC.to_string(),
+                SPEC.replace("size = \"300s\"", "size = \"10m\""),
+                "node.top_ads.window: size 5m, slide 1m -> size 10m, slide 1m",
+            ),
+            (SPEC.to_string(), SPEC.replace("n = 10", "n = 5"), "node.top_ads.n: 10 -> 5"),
+            (
+                with_filter("\"US\""),
+                with_filter("\"US\", \"CA\""),
+                "node.us.where: country in [US] -> country in [CA, US]",
+            ),
+            (
+                SPEC.to_string(),
+                SPEC.replace("table = \"rejected_events\"", "table = \"rejects\""),
+                "sink.rejected.table: rejected_events -> rejects",
+            ),
+        ];
+        for (before, after, change) in cases {
+            let (before, after) = (parse(&before).unwrap(), parse(&after).unwrap());
+            assert_ne!(before.fingerprint(), after.fingerprint(), "{change}");
+            assert_eq!(spec_changes(&before.result_summary(), &after.result_summary()), vec![change.to_string()]);
+        }
+    }
+
+    #[test]
+    fn added_and_removed_nodes_are_one_line_each() {
+        let (before, after) = (summary(SPEC), summary(&with_filter("\"US\"")));
+        assert_eq!(
+            spec_changes(&before, &after),
+            vec![
+                "node.us: added (input clicks, op filter, where country in [US])",
+                "node.us_counts: added (group_by ad_id, input us, op count)",
+                "sink.us_counts: added (input us_counts, table us_counts)",
+            ]
+        );
+        assert_eq!(
+            spec_changes(&after, &before),
+            vec!["node.us: removed", "node.us_counts: removed", "sink.us_counts: removed"]
+        );
+        // Retention changes what questions see, not the tables: no change to refuse.
+        let longer = summary(&SPEC.replace("retention = \"24h\"", "retention = \"48h\""));
+        assert!(spec_changes(&before, &longer).is_empty());
     }
 }
 

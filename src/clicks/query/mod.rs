@@ -174,7 +174,7 @@ impl HubAsker {
     /// The dataflow question for `ask` at `as_of` (its id 0); `None` when it covers no pane
     /// that has ended (its answer is 0).
     fn question(&self, ask: &Ask, as_of: u64) -> Result<Option<Question>, Refused> {
-        let beyond = |start: u64| start + self.retention_ms < as_of;
+        let beyond = |start: u64| start.saturating_add(self.retention_ms) < as_of;
         let refused = Refused::BeyondRetention { retention_ms: self.retention_ms, as_of };
         let count_and_second = |filter: &Option<(Field, u64)>| {
             let count = self.catalog.count_for(filter.map(|(field, _)| field)).expect("checked by the API");

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use self::commit::{CommitThread, Transaction};
 pub use self::fence::{Fenced, JobLock};
 use self::tables::TableRows;
-pub use self::tables::create_table_sql;
+pub use self::tables::{TEMP_TABLE_PREFIX, create_table_sql};
 use super::{Rows, Sink, TableSchema};
 use crate::checkpoint::{Checkpoint, Restore};
 

@@ -133,6 +133,9 @@ pub fn create_table_sql(table: &str, schema: &TableSchema) -> String {
     sql
 }
 
+/// The name of a table's temporary table, for upserts, is this prefix and the table's name.
+pub const TEMP_TABLE_PREFIX: &str = "incoming_";
+
 /// Writes one table's rows of a checkpoint: fresh rows copied straight into the table when
 /// `append_fresh`, the others copied into a temporary table and upserted from there.
 pub(super) fn write_rows(tx: &mut postgres::Transaction<'_>, table: &TableRows, append_fresh: bool) -> Result<()> {
@@ -144,7 +147,7 @@ pub(super) fn write_rows(tx: &mut postgres::Transaction<'_>, table: &TableRows, 
     if table.rows.is_empty() && (append_fresh || table.fresh.is_empty()) {
         return Ok(());
     }
-    let temp = ident(&format!("incoming_{}", table.table));
+    let temp = ident(&format!("{TEMP_TABLE_PREFIX}{}", table.table));
     tx.batch_execute(&format!("CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {name}) ON COMMIT DELETE ROWS"))?;
     copy_rows(tx, &temp, &table.schema, table.latest_rows(append_fresh))?;
     let columns = &table.schema.columns;
