@@ -40,11 +40,20 @@ fn assert_equals_replay(job: &Job, events: &std::path::Path, what: &str) {
     assert_eq!(rejected, replay_rejected, "{what}: rejected_events");
 }
 
-fn run_to_success(mut command: Command, what: &str) -> String {
-    let output = command.output().unwrap();
-    let log = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "{what} failed ({}):\n{log}", output.status);
-    log
+/// Runs `command` (a launcher leading its process group) to its end, failing after 3 minutes
+/// rather than hanging the suite.
+fn run_to_success(mut command: Command, what: &str) {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+        log
+    });
+    let ended = wait_or_kill(&mut child, Duration::from_secs(180));
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(ended && status.success(), "{what} failed ({status}, ended by itself: {ended}):\n{log}");
 }
 
 /// Clusters of 2 processes x 1 and 2 x 2 threads start on a fresh database every time (each

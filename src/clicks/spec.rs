@@ -123,9 +123,10 @@ const POSTGRES_IDENTIFIER_BYTES: usize = 63;
 /// `sinks::postgres`) must fit PostgreSQL's identifiers too, or two tables would share one.
 pub const MAX_TABLE_NAME_BYTES: usize = POSTGRES_IDENTIFIER_BYTES - TEMP_TABLE_PREFIX.len();
 
-/// The job's own tables in the clicks database (`sinks::postgres`), which no sink may write;
-/// `source_gaps` is the offset-gap record of issue 12.
-const JOB_TABLES: [&str; 5] = ["source_offsets", "job_checkpoints", "raw_archive", "reconciliations", "source_gaps"];
+/// The jobs' own tables in the clicks database (`sinks::postgres`, schema `public`): a result
+/// table of the same name would hide one of them from a session that searches both schemas.
+const JOB_TABLES: [&str; 6] =
+    ["source_offsets", "job_checkpoints", "raw_archive", "job_instances", "reconciliations", "source_gaps"];
 
 /// A validated dataflow spec; `nodes` are in dependency order.
 #[derive(Debug, Clone)]
@@ -1073,29 +1074,4 @@ pane = "1m"
         let longer = summary(&SPEC.replace("retention = \"24h\"", "retention = \"48h\""));
         assert!(spec_changes(&before, &longer).is_empty());
     }
-}
-
-// TEMPORARY stub until the spec-fingerprint branch lands (replaced by it).
-impl DataflowSpec {
-    pub fn result_summary(&self) -> std::collections::BTreeMap<String, String> {
-        [("spec".to_string(), format!("{:?} {:?} {:?}", self.time, self.nodes, self.sinks))].into()
-    }
-    pub fn fingerprint(&self) -> String {
-        format!(
-            "{:x}",
-            self.result_summary()["spec"]
-                .bytes()
-                .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-        )
-    }
-}
-pub fn spec_changes(
-    before: &std::collections::BTreeMap<String, String>,
-    after: &std::collections::BTreeMap<String, String>,
-) -> Vec<String> {
-    before
-        .iter()
-        .filter(|(k, v)| after.get(*k) != Some(v))
-        .map(|(k, v)| format!("{k}: {v} -> {:?}", after.get(k)))
-        .collect()
 }
