@@ -190,3 +190,25 @@ fn a_foreign_producers_spelling_gives_the_plain_spellings_tables() {
     }
     assert_eq!(foreign_tables["source_offsets"], plain_tables["source_offsets"], "partitions or offsets differ");
 }
+
+#[test]
+fn a_postgres_error_names_sqlstate_message_and_purpose() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = fresh_database("faults_no_create");
+    // A role that may connect but not create tables: PostgreSQL itself refuses the job's tables.
+    let role = db.rsplit('/').next().unwrap().replace("faults_no_create", "reader");
+    let mut admin = postgres::Client::connect(&db, postgres::NoTls).unwrap();
+    admin.batch_execute(&format!("CREATE ROLE {role} LOGIN")).unwrap();
+    let job = Job::new(dir.path(), "no_create", 1, &db.replacen("postgres@", &format!("{role}@"), 1));
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    produce(&job, &empty); // creates the topic
+    let output = job.command().env("RUST_BACKTRACE", "1").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the job ran without the right to create its tables:\n{stderr}");
+    assert!(
+        stderr.contains("cannot create") && stderr.contains("SQLSTATE 42501: permission denied for schema public"),
+        "the error does not name the purpose, SQLSTATE and message:\n{stderr}"
+    );
+    assert!(!stderr.contains("db error"), "{stderr}");
+}
