@@ -54,6 +54,15 @@ pub struct RunArgs {
     /// see the README's "Asking the running job"). Default: no listener.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// The memory bound of the back-pressure, in bytes: the result rows waiting for the next
+    /// checkpoint plus the raw events all workers hold for the archive until then. Over it, a
+    /// checkpoint is taken even while the previous one is still committing, and the job stops
+    /// reading until that commit is done (a slow database slows the job instead of growing
+    /// it). Not counted: librdkafka's prefetch queue (at most 8 MiB of messages per worker,
+    /// plus one fetch of up to 1 MiB per partition), the dataflow's open panes and the
+    /// transaction being committed.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub max_buffered_bytes: u64,
 }
 
 /// Everything a worker needs, shared by the threads of a process.
@@ -64,6 +73,7 @@ struct Job {
     job: String,
     archive: PathBuf,
     policy: StreamPolicy,
+    max_buffered_bytes: u64,
     restore: Restore,
     /// With `--listen`: every worker builds the question side of the dataflow.
     askable: bool,
@@ -114,6 +124,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         job,
         archive: args.archive.clone(),
         policy,
+        max_buffered_bytes: args.max_buffered_bytes,
         restore,
         askable: args.listen.is_some(),
         asker: std::sync::Mutex::new(asker),
@@ -214,7 +225,8 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
     {
         driver.ask_with(Box::new(asker));
     }
-    let mut checkpointer = StreamCheckpointer { archive: job.archive.clone(), topic: job.kafka.topic.clone(), writer };
+    let (archive, topic, max_buffered_bytes) = (job.archive.clone(), job.kafka.topic.clone(), job.max_buffered_bytes);
+    let mut checkpointer = StreamCheckpointer { archive, topic, writer, max_buffered_bytes };
     let totals = driver.run(worker, &mut source, Format::Jsonl, &mut dataflow, Some(&mut checkpointer), |_| {})?;
     if let Some(writer) = &checkpointer.writer {
         writer.borrow_mut().wait_committed()?; // the last checkpoint commits in the background
@@ -231,6 +243,8 @@ struct StreamCheckpointer {
     archive: PathBuf,
     topic: String,
     writer: Option<Rc<RefCell<PgWriter>>>,
+    /// `--max-buffered-bytes`.
+    max_buffered_bytes: u64,
 }
 
 impl Checkpointer<ClickEvent> for StreamCheckpointer {
@@ -250,7 +264,10 @@ impl Checkpointer<ClickEvent> for StreamCheckpointer {
         self.writer.as_ref().context("commits happen on worker 0")?.borrow_mut().commit(checkpoint)
     }
 
-    fn ready(&mut self) -> bool {
-        self.writer.as_ref().is_none_or(|writer| !writer.borrow_mut().committing())
+    fn ready(&mut self, held_bytes: u64) -> bool {
+        self.writer.as_ref().is_none_or(|writer| {
+            let mut writer = writer.borrow_mut();
+            !writer.committing() || writer.buffered_bytes() + held_bytes >= self.max_buffered_bytes
+        })
     }
 }
