@@ -25,6 +25,13 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use stream::{Job, dump_tables, fresh_database, generate, produce};
 
+/// The tests of this file one at a time: each freezes, restarts or locks a service the others
+/// would feel.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERVICES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERVICES.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn script(name: &str, args: &[&str]) {
     scripts::run_script(name, args, Stdio::inherit()).unwrap();
 }
@@ -47,6 +54,7 @@ fn restart_postgres() {
 
 #[test]
 fn broker_frozen_and_postgres_restarted() {
+    let _services = one_at_a_time();
     let broker_dir = std::env::var("CLICKSTAY_BROKER_DIR").unwrap_or_else(|_| "/tmp/clickstay-test-broker".into());
     let dir = tempfile::tempdir().unwrap();
     let events = generate(
@@ -160,6 +168,7 @@ fn foreign_lines(events: &Path) -> Vec<(ClickEvent, String)> {
 
 #[test]
 fn a_foreign_producers_spelling_gives_the_plain_spellings_tables() {
+    let _services = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let events = generate(dir.path(), "events.jsonl", 50_000, &["--rate", "1000", "--late-fraction", "0.01"]);
     let plain = Job::new(dir.path(), "plain", 4, &fresh_database("faults_plain"));
@@ -195,6 +204,7 @@ fn a_foreign_producers_spelling_gives_the_plain_spellings_tables() {
 
 #[test]
 fn a_postgres_error_names_sqlstate_message_and_purpose() {
+    let _services = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let db = fresh_database("faults_no_create");
     // A role that may connect but not create tables: PostgreSQL itself refuses the job's tables.
@@ -234,6 +244,7 @@ const ALLOWANCE: u64 = 224 << 20;
 
 #[test]
 fn a_locked_database_under_ingest_keeps_memory_bounded_and_loses_nothing() {
+    let _services = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     // Few ads: the result rows are few, the raw events held for the archive are what grows.
     let events = generate(dir.path(), "events.jsonl", 3_000_000, &["--ads", "10", "--late-fraction", "0.001"]);
