@@ -232,6 +232,18 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
+/// A job that is killed should the test fail before it ends (else it would run on).
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// `--max-buffered-bytes` of the memory test.
 const BOUND: u64 = 32 << 20;
 /// What the bound does not count: the binary and its libraries (24 MiB before the lock),
@@ -254,8 +266,8 @@ fn a_locked_database_under_ingest_keeps_memory_bounded_and_loses_nothing() {
     produce(&job, &empty); // creates the topic
     let mut command = job.command_draining_after(10);
     command.args(["--max-buffered-bytes", &BOUND.to_string()]).stdout(Stdio::null()).stderr(Stdio::piped());
-    let child = command.spawn().unwrap();
-    let pid = child.id();
+    let mut child = KillOnDrop(Some(command.spawn().unwrap()));
+    let pid = child.0.as_ref().unwrap().id();
 
     let mut locker = postgres::Client::connect(&job.db, postgres::NoTls).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -291,7 +303,7 @@ fn a_locked_database_under_ingest_keeps_memory_bounded_and_loses_nothing() {
     let committed_while_locked = job.committed_offsets();
     lock.rollback().unwrap();
     producer.join().unwrap();
-    let output = child.wait_with_output().unwrap();
+    let output = child.0.take().unwrap().wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the job failed:\n{log}");
     eprintln!(
