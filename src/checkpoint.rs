@@ -62,7 +62,10 @@ pub trait Checkpointer<Event> {
     /// On worker 0: whether a checkpoint now would not wait for the previous one to commit.
     /// While it would, the job goes on reading and no checkpoint is taken: the next one then
     /// carries more rows (corrections of a row in between count once) instead of stalling.
-    fn ready(&mut self) -> bool {
+    /// `held_bytes`: the raw events all workers hold for the archive until the next checkpoint;
+    /// with the buffered rows over the memory bound, a checkpoint is taken all the same, and
+    /// waiting for the commit in flight is the back-pressure.
+    fn ready(&mut self, _held_bytes: u64) -> bool {
         true
     }
 }

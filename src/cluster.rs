@@ -182,7 +182,7 @@ pub fn run_workers<T: Send + 'static>(
     let guards = start_workers(workers, move |worker| match work(worker) {
         Ok(result) => result,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            tracing::error!("{}", crate::pg_error::report(&error));
             std::process::exit(1);
         }
     })?;

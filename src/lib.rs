@@ -7,6 +7,7 @@ pub mod clicks;
 pub mod cluster;
 pub mod config;
 pub mod duration;
+pub mod pg_error;
 pub mod rooms;
 pub mod sinks;
 pub mod sources;

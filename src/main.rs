@@ -13,8 +13,31 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "clickstay", version, about, long_about = None)]
 struct Cli {
+    /// How log lines on stderr look: `text` for people (coloured only when stderr is a
+    /// terminal), `json` for log shippers (one JSON object a line: timestamp, level, message,
+    /// fields, target). `RUST_LOG` picks the levels (default `info`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr in `format`. Colour codes only reach a terminal: in a file or a pipe they are
+/// noise.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -36,12 +59,19 @@ enum Command {
     Rooms(clickstay::rooms::cli::RoomsCommand),
 }
 
-fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    match Cli::parse().command {
+/// Runs the command; a failure is logged (in the chosen log format, PostgreSQL's SQLSTATE and
+/// message spelled out) and exits with status 1.
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Err(error) = run(cli.command) {
+        tracing::error!("{}", clickstay::pg_error::report(&error));
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Gen(args) => clickstay::clicks::generate::run(&args),
         Command::Replay(args) => clickstay::clicks::replay::run(args),
         Command::Produce(args) => clickstay::clicks::produce::run(&args),

@@ -1,9 +1,10 @@
 //! Raw click events: the record, its two text formats, and the reasons a line is rejected.
 //!
 //! Parsing is the hot path of the whole job (differential itself counts far faster than text
-//! can be parsed), so the CSV parser works on bytes without allocating, and JSON borrows its
-//! strings from the line.
+//! can be parsed), so the CSV parser works on bytes without allocating, and JSON is read in one
+//! pass when it is spelled the way clickstay writes it (serde reads any other spelling).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -342,14 +343,18 @@ fn parse_csv_fields(line: &[u8]) -> Result<ClickEvent, Reject> {
     })
 }
 
-/// The JSON shape of an event; strings are borrowed from the line.
+/// The JSON shape of an event. Strings are borrowed from the line when they hold no escape, and
+/// unescaped into their own buffer when they do (`"U\u0053"` is `"US"`): a conforming JSON
+/// writer may escape any character. The numbers are JSON integers.
 #[derive(Deserialize)]
 struct JsonEvent<'a> {
     ad_id: u64,
     click_ts: i64,
     user_id: u64,
-    ip: &'a str,
-    country: &'a str,
+    #[serde(borrow)]
+    ip: Cow<'a, str>,
+    #[serde(borrow)]
+    country: Cow<'a, str>,
 }
 
 /// Parses one JSON Lines event; extra keys are ignored.
@@ -825,6 +830,86 @@ mod tests {
         for (line, expected) in cases {
             let reason = parse_json(line, line.len()).unwrap_err().to_string();
             assert!(reason.contains(expected), "{}: {reason}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn every_spelling_of_an_event_is_the_same_event() {
+        let plain = r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US"}"#;
+        let expected = parse_json(plain.as_bytes(), plain.len()).unwrap();
+        let spellings = [
+            r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"U\u0053"}"#,
+            r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10\u002e1.2.3","country":"US"}"#,
+            r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"\u0031\u0030.1.2.3","country":"\u0055\u0053"}"#,
+            r#"{"\u0061d_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US"}"#,
+            r#"{"country":"US","ip":"10.1.2.3","user_id":99123,"click_ts":1767225600123,"ad_id":4711}"#,
+            "{ \"ad_id\" : 4711 ,\n\t\"click_ts\": 1767225600123,\r\n \"user_id\":99123, \"ip\":\"10.1.2.3\", \"country\":\"US\" }",
+            " {\"ad_id\":4711,\"click_ts\":1767225600123,\"user_id\":99123,\"ip\":\"10.1.2.3\",\"country\":\"US\"}\t",
+            r#"{"event":"click","ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US","v":2.5}"#,
+            r#"{"ad_id":4711,"meta":{"src":"web","tags":["a",{"b":null}],"n":-1e9},"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US","ok":true}"#,
+            r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US","note":"a \"quoted\" \\ \u00e9 \ud83d\ude00"}"#,
+        ];
+        for line in spellings {
+            assert_eq!(parse_json(line.as_bytes(), line.len()), Ok(expected), "{line}");
+        }
+    }
+
+    #[test]
+    fn malformed_json_spellings_are_rejected_with_a_reason() {
+        let cases = [
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"U\u0058"}"#,
+                "country: `UX`",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"u\u0073"}"#,
+                "country: `us`",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10\u002e1.2","country":"US"}"#,
+                "ip: `10.1.2`",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"U\q"}"#,
+                "JSON: invalid escape",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"\ud800"}"#,
+                "JSON: unexpected end of hex escape",
+            ),
+            (
+                r#"{"ad_id":4711.5,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US"}"#,
+                "JSON: invalid type: floating point",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1.767e12,"user_id":99123,"ip":"10.1.2.3","country":"US"}"#,
+                "JSON: invalid type: floating point",
+            ),
+            (
+                r#"{"ad_id":4711,"ad_id":4712,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US"}"#,
+                "JSON: duplicate field `ad_id`",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US"} x"#,
+                "JSON: trailing characters",
+            ),
+            (r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":"US""#, "JSON: EOF"),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":"10.1.2.3","country":null}"#,
+                "JSON: invalid type: null",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"ip":10,"country":"US"}"#,
+                "JSON: invalid type: integer",
+            ),
+            (
+                r#"{"ad_id":4711,"click_ts":1767225600123,"user_id":99123,"country":"US","meta":{}}"#,
+                "JSON: missing field `ip`",
+            ),
+        ];
+        for (line, expected) in cases {
+            let reason = parse_json(line.as_bytes(), line.len()).unwrap_err().to_string();
+            assert!(reason.starts_with(expected), "{line}: {reason}");
         }
     }
 

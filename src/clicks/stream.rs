@@ -60,6 +60,15 @@ pub struct RunArgs {
     /// a spec that changes its results (or give it a new --job).
     #[arg(long)]
     pub reset_results: bool,
+    /// The memory bound of the back-pressure, in bytes: the result rows waiting for the next
+    /// checkpoint plus the raw events all workers hold for the archive until then. Over it, a
+    /// checkpoint is taken even while the previous one is still committing, and the job stops
+    /// reading until that commit is done (a slow database slows the job instead of growing
+    /// it). Not counted: librdkafka's prefetch queue (at most 8 MiB of messages per worker,
+    /// plus one fetch of up to 1 MiB per partition), the dataflow's open panes and the
+    /// transaction being committed.
+    #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
+    pub max_buffered_bytes: u64,
 }
 
 /// Everything a worker needs, shared by the threads of a process.
@@ -72,6 +81,7 @@ struct Job {
     policy: StreamPolicy,
     /// On process 0: the start every worker of the cluster begins from.
     started: Option<Started>,
+    max_buffered_bytes: u64,
     /// With `--listen`: every worker builds the question side of the dataflow.
     askable: bool,
     /// Worker 0 of process 0 takes the questions from here.
@@ -128,6 +138,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         archive: args.archive.clone(),
         policy,
         started,
+        max_buffered_bytes: args.max_buffered_bytes,
         askable: args.listen.is_some(),
         asker: std::sync::Mutex::new(asker),
     });
@@ -282,6 +293,7 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
         own: super::archive::job_dir(&job.archive, &job.id.job, &job.id.topic),
         topic: job.kafka.topic.clone(),
         writer,
+        max_buffered_bytes: job.max_buffered_bytes,
     };
     let totals = driver.run(worker, &mut source, Format::Jsonl, &mut dataflow, Some(&mut checkpointer), |_| {})?;
     if let Some(writer) = &checkpointer.writer {
@@ -302,6 +314,8 @@ struct StreamCheckpointer {
     own: PathBuf,
     topic: String,
     writer: Option<Rc<RefCell<PgWriter>>>,
+    /// `--max-buffered-bytes`.
+    max_buffered_bytes: u64,
 }
 
 impl Checkpointer<ClickEvent> for StreamCheckpointer {
@@ -315,7 +329,10 @@ impl Checkpointer<ClickEvent> for StreamCheckpointer {
         self.writer.as_ref().context("commits happen on worker 0")?.borrow_mut().commit(checkpoint)
     }
 
-    fn ready(&mut self) -> bool {
-        self.writer.as_ref().is_none_or(|writer| !writer.borrow_mut().committing())
+    fn ready(&mut self, held_bytes: u64) -> bool {
+        self.writer.as_ref().is_none_or(|writer| {
+            let mut writer = writer.borrow_mut();
+            !writer.committing() || writer.buffered_bytes() + held_bytes >= self.max_buffered_bytes
+        })
     }
 }

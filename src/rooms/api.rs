@@ -125,7 +125,7 @@ impl From<ViewError> for ApiError {
 
 impl From<anyhow::Error> for ApiError {
     fn from(cause: anyhow::Error) -> Self {
-        error!("{}", redact_text(&format!("{cause:#}")));
+        error!("{}", redact_text(&crate::pg_error::report(&cause).to_string()));
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
     }
 }

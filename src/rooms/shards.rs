@@ -99,7 +99,7 @@ pub enum ShardError {
     #[error("hotel shard {shard} is unavailable: {reason}")]
     Unavailable { shard: usize, reason: String },
     /// Anything else (a bug, a constraint nobody expected).
-    #[error("hotel shard {shard}: {}", redact_text(&format!("{cause:#}")))]
+    #[error("hotel shard {shard}: {}", redact_text(&crate::pg_error::report(cause).to_string()))]
     Other { shard: usize, cause: anyhow::Error },
 }
 
@@ -315,7 +315,7 @@ fn classify(index: usize, error: anyhow::Error) -> ShardError {
         db.is_closed() || db.code().is_some_and(is_unavailable_code)
     });
     if unavailable {
-        let reason = redact_text(&format!("{error:#}"));
+        let reason = redact_text(&crate::pg_error::report(&error).to_string());
         warn!(shard = index, %reason, "hotel shard unavailable");
         ShardError::Unavailable { shard: index, reason }
     } else {

@@ -159,7 +159,10 @@ impl Source for KafkaSource {
             // many in a fraction of a second and then sat idle for the rest of the pause
             // (its workers were busy a quarter of the time): fetch again soon, keep less queued.
             .set("fetch.queue.backoff.ms", "10")
-            .set("queued.min.messages", "20000");
+            .set("queued.min.messages", "20000")
+            // The prefetched messages of this consumer (one per worker), outside the job's
+            // `--max-buffered-bytes`: librdkafka's default is 64 MiB.
+            .set("queued.max.messages.kbytes", "8192");
         let consumer: BaseConsumer = config.create().context("cannot create the Kafka consumer")?;
         let mut assignment = TopicPartitionList::new();
         for partition in (0..kafka.partitions as u32).filter(|p| share.owns(*p)) {

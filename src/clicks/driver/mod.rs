@@ -159,6 +159,7 @@ impl Driver {
             checkpointed_time: restore.job_time,
             last_record: partitions.iter().map(|p| (*p, now)).collect(),
             last_any_record: now,
+            held_bytes: 0,
         });
         let mut state: BTreeMap<u32, PartitionState> =
             partitions.iter().map(|p| (*p, PartitionState::default())).collect();
@@ -230,10 +231,11 @@ impl Driver {
             let ended = batches.is_none();
             let batches = batches.unwrap_or_default();
             let parsed: Vec<ParsedBatch> = batches.iter().map(|b| parse_batch(format, b)).collect();
-            let ready = checkpointer.as_deref_mut().is_none_or(|c| c.ready());
+            let ready = checkpointer.as_deref_mut().is_none_or(|c| c.ready(self.held_bytes()));
             let asked = self.asker.as_mut().is_some_and(|asker| asker.take()) || self.unticked;
             let report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
             let reports = self.exchange(worker, report, dataflow)?;
+            self.note_held(&reports);
             if let Some(checkpointer) = checkpointer.as_deref_mut() {
                 self.commit_pending_checkpoint(checkpointer, &reports)?;
             }
@@ -303,6 +305,7 @@ impl Driver {
             rejected: self.rejected,
             decisions: self.decide(checkpointer_ready, asked),
             checkpoint: std::mem::take(&mut self.checkpoint_parts),
+            raw_bytes: self.raw_bytes(),
         }
     }
 

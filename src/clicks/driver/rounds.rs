@@ -54,6 +54,9 @@ pub struct RoundReport {
     pub decisions: Option<Decisions>,
     /// This worker's parts of the checkpoint cut after the previous round.
     pub checkpoint: Vec<PartitionCheckpoint>,
+    /// The memory of the raw events this worker holds for the archive until the next
+    /// checkpoint (worker 0 weighs it against `--max-buffered-bytes`).
+    pub raw_bytes: u64,
 }
 
 /// Worker 0's clock-based view, from which it takes the decisions.
@@ -64,6 +67,8 @@ pub(super) struct Leader {
     pub(super) checkpointed_time: u64,
     pub(super) last_record: BTreeMap<u32, Instant>,
     pub(super) last_any_record: Instant,
+    /// The raw events all workers held for the archive at the last round, in bytes.
+    pub(super) held_bytes: u64,
 }
 
 impl Driver {
@@ -88,6 +93,24 @@ impl Driver {
             .collect();
         let drain = policy.drain_when_idle.is_some_and(|quiet| now - leader.last_any_record >= quiet);
         Some(Decisions { checkpoint, drain, idle, questions })
+    }
+
+    /// Worker 0: notes the raw events all workers hold, from a round's reports.
+    pub(super) fn note_held(&mut self, reports: &[RoundReport]) {
+        if let Some(leader) = self.leader.as_mut() {
+            leader.held_bytes = reports.iter().map(|r| r.raw_bytes).sum();
+        }
+    }
+
+    /// The raw events all workers held at the last round, in bytes (0 except on worker 0).
+    pub(super) fn held_bytes(&self) -> u64 {
+        self.leader.as_ref().map_or(0, |leader| leader.held_bytes)
+    }
+
+    /// The memory of the raw events this worker holds for the archive.
+    pub(super) fn raw_bytes(&self) -> u64 {
+        let entry = std::mem::size_of::<(u64, crate::clicks::event::ClickEvent)>() as u64;
+        self.own.values().map(|own| own.raw.capacity() as u64 * entry).sum()
     }
 
     /// The job read nothing for `pause` (it was committing): partitions were not quiet then,

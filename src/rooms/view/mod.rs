@@ -354,7 +354,7 @@ fn follow(shard: u32, options: &CdcOptions, feed: &Sender<Feed>, shared: &Shared
             failures,
             "the change stream of shard {shard} broke: {}; its questions go to the database while \
              its part of the view is rebuilt",
-            redact_text(&format!("{problem:#}"))
+            redact_text(&crate::pg_error::report(&problem).to_string())
         );
         shared.generations[shard as usize].fetch_add(1, Ordering::SeqCst);
         let retractions: Vec<(ViewRow, isize)> = fed.drain().map(|(row, count)| (row, -count)).collect();

@@ -187,7 +187,12 @@ fn retry<T>(what: &str, mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
         match attempt() {
             Ok(value) => return Ok(value),
             Err(error) if started.elapsed() < GIVE_UP_AFTER && !fence::is_fenced(&error) => {
-                tracing::warn!(attempt = number, retry_in_ms = pause.as_millis() as u64, "cannot {what}: {error:#}");
+                tracing::warn!(
+                    attempt = number,
+                    retry_in_ms = pause.as_millis() as u64,
+                    "cannot {what}: {}",
+                    crate::pg_error::report(&error)
+                );
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));
             }

@@ -40,10 +40,8 @@ pub use self::tables::{TEMP_TABLE_PREFIX, create_table_sql};
 use super::{Rows, Sink, TableSchema};
 use crate::checkpoint::{Checkpoint, Restore};
 
-/// Values buffered at most before a checkpoint is taken even while the previous one is still
-/// committing (which then holds up the job): bounds the memory a slow database costs, at about
-/// 32 bytes a value (some 450,000 rows of four or five columns, two 1-minute panes here).
-const MAX_BUFFERED_VALUES: usize = 1 << 21;
+/// The memory a buffered value costs, about (the row's values and their share of its vector).
+const BYTES_PER_VALUE: u64 = 32;
 
 /// Whose results a writer keeps: a job (its result tables live in the schema of its name) on
 /// one topic (its checkpoint is kept per job and topic), and the spec they are made with.
@@ -192,11 +190,14 @@ impl PgWriter {
         Ok(())
     }
 
-    /// Whether a checkpoint now would wait for the previous one to commit, with few enough rows
-    /// buffered that waiting for it to finish first is better (see [`MAX_BUFFERED_VALUES`]).
+    /// Whether a checkpoint now would wait for the previous one to commit.
     pub fn committing(&mut self) -> bool {
-        let buffered: usize = self.tables.iter().map(TableRows::value_count).sum();
-        buffered < MAX_BUFFERED_VALUES && self.commit_thread.as_mut().is_some_and(CommitThread::busy)
+        self.commit_thread.as_mut().is_some_and(CommitThread::busy)
+    }
+
+    /// The memory the rows buffered for the next checkpoint take, about.
+    pub fn buffered_bytes(&self) -> u64 {
+        self.tables.iter().map(|t| t.value_count() as u64 * BYTES_PER_VALUE).sum()
     }
 
     /// Waits until every checkpoint handed to [`PgWriter::commit`] has committed.

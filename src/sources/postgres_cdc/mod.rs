@@ -148,7 +148,7 @@ impl Source for CdcSource {
                 .context("cannot connect for CDC")?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
-                    tracing::warn!(%error, "CDC connection ended");
+                    tracing::warn!(error = %crate::pg_error::Report(&error), "CDC connection ended");
                 }
             });
             let slot = replication::Slot::create(&client, &options.url, &options.slot_prefix).await?;
