@@ -54,6 +54,12 @@ pub struct RunArgs {
     /// see the README's "Asking the running job"). Default: no listener.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// When records the job expects are gone from a partition (retention, a recreated topic, a
+    /// broker that lost data), record the gap in the `source_gaps` table, log it and read on
+    /// from the partition's earliest offset, counting the records there as new. Without it,
+    /// the job stops with an error naming the topic, partition and offsets.
+    #[arg(long)]
+    pub allow_offset_gap: bool,
 }
 
 /// Everything a worker needs, shared by the threads of a process.
@@ -77,7 +83,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(path) => WorkersConfig::load(&path)?,
         None => WorkersConfig::from_env_only(),
     };
-    let kafka = config.kafka()?.clone();
+    let mut kafka = config.kafka()?.clone();
     let clicks_db = config.clicks_db()?.to_string();
     let workers = Workers::from_args(&args.workers)?;
     let job = args.job.clone().unwrap_or_else(|| spec.name.clone());
@@ -89,10 +95,13 @@ pub fn run(args: RunArgs) -> Result<()> {
         idle_partition: seconds("idle-timeout", args.idle_timeout)?,
         drain_when_idle: args.exit_when_idle.map(|s| seconds("exit-when-idle", s)).transpose()?,
     };
-    crate::sources::kafka::ensure_topic(&kafka)?;
+    // The job reads every partition the topic has, more than configured included.
+    kafka.partitions = crate::sources::kafka::ensure_topic(&kafka)?;
     let tables: Vec<_> = table_schemas(&spec, &kafka.topic);
     let mut writer = PgWriter::open(&clicks_db, &job, &kafka.topic, &tables)?;
     let restore = writer.restore()?;
+    let (restore, gaps) = crate::sources::kafka::check_offsets(&kafka, &restore, args.allow_offset_gap)?;
+    writer.record_gaps(&gaps)?;
     if workers.is_first_process() {
         remove_uncommitted_archive_files(&args.archive, &writer.archived_files()?)?;
     }

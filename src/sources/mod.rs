@@ -59,8 +59,17 @@ pub trait Source: Sized {
     /// Opens `share` of the source; each partition in `resume` starts at that position (the
     /// first record to read again), the others at their beginning.
     fn open(options: &Self::Options, share: Share, resume: &BTreeMap<u32, Self::Position>) -> Result<Self>;
-    /// Every partition of the source, over all readers (a job's watermark is their minimum).
+    /// Every partition of the source, over all readers (a job's watermark is their minimum), as
+    /// far as this reader knows: a source whose partitions grow (a Kafka topic) may list more
+    /// on a later call. The job decides when every reader starts reading them
+    /// ([`Source::add_partitions`]).
     fn partitions(&self) -> Vec<u32>;
+    /// Starts reading `partitions` (new partitions of the source, from their beginning), those
+    /// of this reader's share; all readers are told in the same round. Sources whose partitions
+    /// never change have none to add.
+    fn add_partitions(&mut self, _partitions: &[u32]) -> Result<()> {
+        Ok(())
+    }
     /// This reader's batches for one round, at most one per partition; `None` once the source
     /// has ended for good (a file; a stream never ends).
     fn read_round(&mut self) -> Result<Option<Vec<Batch<Self::Records>>>>;

@@ -232,7 +232,10 @@ impl Driver {
             let parsed: Vec<ParsedBatch> = batches.iter().map(|b| parse_batch(format, b)).collect();
             let ready = checkpointer.as_deref_mut().is_none_or(|c| c.ready());
             let asked = self.asker.as_mut().is_some_and(|asker| asker.take()) || self.unticked;
-            let report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
+            let mut report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
+            if let Some(decisions) = report.decisions.as_mut() {
+                decisions.added = self.unknown_partitions(&source.partitions());
+            }
             let reports = self.exchange(worker, report, dataflow)?;
             if let Some(checkpointer) = checkpointer.as_deref_mut() {
                 self.commit_pending_checkpoint(checkpointer, &reports)?;
@@ -245,6 +248,9 @@ impl Driver {
                 });
             }
             let decisions = reports.iter().find_map(|r| r.decisions.clone()).unwrap_or_default();
+            if !decisions.added.is_empty() {
+                self.add_partitions(&decisions.added, source)?;
+            }
             for (batch, parsed) in batches.iter().zip(parsed) {
                 let (max_before, lines_before) = self.before(batch, &reports);
                 self.feed(batch, parsed, max_before, lines_before, dataflow);
@@ -304,6 +310,28 @@ impl Driver {
             decisions: self.decide(checkpointer_ready, asked),
             checkpoint: std::mem::take(&mut self.checkpoint_parts),
         }
+    }
+
+    /// Worker 0: the source's partitions the job does not read yet.
+    fn unknown_partitions(&self, partitions: &[u32]) -> Vec<u32> {
+        partitions.iter().copied().filter(|p| !self.partitions.contains_key(p)).collect()
+    }
+
+    /// Every worker, in the round worker 0 found them: new partitions join the job's watermark
+    /// (holding it back, like any partition, until their first record or the idle timeout) and
+    /// their readers start reading them from their beginning.
+    fn add_partitions<S: LineSource>(&mut self, added: &[u32], source: &mut S) -> Result<()> {
+        let now = Instant::now();
+        for partition in added {
+            self.partitions.entry(*partition).or_default();
+            if let Some(leader) = self.leader.as_mut() {
+                leader.last_record.entry(*partition).or_insert(now);
+            }
+        }
+        if self.leader.is_some() {
+            tracing::info!(partitions = ?added, "the source has new partitions");
+        }
+        source.add_partitions(added)
     }
 
     /// Worker 0, at the barrier after a cut: commits the checkpoint whose parts came with the

@@ -25,6 +25,16 @@ CREATE TABLE IF NOT EXISTS raw_archive (
     PRIMARY KEY (job, topic, partition, first_offset));
 ";
 
+/// Offsets of a partition the job was allowed to skip (`--allow-offset-gap`), one row per gap:
+/// found again after a crash, a gap adds nothing.
+pub(super) const SOURCE_GAPS: &str = "
+CREATE TABLE IF NOT EXISTS source_gaps (
+    job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+    from_offset bigint NOT NULL, to_offset bigint NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('gap', 'shrunk')), detected_at timestamptz NOT NULL,
+    PRIMARY KEY (job, topic, partition, from_offset, to_offset, kind));
+";
+
 /// Writes checkpoint `number` of `job` on `topic`: every partition's offsets and archived
 /// files, then the checkpoint itself.
 pub(super) fn write(

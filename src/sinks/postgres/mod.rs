@@ -30,7 +30,7 @@ use self::commit::{CommitThread, Transaction};
 use self::tables::TableRows;
 pub use self::tables::create_table_sql;
 use super::{Rows, Sink, TableSchema};
-use crate::checkpoint::{Checkpoint, Restore};
+use crate::checkpoint::{Checkpoint, OffsetGap, Restore};
 
 /// Values buffered at most before a checkpoint is taken even while the previous one is still
 /// committing (which then holds up the job): bounds the memory a slow database costs, at about
@@ -78,6 +78,32 @@ impl PgWriter {
             }
             None => Ok(Restore::default()),
         }
+    }
+
+    /// Records offset gaps the job reads on past (`source_gaps`), each once however often it is
+    /// found (a crash before the next checkpoint finds it again).
+    pub fn record_gaps(&mut self, gaps: &[OffsetGap]) -> Result<()> {
+        if gaps.is_empty() {
+            return Ok(());
+        }
+        let client = self.client.as_mut().context("not connected")?;
+        client.batch_execute(checkpoint::SOURCE_GAPS).context("cannot create the table source_gaps")?;
+        let mut tx = client.transaction()?;
+        for gap in gaps {
+            tx.execute(
+                "INSERT INTO source_gaps (job, topic, partition, from_offset, to_offset, kind, detected_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
+                &[
+                    &self.job,
+                    &gap.topic,
+                    &(gap.partition as i32),
+                    &(gap.from_offset as i64),
+                    &(gap.to_offset as i64),
+                    &gap.kind.as_str(),
+                ],
+            )?;
+        }
+        tx.commit().context("cannot record the offset gaps in source_gaps")
     }
 
     /// Every archive file a committed checkpoint lists (relative to the archive root).
