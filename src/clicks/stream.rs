@@ -83,7 +83,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         Some(path) => WorkersConfig::load(&path)?,
         None => WorkersConfig::from_env_only(),
     };
-    let mut kafka = config.kafka()?.clone();
+    let kafka = config.kafka()?.clone();
     let clicks_db = config.clicks_db()?.to_string();
     let workers = Workers::from_args(&args.workers)?;
     let job = args.job.clone().unwrap_or_else(|| spec.name.clone());
@@ -95,8 +95,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         idle_partition: seconds("idle-timeout", args.idle_timeout)?,
         drain_when_idle: args.exit_when_idle.map(|s| seconds("exit-when-idle", s)).transpose()?,
     };
-    // The job reads every partition the topic has, more than configured included.
-    kafka.partitions = crate::sources::kafka::ensure_topic(&kafka)?;
+    crate::sources::kafka::ensure_topic(&kafka)?;
     let tables: Vec<_> = table_schemas(&spec, &kafka.topic);
     let mut writer = PgWriter::open(&clicks_db, &job, &kafka.topic, &tables)?;
     let restore = writer.restore()?;

@@ -5,6 +5,12 @@
 //! offsets committed to Kafka): where to start comes from the job's own checkpoint in
 //! Postgres. A round takes what the partitions have ready, up to a bound, after waiting a
 //! few milliseconds at most, so an idle topic never stalls the rounds.
+//!
+//! Offsets never move silently: `auto.offset.reset` is `error`, and [`judge_offsets`] compares
+//! a partition's earliest and latest offsets with what the job expects, at start
+//! ([`check_offsets`], against the checkpoint) and after every fetch error of a partition.
+//! Partitions the topic gains are found by reader 0 ([`watch_partitions`]) and read from
+//! their beginning.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,11 +64,11 @@ pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Res
     Ok(found.filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len() as i32))
 }
 
-/// Creates the topic of `kafka` with `kafka.partitions` partitions if it is missing, and
-/// returns its partition count. A topic with more partitions than configured is fine (the job
-/// reads them all; partitions are added to topics as they grow); fewer is a configuration error.
-/// Waits (with backoff, up to a minute) for brokers that are still starting.
-pub fn ensure_topic(kafka: &KafkaConfig) -> Result<i32> {
+/// Creates the topic of `kafka` with `kafka.partitions` partitions if it is missing, and checks
+/// that an existing one has at least that many. More is fine: topics grow, and the job reads
+/// every partition it finds (see [`KafkaSource`]); fewer is a configuration error. Waits (with
+/// backoff, up to a minute) for brokers that are still starting.
+pub fn ensure_topic(kafka: &KafkaConfig) -> Result<()> {
     let topic = kafka.topic.as_str();
     let admin: AdminClient<DefaultClientContext> =
         client_config(kafka).create().context("cannot create a Kafka admin client")?;
@@ -75,7 +81,7 @@ pub fn ensure_topic(kafka: &KafkaConfig) -> Result<i32> {
         match partition_count(admin.inner(), topic) {
             Ok(Some(count)) if count >= kafka.partitions => {
                 tracing::info!(topic, partitions = count, configured = kafka.partitions, created, "topic is ready");
-                return Ok(count);
+                return Ok(());
             }
             Ok(Some(count)) => bail!(
                 "Kafka topic `{topic}` has {count} partitions, fewer than [kafka] partitions = {}; \
@@ -188,9 +194,11 @@ impl Source for KafkaSource {
         // before it (see `ConsumerQueue`).
         let queue = unsafe { rdsys::rd_kafka_queue_get_consumer(consumer.client().native_ptr()) };
         anyhow::ensure!(!queue.is_null(), "the Kafka consumer has no message queue");
-        let count = kafka.partitions as u32;
-        // Reader 0 watches the topic grow; the job's driver adds what it finds, on every reader
-        // in the same round (see `Source::add_partitions`).
+        // Every reader starts with the configured partitions and those it resumes; reader 0
+        // watches the topic's metadata, and the job's driver adds what it finds beyond them on
+        // every reader in the same round (see `Source::add_partitions`): its first round at
+        // start, a few seconds after a topic grows while running.
+        let count = resume.keys().map(|p| p + 1).fold(kafka.partitions as u32, u32::max);
         let seen = if share.index == 0 { Some(watch_partitions(kafka, count)?) } else { None };
         let mut source = KafkaSource {
             queue: ConsumerQueue(queue),
@@ -212,8 +220,12 @@ impl Source for KafkaSource {
     }
 
     fn partitions(&self) -> Vec<u32> {
+        (0..self.partitions).collect()
+    }
+
+    fn found_partitions(&self) -> Vec<u32> {
         let seen = self.seen.as_ref().map_or(0, |seen| seen.load(Ordering::Relaxed));
-        (0..self.partitions.max(seen)).collect()
+        (self.partitions..seen).collect()
     }
 
     /// New partitions are read from their beginning (offset 0 of a partition the topic just got).
@@ -372,13 +384,14 @@ impl KafkaSource {
 /// on a thread of its own, since a metadata request can take seconds on a struggling broker.
 const PARTITION_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// Starts a thread that keeps the topic's partition count (never less than `count`) in the
-/// returned cell until the cell is dropped.
+/// The topic's partition count now (never less than `count`), and a thread that keeps it up to
+/// date in the returned cell until the cell is dropped.
 fn watch_partitions(kafka: &KafkaConfig, count: u32) -> Result<Arc<AtomicU32>> {
-    let seen = Arc::new(AtomicU32::new(count));
-    let cell = Arc::downgrade(&seen);
     let client: BaseConsumer = client_config(kafka).create().context("cannot create a Kafka metadata client")?;
     let topic = kafka.topic.clone();
+    let now = partition_count(client.client(), &topic)?.unwrap_or(0).max(0) as u32;
+    let seen = Arc::new(AtomicU32::new(now.max(count)));
+    let cell = Arc::downgrade(&seen);
     std::thread::Builder::new()
         .name("kafka-partitions".into())
         .spawn(move || {
@@ -423,7 +436,8 @@ pub struct Watermarks {
 /// - **gap**: the earliest offset is above where the job must read, `[read_from, low)` is
 ///   gone (retention, a broker that lost data).
 pub fn judge_offsets(topic: &str, partition: u32, expected: Expected, found: Watermarks) -> Option<OffsetGap> {
-    let gap = |kind, from_offset, to_offset| OffsetGap { topic: topic.to_string(), partition, kind, from_offset, to_offset };
+    let gap =
+        |kind, from_offset, to_offset| OffsetGap { topic: topic.to_string(), partition, kind, from_offset, to_offset };
     if found.high < expected.committed_next {
         Some(gap(GapKind::Shrunk, found.high, expected.committed_next))
     } else if found.low > expected.read_from {
@@ -528,7 +542,13 @@ pub fn check_offsets(kafka: &KafkaConfig, restore: &Restore, allow_gap: bool) ->
         let found = watermarks(kafka, &consumer, *partition, expected)?;
         let Some(gap) = judge_offsets(topic, *partition, expected, found) else { continue };
         if allow_gap {
-            tracing::warn!(topic, partition, from = found.low, "{}; reading on (--allow-offset-gap)", describe(&gap, expected, found));
+            tracing::warn!(
+                topic,
+                partition,
+                from = found.low,
+                "{}; reading on (--allow-offset-gap)",
+                describe(&gap, expected, found)
+            );
             *restored = carry_on(*restored, gap.kind, found.low);
             gaps.push(gap);
         } else {
@@ -594,7 +614,16 @@ mod tests {
         let (expected, found) = (Expected { read_from: 40, committed_next: 100 }, Watermarks { low: 0, high: 30 });
         let gap = judge_offsets("clicks", 3, expected, found).unwrap();
         let text = describe(&gap, expected, found);
-        for part in ["`clicks`", "partition 3", "expected offset 40", "consumed up to 100", "earliest offset is 0", "latest 30", "30..100", "shrunk"] {
+        for part in [
+            "`clicks`",
+            "partition 3",
+            "expected offset 40",
+            "consumed up to 100",
+            "earliest offset is 0",
+            "latest 30",
+            "30..100",
+            "shrunk",
+        ] {
             assert!(text.contains(part), "{part} missing in: {text}");
         }
     }

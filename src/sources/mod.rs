@@ -59,14 +59,16 @@ pub trait Source: Sized {
     /// Opens `share` of the source; each partition in `resume` starts at that position (the
     /// first record to read again), the others at their beginning.
     fn open(options: &Self::Options, share: Share, resume: &BTreeMap<u32, Self::Position>) -> Result<Self>;
-    /// Every partition of the source, over all readers (a job's watermark is their minimum), as
-    /// far as this reader knows: a source whose partitions grow (a Kafka topic) may list more
-    /// on a later call. The job decides when every reader starts reading them
-    /// ([`Source::add_partitions`]).
+    /// Every partition of the source, over all readers (a job's watermark is their minimum).
     fn partitions(&self) -> Vec<u32>;
+    /// Partitions the source has gained beyond [`Source::partitions`], as far as this reader has
+    /// seen (reader 0 of a Kafka topic watches for them); none for sources that never grow. The
+    /// job decides when every reader takes them up ([`Source::add_partitions`]).
+    fn found_partitions(&self) -> Vec<u32> {
+        Vec::new()
+    }
     /// Starts reading `partitions` (new partitions of the source, from their beginning), those
-    /// of this reader's share; all readers are told in the same round. Sources whose partitions
-    /// never change have none to add.
+    /// of this reader's share; all readers are told in the same round.
     fn add_partitions(&mut self, _partitions: &[u32]) -> Result<()> {
         Ok(())
     }

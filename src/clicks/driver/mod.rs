@@ -234,7 +234,7 @@ impl Driver {
             let asked = self.asker.as_mut().is_some_and(|asker| asker.take()) || self.unticked;
             let mut report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
             if let Some(decisions) = report.decisions.as_mut() {
-                decisions.added = self.unknown_partitions(&source.partitions());
+                decisions.added = self.unknown_partitions(&source.found_partitions());
             }
             let reports = self.exchange(worker, report, dataflow)?;
             if let Some(checkpointer) = checkpointer.as_deref_mut() {
@@ -312,7 +312,7 @@ impl Driver {
         }
     }
 
-    /// Worker 0: the source's partitions the job does not read yet.
+    /// Worker 0: the partitions the source found that the job does not read yet.
     fn unknown_partitions(&self, partitions: &[u32]) -> Vec<u32> {
         partitions.iter().copied().filter(|p| !self.partitions.contains_key(p)).collect()
     }
