@@ -69,3 +69,36 @@ pub trait Checkpointer<Event> {
         true
     }
 }
+
+/// How a source partition's offsets failed what the job expected (see
+/// `sources::kafka::judge_offsets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// The earliest offset is above the one the job must read next: records it never read are
+    /// gone (retention, a broker that lost data).
+    Gap,
+    /// The latest offset is below what the job has already consumed: the partition lost records
+    /// it had (a recreated topic, a broker that lost data); its offsets will be reused.
+    Shrunk,
+}
+
+impl GapKind {
+    /// The name stored in `source_gaps.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GapKind::Gap => "gap",
+            GapKind::Shrunk => "shrunk",
+        }
+    }
+}
+
+/// Offsets `[from_offset, to_offset)` of a partition that the job will never read as it
+/// expected: recorded in `source_gaps` when the operator lets the job carry on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsetGap {
+    pub topic: String,
+    pub partition: u32,
+    pub kind: GapKind,
+    pub from_offset: u64,
+    pub to_offset: u64,
+}

@@ -69,6 +69,12 @@ pub struct RunArgs {
     /// transaction being committed.
     #[arg(long, value_name = "BYTES", default_value_t = 256 << 20)]
     pub max_buffered_bytes: u64,
+    /// When records the job expects are gone from a partition (retention, a recreated topic, a
+    /// broker that lost data), record the gap in the `source_gaps` table, log it and read on
+    /// from the partition's earliest offset, counting the records there as new. Without it,
+    /// the job stops with an error naming the topic, partition and offsets.
+    #[arg(long)]
+    pub allow_offset_gap: bool,
 }
 
 /// Everything a worker needs, shared by the threads of a process.
@@ -116,7 +122,7 @@ pub fn run(args: RunArgs) -> Result<()> {
     // Process 0 alone touches the database before the workers start; they all begin from its
     // `Started`, and it holds the job's lock (`_lock`) until the job ends.
     let (started, _lock) = if workers.is_first_process() {
-        let (started, lock) = start_job(&clicks_db, &id, &table_schemas(&spec, &id.topic), &args)?;
+        let (started, lock) = start_job(&clicks_db, &kafka, &id, &table_schemas(&spec, &id.topic), &args)?;
         (Some(started), Some(lock))
     } else {
         (None, None)
@@ -180,6 +186,7 @@ fn check_job_name(job: &str) -> Result<()> {
 /// instance's generation, its checkpoint, and the archive cleaned of files no checkpoint lists.
 fn start_job(
     url: &str,
+    kafka: &KafkaConfig,
     id: &JobIdentity,
     tables: &[(String, crate::sinks::TableSchema)],
     args: &RunArgs,
@@ -195,13 +202,16 @@ fn start_job(
     } else {
         refuse_changed_spec(id, &start.other_specs()?)?;
     }
-    let (started, committed_files, lock) = start.restore(tables)?;
+    let (mut started, committed_files) = start.restore(tables)?;
+    let (restore, gaps) = crate::sources::kafka::check_offsets(kafka, &started.restore, args.allow_offset_gap)?;
+    start.record_gaps(&gaps)?;
+    started.restore = restore;
     let own_archive = super::archive::job_dir(&args.archive, &id.job, &id.topic);
     remove_uncommitted_archive_files(&args.archive, &own_archive, &committed_files)?;
     let restore = &started.restore;
     tracing::info!(job = %id.job, topic = %id.topic, generation = started.generation,
         restored_partitions = restore.partitions.len(), job_time = restore.job_time, "starting");
-    Ok((started, lock))
+    Ok((started, start.into_lock()))
 }
 
 /// Stops a restart whose spec differs from the one the job's committed results were made with.

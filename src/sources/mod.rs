@@ -61,6 +61,17 @@ pub trait Source: Sized {
     fn open(options: &Self::Options, share: Share, resume: &BTreeMap<u32, Self::Position>) -> Result<Self>;
     /// Every partition of the source, over all readers (a job's watermark is their minimum).
     fn partitions(&self) -> Vec<u32>;
+    /// Partitions the source has gained beyond [`Source::partitions`], as far as this reader has
+    /// seen (reader 0 of a Kafka topic watches for them); none for sources that never grow. The
+    /// job decides when every reader takes them up ([`Source::add_partitions`]).
+    fn found_partitions(&self) -> Vec<u32> {
+        Vec::new()
+    }
+    /// Starts reading `partitions` (new partitions of the source, from their beginning), those
+    /// of this reader's share; all readers are told in the same round.
+    fn add_partitions(&mut self, _partitions: &[u32]) -> Result<()> {
+        Ok(())
+    }
     /// This reader's batches for one round, at most one per partition; `None` once the source
     /// has ended for good (a file; a stream never ends).
     fn read_round(&mut self) -> Result<Option<Vec<Batch<Self::Records>>>>;

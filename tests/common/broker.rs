@@ -100,3 +100,33 @@ pub fn bare_consume(kafka: &KafkaConfig, expected: u64, timeout: Duration) -> Re
     }
     Ok((count, started.elapsed().as_secs_f64()))
 }
+
+/// Deletes `topic` (if it exists) and creates it again, empty, with `partitions` partitions (as
+/// an operator recreating a topic would); returns once the metadata shows the new topic.
+pub fn recreate_topic(topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let kafka = kafka_config(topic, partitions);
+    let admin: AdminClient<DefaultClientContext> = client_config(&kafka).create().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in runtime.block_on(admin.delete_topics(&[topic], &options)).unwrap() {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((_, code)) => panic!("cannot delete topic {topic}: {code}"),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while partition_count(admin.inner(), topic).unwrap().is_some() {
+        assert!(Instant::now() < deadline, "topic {topic} still there after deleting it");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for result in runtime.block_on(admin.create_topics([&new_topic], &options)).unwrap() {
+        result.unwrap_or_else(|(_, code)| panic!("cannot create topic {topic}: {code}"));
+    }
+    while partition_count(admin.inner(), topic).unwrap() != Some(partitions) {
+        assert!(Instant::now() < deadline, "topic {topic} not recreated with {partitions} partitions");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -233,7 +233,10 @@ impl Driver {
             let parsed: Vec<ParsedBatch> = batches.iter().map(|b| parse_batch(format, b)).collect();
             let ready = checkpointer.as_deref_mut().is_none_or(|c| c.ready(self.held_bytes()));
             let asked = self.asker.as_mut().is_some_and(|asker| asker.take()) || self.unticked;
-            let report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
+            let mut report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
+            if let Some(decisions) = report.decisions.as_mut() {
+                decisions.added = self.unknown_partitions(&source.found_partitions());
+            }
             let reports = self.exchange(worker, report, dataflow)?;
             self.note_held(&reports);
             if let Some(checkpointer) = checkpointer.as_deref_mut() {
@@ -247,6 +250,9 @@ impl Driver {
                 });
             }
             let decisions = reports.iter().find_map(|r| r.decisions.clone()).unwrap_or_default();
+            if !decisions.added.is_empty() {
+                self.add_partitions(&decisions.added, source)?;
+            }
             for (batch, parsed) in batches.iter().zip(parsed) {
                 let (max_before, lines_before) = self.before(batch, &reports);
                 self.feed(batch, parsed, max_before, lines_before, dataflow);
@@ -307,6 +313,28 @@ impl Driver {
             checkpoint: std::mem::take(&mut self.checkpoint_parts),
             raw_bytes: self.raw_bytes(),
         }
+    }
+
+    /// Worker 0: the partitions the source found that the job does not read yet.
+    fn unknown_partitions(&self, partitions: &[u32]) -> Vec<u32> {
+        partitions.iter().copied().filter(|p| !self.partitions.contains_key(p)).collect()
+    }
+
+    /// Every worker, in the round worker 0 found them: new partitions join the job's watermark
+    /// (holding it back, like any partition, until their first record or the idle timeout) and
+    /// their readers start reading them from their beginning.
+    fn add_partitions<S: LineSource>(&mut self, added: &[u32], source: &mut S) -> Result<()> {
+        let now = Instant::now();
+        for partition in added {
+            self.partitions.entry(*partition).or_default();
+            if let Some(leader) = self.leader.as_mut() {
+                leader.last_record.entry(*partition).or_insert(now);
+            }
+        }
+        if self.leader.is_some() {
+            tracing::info!(partitions = ?added, "the source has new partitions");
+        }
+        source.add_partitions(added)
     }
 
     /// Worker 0, at the barrier after a cut: commits the checkpoint whose parts came with the

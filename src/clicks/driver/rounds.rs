@@ -37,6 +37,9 @@ pub struct Decisions {
     /// Worker 0 enters questions in this round: every worker moves the input on by a
     /// sub-tick afterwards, so that the frontier passes their time.
     pub questions: bool,
+    /// Partitions the source has grown (worker 0's source saw them): every worker adds them to
+    /// the job's partitions in this round, and their readers start reading them.
+    pub added: Vec<u32>,
 }
 
 /// A worker's report for a round. The counts are this worker's totals through the previous
@@ -92,7 +95,7 @@ impl Driver {
             .map(|(p, _)| *p)
             .collect();
         let drain = policy.drain_when_idle.is_some_and(|quiet| now - leader.last_any_record >= quiet);
-        Some(Decisions { checkpoint, drain, idle, questions })
+        Some(Decisions { checkpoint, drain, idle, questions, added: Vec::new() })
     }
 
     /// Worker 0: notes the raw events all workers hold, from a round's reports.

@@ -29,6 +29,16 @@ CREATE TABLE IF NOT EXISTS public.raw_archive (
     PRIMARY KEY (job, topic, partition, first_offset));
 ";
 
+/// Offsets of a partition the job was allowed to skip (`--allow-offset-gap`), one row per gap:
+/// found again after a crash, a gap adds nothing.
+pub(super) const SOURCE_GAPS: &str = "
+CREATE TABLE IF NOT EXISTS public.source_gaps (
+    job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+    from_offset bigint NOT NULL, to_offset bigint NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('gap', 'shrunk')), detected_at timestamptz NOT NULL,
+    PRIMARY KEY (job, topic, partition, from_offset, to_offset, kind));
+";
+
 /// Writes checkpoint `number` of `id`'s job on its topic: every partition's offsets and archived
 /// files, then the checkpoint itself with the spec it was made with.
 pub(super) fn write(
@@ -130,7 +140,7 @@ pub(super) fn other_specs(client: &mut Client, job: &str, spec: &SpecStamp) -> R
 /// Forgets everything `job` committed, on every topic: offsets, checkpoints, archive listings
 /// (the result tables are dropped by the caller, in the same transaction).
 pub(super) fn forget(tx: &mut postgres::Transaction<'_>, job: &str) -> Result<()> {
-    for table in ["source_offsets", "job_checkpoints", "raw_archive"] {
+    for table in ["source_offsets", "job_checkpoints", "raw_archive", "source_gaps"] {
         tx.execute(&format!("DELETE FROM public.{table} WHERE job = $1"), &[&job])?;
     }
     Ok(())

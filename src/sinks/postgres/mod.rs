@@ -38,7 +38,7 @@ pub use self::fence::{Fenced, JobLock};
 use self::tables::TableRows;
 pub use self::tables::{TEMP_TABLE_PREFIX, create_table_sql};
 use super::{Rows, Sink, TableSchema};
-use crate::checkpoint::{Checkpoint, Restore};
+use crate::checkpoint::{Checkpoint, OffsetGap, Restore};
 
 /// The memory a buffered value costs, about (the row's values and their share of its vector).
 const BYTES_PER_VALUE: u64 = 32;
@@ -86,6 +86,7 @@ impl JobStart {
         let mut client = commit::connect(url, &id.job)?;
         ddl(&mut client, |tx| {
             tx.batch_execute(checkpoint::JOB_TABLES)?;
+            tx.batch_execute(checkpoint::SOURCE_GAPS)?;
             tx.batch_execute(fence::INSTANCE_TABLE)?;
             Ok(())
         })
@@ -111,8 +112,8 @@ impl JobStart {
 
     /// Creates the job's schema and result tables (one per `(name, schema)`), makes this the
     /// job's newest instance and reads its last checkpoint on the topic. Also returns every
-    /// archive file a committed checkpoint lists (relative to the archive root), and the lock.
-    pub fn restore(mut self, tables: &[(String, TableSchema)]) -> Result<(Started, Vec<String>, JobLock)> {
+    /// archive file a committed checkpoint lists (relative to the archive root).
+    pub fn restore(&mut self, tables: &[(String, TableSchema)]) -> Result<(Started, Vec<String>)> {
         let job = self.id.job.clone();
         ddl(&mut self.client, |tx| {
             tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", tables::ident(&job)))?;
@@ -124,7 +125,33 @@ impl JobStart {
         let generation = fence::next_generation(&mut self.client, &job)?;
         let (restore, checkpoints) = checkpoint::restore(&mut self.client, &job, &self.id.topic)?.unwrap_or_default();
         let files = checkpoint::archived_files(&mut self.client, &job, &self.id.topic)?;
-        Ok((Started { restore, generation, checkpoints }, files, self.lock))
+        Ok((Started { restore, generation, checkpoints }, files))
+    }
+
+    /// Records offset gaps the job reads on past (`source_gaps`), each once however often it is
+    /// found (a crash before the next checkpoint finds it again).
+    pub fn record_gaps(&mut self, gaps: &[OffsetGap]) -> Result<()> {
+        let mut tx = self.client.transaction()?;
+        for gap in gaps {
+            tx.execute(
+                "INSERT INTO public.source_gaps (job, topic, partition, from_offset, to_offset, kind, detected_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
+                &[
+                    &self.id.job,
+                    &gap.topic,
+                    &(gap.partition as i32),
+                    &(gap.from_offset as i64),
+                    &(gap.to_offset as i64),
+                    &gap.kind.as_str(),
+                ],
+            )?;
+        }
+        tx.commit().context("cannot record the offset gaps in source_gaps")
+    }
+
+    /// The job's lock, held for as long as the job runs.
+    pub fn into_lock(self) -> JobLock {
+        self.lock
     }
 }
 
