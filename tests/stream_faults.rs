@@ -186,7 +186,7 @@ fn a_foreign_producers_spelling_gives_the_plain_spellings_tables() {
 
     // The rows name their topic (late_clicks, source_offsets): the two jobs read two topics.
     let without_topic = |job: &Job| {
-        let mut tables = dump_tables(&job);
+        let mut tables = dump_tables(job);
         for rows in tables.values_mut() {
             for row in rows.iter_mut() {
                 row.retain(|cell| *cell != job.topic && *cell != job.name);

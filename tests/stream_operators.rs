@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use stream::{Job, dump_tables, fresh_database, generate, produce, replay_csv};
 
-const RESULTS: [&str; 5] = ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"];
+const RESULTS: [&str; 5] =
+    ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"];
 
 /// The job's tables equal `replay` of `events` (late clicks and rejected lines compared on the
 /// event's fields and the raw text: Kafka adds where they came from).
@@ -69,8 +70,12 @@ fn launched_clusters_start_on_a_fresh_database_and_equal_replay() {
         20_000,
         &["--rate", "100", "--late-fraction", "0.01", "--malformed-fraction", "0.01"],
     );
-    let ordered =
-        generate(dir.path(), "ordered.jsonl", 40_000, &["--rate", "200", "--late-fraction", "0", "--max-disorder-ms", "0"]);
+    let ordered = generate(
+        dir.path(),
+        "ordered.jsonl",
+        40_000,
+        &["--rate", "200", "--late-fraction", "0", "--max-disorder-ms", "0"],
+    );
     for (events, partitions) in [(&exact, 1), (&ordered, 8)] {
         for (processes, threads) in [(2, 1), (2, 2), (2, 1), (2, 2)] {
             let name = format!("p{partitions}c{processes}x{threads}r{}", next_suffix());
