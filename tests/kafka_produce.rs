@@ -218,7 +218,10 @@ fn an_existing_topic_with_another_partition_count_is_an_error_naming_both() {
     let output = produce(&config, &["--events", "10"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains(&topic) && stderr.contains("has 3 partitions") && stderr.contains("is 5"), "{stderr}");
+    assert!(
+        stderr.contains(&topic) && stderr.contains("has 3 partitions") && stderr.contains("partitions = 5"),
+        "{stderr}"
+    );
 }
 
 /// Throughput of `produce` and of a bare consumer on this broker; prints the figures.
