@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value as Json, json};
-use stream::{BIN, Job, fresh_database, generate, produce};
+use stream::{BIN, Job, free_port, fresh_database, generate, produce};
 
 /// The generator's first event time, 2026-01-01T00:00:00Z.
 const T0: u64 = 1_767_225_600_000;
@@ -79,11 +79,10 @@ fn reconcile(job: &Job, from: u64, to: u64, args: &[&str]) -> Outcome {
 
 /// The same through `clickstay launch`, on 2 processes of 2 threads.
 fn reconcile_on_two_processes(job: &Job, from: u64, to: u64) -> Outcome {
-    let port = 20_000 + (std::process::id() % 20_000) as u16;
     let cluster = job.dir.join(format!("{}-cluster.toml", job.name));
     let text = std::fs::read_to_string(&job.config).unwrap();
-    let processes =
-        format!("[cluster]\nprocesses = [\"127.0.0.1:{port}\", \"127.0.0.1:{}\"]\nthreads = 2\n\n", port + 1);
+    let (a, b) = (free_port(), free_port());
+    let processes = format!("[cluster]\nprocesses = [\"127.0.0.1:{a}\", \"127.0.0.1:{b}\"]\nthreads = 2\n\n");
     std::fs::write(&cluster, processes + &text).unwrap();
     let mut command = Command::new(BIN);
     command.arg("launch").arg("--config").arg(&cluster).arg("--").arg("reconcile");

@@ -236,9 +236,20 @@ impl Job {
     }
 }
 
-/// A TCP port free right now on 127.0.0.1.
+/// A TCP port free right now on 127.0.0.1, for a cluster process to listen on. Taken below the
+/// kernel's ephemeral range (32768 and up), where the tests' own client connections (to
+/// PostgreSQL, the broker) would otherwise take it between this check and the listen; ports
+/// are spread by process id and handed out once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    loop {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+        let port = (20_000 + (std::process::id() * 97 + offset) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A fresh database on the test server (created on a throwaway runtime: these tests are sync).
