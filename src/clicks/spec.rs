@@ -386,10 +386,19 @@ fn duration(what: &str, text: &str) -> Result<u64, String> {
     Ok(ms)
 }
 
-/// The spec's `name`: the default `--job`, which names the job in the database and in archive
-/// paths, so it must be a plain file name and a PostgreSQL identifier.
-fn job_name(name: &str) -> Result<(), String> {
-    plain_file_name(name).and_then(|()| identifier(name, POSTGRES_IDENTIFIER_BYTES)).map_err(|e| format!("name: {e}"))
+/// A job's name (`--job`, by default the spec's `name`): it names the job's schema in the
+/// database and its directory in the archive (`job=J`), so it must be a plain file name and a
+/// PostgreSQL identifier, of letters, digits, `_` and `-` only, and neither `public` nor a
+/// `pg_` name (schemas PostgreSQL keeps for itself).
+pub fn job_name(name: &str) -> Result<(), String> {
+    plain_file_name(name).and_then(|()| identifier(name, POSTGRES_IDENTIFIER_BYTES))?;
+    let plain = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !plain || name == "public" || name.starts_with("pg_") {
+        return Err(format!(
+            "`{name}` must be letters, digits, `_` or `-`, and neither `public` nor starting with `pg_`"
+        ));
+    }
+    Ok(())
 }
 
 /// A name that lands in one directory (`--out`, the archive) and nowhere else: one plain
@@ -431,7 +440,7 @@ fn table_name(table: &str) -> Result<(), String> {
 /// The model of a raw spec, checked in this order: time, each node, inputs, dependency order,
 /// sinks; the first problem is the error.
 fn compile(raw: RawSpec, path: &Path) -> Result<DataflowSpec, String> {
-    job_name(&raw.name)?;
+    job_name(&raw.name).map_err(|e| format!("name: {e}"))?;
     let time = time_spec(&raw.time)?;
     let (source, nodes) = compile_nodes(&raw.nodes, &time)?;
     check_inputs(&nodes, &source, &raw.nodes)?;
@@ -888,6 +897,10 @@ mod tests {
         assert_error(&named("../jobs"), "name:", &["must be a plain file name"]);
         assert_error(&named(""), "name:", &["must be a plain file name"]);
         assert_error(&named(&"j".repeat(64)), "name:", &["64 bytes long, more than the 63 allowed"]);
+        for odd in ["ad clicks", "ad.clicks", "public", "pg_clicks"] {
+            assert_error(&named(odd), "name:", &["must be letters, digits, `_` or `-`"]);
+        }
+        assert!(job_name("ad_clicks-2").is_ok());
     }
 
     #[test]
