@@ -52,9 +52,14 @@ fn file_name(first: i64, next: i64) -> String {
     format!("{first:020}-{next:020}.parquet")
 }
 
+/// The directory of everything `job` archived under the archive root `archive`.
+pub fn job_root(archive: &Path, job: &str) -> PathBuf {
+    archive.join(format!("job={job}"))
+}
+
 /// The directory of `job`'s archive of `topic` under the archive root `archive`.
 pub fn job_dir(archive: &Path, job: &str, topic: &str) -> PathBuf {
-    archive.join(format!("job={job}")).join(format!("topic={topic}"))
+    job_root(archive, job).join(format!("topic={topic}"))
 }
 
 /// The `hour=…` directory of the hour starting at `hour * MS_PER_HOUR`.

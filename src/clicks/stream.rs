@@ -104,7 +104,8 @@ pub fn run(args: RunArgs) -> Result<()> {
     let clicks_db = config.clicks_db()?.to_string();
     let workers = Workers::from_args(&args.workers)?;
     let job = args.job.clone().unwrap_or_else(|| spec.name.clone());
-    check_job_name(&job)?;
+    crate::clicks::spec::job_name(&job)
+        .map_err(|e| anyhow::anyhow!("--job (default: the spec's name): {e}; it names the job's schema and archive"))?;
     let seconds = |what: &str, s: f64| -> Result<Duration> {
         Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("--{what}: `{s}` is not a number of seconds"))
     };
@@ -168,19 +169,6 @@ fn check_askable(spec: &DataflowSpec) -> Result<()> {
     Ok(())
 }
 
-/// Job names become a schema and a directory name: plain, and at most 63 bytes (Postgres's
-/// identifier limit).
-fn check_job_name(job: &str) -> Result<()> {
-    let plain = job.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if job.is_empty() || job.len() > 63 || !plain || job == "public" || job.starts_with("pg_") {
-        anyhow::bail!(
-            "--job `{job}` (default: the spec's name): a job name is 1 to 63 letters, digits, `_` or `-`, \
-             not `public` nor starting with `pg_` (it names the job's schema and archive directory)"
-        );
-    }
-    Ok(())
-}
-
 /// Process 0's start of the job: its tables, its lock (or the message naming the holder), the
 /// check that the spec is the one its results were made with (or `--reset-results`), this
 /// instance's generation, its checkpoint, and the archive cleaned of files no checkpoint lists.
@@ -192,7 +180,7 @@ fn start_job(
     args: &RunArgs,
 ) -> Result<(Started, JobLock)> {
     let mut start = JobStart::connect(url, id)?;
-    let job_archive = args.archive.join(format!("job={}", id.job));
+    let job_archive = super::archive::job_root(&args.archive, &id.job);
     if args.reset_results {
         start.reset_results()?;
         if job_archive.exists() {

@@ -6,8 +6,8 @@
 //! still carries its own ([`check_generation`]): the commit of a zombie, an instance another
 //! has replaced, fails with [`Fenced`] instead of landing.
 
-use anyhow::{Context, Result, bail};
-use postgres::{Client, NoTls};
+use anyhow::{Result, bail};
+use postgres::Client;
 
 /// The job's instances: the generation of the latest, which every checkpoint checks.
 pub(super) const INSTANCE_TABLE: &str = "
@@ -35,7 +35,7 @@ const LOCK_KEY: &str = "hashtextextended('clickstay job:' || $1, 0)";
 
 /// Takes the lock of `job` on a connection of its own, or says who holds it.
 pub(super) fn lock_job(url: &str, job: &str) -> Result<JobLock> {
-    let mut client = Client::connect(url, NoTls).context("cannot connect to take the job's lock")?;
+    let mut client = super::commit::connect(url, job)?;
     let holder = format!("clickstay run job={job} host={} pid={}", hostname(), std::process::id());
     client.execute("SELECT set_config('application_name', $1, false)", &[&holder])?;
     let taken: bool = client.query_one(&format!("SELECT pg_try_advisory_lock({LOCK_KEY})"), &[&job])?.get(0);

@@ -82,8 +82,8 @@ impl JobStart {
     /// Connects, creates the job's own tables (under a lock, so that any number of processes
     /// and jobs may start at once) and takes the job's lock, or says who holds it.
     pub fn connect(url: &str, id: &JobIdentity) -> Result<Self> {
-        let lock = fence::lock_job(url, &id.job)?;
         let mut client = commit::connect(url, &id.job)?;
+        let lock = fence::lock_job(url, &id.job)?;
         ddl(&mut client, |tx| {
             tx.batch_execute(checkpoint::JOB_TABLES)?;
             tx.batch_execute(checkpoint::SOURCE_GAPS)?;
