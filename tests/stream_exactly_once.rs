@@ -15,7 +15,7 @@ mod stream;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use stream::{Job, dump_tables, fresh_database, generate, produce, replay_csv};
+use stream::{Job, assert_equals_replay, dump_tables, fresh_database, generate, produce};
 
 #[test]
 fn one_partition_run_equals_replay() {
@@ -30,27 +30,9 @@ fn one_partition_run_equals_replay() {
     produce(&job, &events);
     job.run_to_end(&[]);
 
-    let replayed = replay_csv(dir.path(), &events);
-    let tables = dump_tables(&job);
-    for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads"] {
-        assert_eq!(tables[table], replayed[table], "{table} differs from replay");
-        assert!(!tables[table].is_empty(), "{table} is empty: the test proves nothing");
-    }
-    // Late clicks: the same events (Kafka adds where they came from: topic, partition, offset).
-    let late_events = |rows: &Vec<Vec<String>>, skip: usize| -> Vec<Vec<String>> {
-        let mut events: Vec<Vec<String>> = rows.iter().map(|r| r[skip..].to_vec()).collect();
-        events.sort();
-        events
-    };
-    assert_eq!(late_events(&tables["late_clicks"], 3), late_events(&replayed["late_clicks"], 0));
+    let tables = assert_equals_replay(&job, &events, "one partition");
     assert!(!tables["late_clicks"].is_empty());
-    // Rejected: offset + 1 is the line number of a JSON Lines file; same raw text.
-    let rejected: BTreeSet<(u64, String)> =
-        tables["rejected_events"].iter().map(|r| (r[2].parse::<u64>().unwrap() + 1, r[4].clone())).collect();
-    let replay_rejected: BTreeSet<(u64, String)> =
-        replayed["rejected"].iter().map(|r| (r[0].parse().unwrap(), r[2].clone())).collect();
-    assert_eq!(rejected, replay_rejected);
-    assert!(!rejected.is_empty());
+    assert!(!tables["rejected_events"].is_empty());
 }
 
 /// A job started over on tables that already hold its results (its checkpoint deleted, as an

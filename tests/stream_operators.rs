@@ -16,30 +16,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use stream::{Job, dump_tables, fresh_database, generate, produce, replay_csv};
+use stream::{Job, assert_equals_replay, dump_tables, fresh_database, generate, produce};
 
 const RESULTS: [&str; 5] =
     ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"];
-
-/// The job's tables equal `replay` of `events` (late clicks and rejected lines compared on the
-/// event's fields and the raw text: Kafka adds where they came from).
-fn assert_equals_replay(job: &Job, events: &std::path::Path, what: &str) {
-    let replayed = replay_csv(&job.dir.join(format!("replay-{}", job.name)), events);
-    let tables = dump_tables(job);
-    for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads"] {
-        assert!(!tables[table].is_empty(), "{what}: {table} is empty: the test proves nothing");
-        assert_eq!(tables[table], replayed[table], "{what}: {table} differs from replay");
-    }
-    let late = |rows: &Vec<Vec<String>>, skip: usize| -> Vec<Vec<String>> {
-        let mut events: Vec<Vec<String>> = rows.iter().map(|r| r[skip..].to_vec()).collect();
-        events.sort();
-        events
-    };
-    assert_eq!(late(&tables["late_clicks"], 3), late(&replayed["late_clicks"], 0), "{what}: late_clicks");
-    let rejected: BTreeSet<String> = tables["rejected_events"].iter().map(|r| r[4].clone()).collect();
-    let replay_rejected: BTreeSet<String> = replayed["rejected"].iter().map(|r| r[2].clone()).collect();
-    assert_eq!(rejected, replay_rejected, "{what}: rejected_events");
-}
 
 /// Runs `command` (a launcher leading its process group) to its end, failing after 3 minutes
 /// rather than hanging the suite.

@@ -129,7 +129,7 @@ impl Job {
 
     /// The job's own archive directory (jobs may share `--archive`).
     pub fn own_archive(&self) -> PathBuf {
-        self.archive.join(format!("job={}", self.name))
+        clickstay::clicks::archive::job_root(&self.archive, &self.name)
     }
 
     /// Runs the job until it drains and exits successfully; its log.
@@ -291,6 +291,31 @@ pub fn replay_csv(dir: &Path, events: &Path) -> BTreeMap<String, Vec<Vec<String>
         let rows = reader.records().map(|r| r.unwrap().iter().map(String::from).collect()).collect();
         tables.insert(table.to_string(), rows);
     }
+    tables
+}
+
+/// Checks that `job`'s tables equal `replay` of `events` (`what` names the case in failures)
+/// and returns them: the count tables row for row (none may be empty), late clicks on the
+/// event's fields (Kafka adds topic, partition and offset), rejected lines by line number and
+/// raw text (offset + 1 is the line number of a JSON Lines file on a 1-partition topic).
+pub fn assert_equals_replay(job: &Job, events: &Path, what: &str) -> BTreeMap<String, Vec<Vec<String>>> {
+    let replayed = replay_csv(&job.dir.join(format!("replay-{}", job.name)), events);
+    let tables = dump_tables(job);
+    for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads"] {
+        assert!(!tables[table].is_empty(), "{what}: {table} is empty: the test proves nothing");
+        assert_eq!(tables[table], replayed[table], "{what}: {table} differs from replay");
+    }
+    let late_events = |rows: &Vec<Vec<String>>, skip: usize| -> Vec<Vec<String>> {
+        let mut events: Vec<Vec<String>> = rows.iter().map(|r| r[skip..].to_vec()).collect();
+        events.sort();
+        events
+    };
+    assert_eq!(late_events(&tables["late_clicks"], 3), late_events(&replayed["late_clicks"], 0), "{what}: late_clicks");
+    let rejected: std::collections::BTreeSet<(u64, String)> =
+        tables["rejected_events"].iter().map(|r| (r[2].parse::<u64>().unwrap() + 1, r[4].clone())).collect();
+    let replay_rejected: std::collections::BTreeSet<(u64, String)> =
+        replayed["rejected"].iter().map(|r| (r[0].parse().unwrap(), r[2].clone())).collect();
+    assert_eq!(rejected, replay_rejected, "{what}: rejected_events");
     tables
 }
 
