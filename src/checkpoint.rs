@@ -20,6 +20,8 @@ pub struct ArchivedRange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionCheckpoint {
     pub partition: u32,
+    /// The partition's incarnation (see [`RestoredPartition::incarnation`]).
+    pub incarnation: u32,
     /// Everything before this offset is in the committed tables.
     pub next_offset: u64,
     /// Where a restart re-reads from: the first record of the oldest pane not yet final.
@@ -50,13 +52,38 @@ pub struct RestoredPartition {
     pub committed_next: u64,
     pub restart_offset: u64,
     pub restart_max_ts: Option<u64>,
+    /// How often the partition lost records the job had consumed and was read anew from its
+    /// earliest offset (a recreated topic, with `--allow-offset-gap`): its offsets repeat, so
+    /// the rows and archive files of its records are keyed by partition, incarnation and offset.
+    #[serde(default)]
+    pub incarnation: u32,
+}
+
+impl Restore {
+    /// The incarnation `partition` is read in: 0 unless it lost records (and for new ones).
+    pub fn incarnation(&self, partition: u32) -> u32 {
+        self.partitions.get(&partition).map_or(0, |p| p.incarnation)
+    }
+
+    /// Every partition's incarnation other than 0.
+    pub fn incarnations(&self) -> BTreeMap<u32, u32> {
+        self.partitions.iter().filter(|(_, p)| p.incarnation > 0).map(|(k, p)| (*k, p.incarnation)).collect()
+    }
 }
 
 /// What a streaming job does at checkpoints (replay has none).
 pub trait Checkpointer<Event> {
     /// On every worker, per partition it reads: keeps the valid events of offsets
-    /// `[first, next)` durably (the raw archive) and returns the files written.
-    fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, Event)]) -> Result<Vec<String>>;
+    /// `[first, next)` of the partition's `incarnation` durably (the raw archive) and returns
+    /// the files written.
+    fn archive(
+        &mut self,
+        partition: u32,
+        incarnation: u32,
+        first: u64,
+        next: u64,
+        events: &[(u64, Event)],
+    ) -> Result<Vec<String>>;
     /// On worker 0: commits the sinks' buffered rows and the checkpoint in one transaction.
     fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()>;
     /// On worker 0: whether a checkpoint now would not wait for the previous one to commit.

@@ -91,9 +91,10 @@ pub struct LaunchArgs {
     pub command: Vec<String>,
 }
 
-/// Starts one process per local address of the cluster, each as `clickstay COMMAND --config
-/// FILE --process I`, and waits for all; if one fails, the others are stopped.
-pub fn launch(args: &LaunchArgs) -> Result<()> {
+/// Starts one process per local address of the cluster, each as `clickstay --log-format
+/// LOG_FORMAT COMMAND --config FILE --process I`, and waits for all; if one fails, the others
+/// are stopped.
+pub fn launch(args: &LaunchArgs, log_format: &str) -> Result<()> {
     let config = WorkersConfig::load(&args.config)?;
     let cluster = config.cluster()?;
     let exe = std::env::current_exe().context("cannot find the clickstay executable")?;
@@ -108,6 +109,7 @@ pub fn launch(args: &LaunchArgs) -> Result<()> {
             continue;
         }
         let child = Command::new(&exe)
+            .args(["--log-format", log_format])
             .args(&args.command)
             .arg("--config")
             .arg(&args.config)

@@ -22,7 +22,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -64,13 +64,13 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    if let Err(error) = run(cli.command) {
+    if let Err(error) = run(cli.command, cli.log_format) {
         tracing::error!("{}", clickstay::pg_error::report(&error));
         std::process::exit(1);
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, log_format: LogFormat) -> Result<()> {
     match command {
         Command::Gen(args) => clickstay::clicks::generate::run(&args),
         Command::Replay(args) => clickstay::clicks::replay::run(args),
@@ -83,7 +83,11 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
-        Command::Launch(args) => clickstay::cluster::launch(&args),
+        // The processes log as the launcher does.
+        Command::Launch(args) => {
+            let format = if log_format == LogFormat::Json { "json" } else { "text" };
+            clickstay::cluster::launch(&args, format)
+        }
         Command::Rooms(command) => clickstay::rooms::cli::run(command),
     }
 }

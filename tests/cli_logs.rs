@@ -6,7 +6,8 @@ use std::process::Command;
 const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
 
 /// `clickstay launch` of a replay of a small file on a one-process cluster (launch logs each
-/// process it starts), with `log_args` given to both launch and the job; its stderr, piped.
+/// process it starts), with `log_args` given to launch only (its processes log as it does); its
+/// stderr, piped.
 fn quick_launch(log_args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let events = dir.path().join("events.csv");
@@ -26,7 +27,6 @@ fn quick_launch(log_args: &[&str]) -> String {
         .arg(&events)
         .arg("--out")
         .arg(dir.path().join("out"))
-        .args(log_args)
         .env("RUST_LOG", "info")
         .output()
         .unwrap();
@@ -56,16 +56,34 @@ fn the_json_log_is_one_object_a_line_with_level_and_message() {
     assert!(lines > 0, "nothing was logged: the test proves nothing");
 }
 
-#[test]
-fn a_failure_is_logged_as_json_too() {
-    let output = Command::new(BIN)
-        .args(["--log-format", "json", "replay", "--dataflow", "/nonexistent.toml", "--input", "/nonexistent.csv"])
-        .args(["--out", "/tmp/unused"])
-        .output()
-        .unwrap();
+/// The failing job's error, as the last JSON line of `command` with `--log-format json`.
+fn json_error(mut command: Command) -> serde_json::Value {
+    let output = command.output().unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8(output.stderr).unwrap();
-    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
-    assert_eq!(last["level"], "ERROR", "{stderr}");
-    assert!(last["message"].as_str().unwrap().contains("nonexistent"), "{stderr}");
+    for line in stderr.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        if value["level"] == "ERROR" && value["message"].as_str().unwrap().contains("nonexistent") {
+            return value;
+        }
+    }
+    panic!("no error naming the missing file:\n{stderr}");
+}
+
+#[test]
+fn a_failure_is_logged_as_json_too() {
+    let replay = ["replay", "--dataflow", "/nonexistent.toml", "--input", "/nonexistent.csv", "--out", "/tmp/unused"];
+    let mut alone = Command::new(BIN);
+    alone.args(["--log-format", "json"]).args(replay);
+    json_error(alone);
+    // Through `launch`, the process it starts logs in JSON too.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.path().join("workers.toml");
+    std::fs::write(&config, format!("[cluster]\nprocesses = [\"127.0.0.1:{port}\"]\nthreads = 1\n")).unwrap();
+    let mut launched = Command::new(BIN);
+    launched.args(["--log-format", "json", "launch", "--config"]).arg(&config).arg("--").args(replay);
+    let error = json_error(launched);
+    assert_ne!(error["target"], "clickstay::cluster", "the launcher's error, not its process's: {error}");
 }

@@ -129,11 +129,20 @@ fn foreign_spelling(event: &ClickEvent, n: usize) -> String {
 /// producer settings of `clickstay produce` (so each event lands in the partition the plain
 /// spelling's does, in the same order). The topic must exist.
 fn produce_verbatim(job: &stream::Job, lines: &[(ClickEvent, String)]) {
+    send_lines(job, lines, None);
+}
+
+/// Sends every line of `lines` as is, keyed by the event's `ad_id`: to partition `ad_id %
+/// partitions`, or where the producer's partitioner puts the key.
+fn send_lines(job: &stream::Job, lines: &[(ClickEvent, String)], partitions: Option<u64>) {
     let kafka = broker::kafka_config(&job.topic, job.partitions as i32);
     let producer: BaseProducer = clickstay::clicks::produce::producer_config(&kafka).create().unwrap();
     for (event, line) in lines {
         let key = event.ad_id.to_string();
         let mut record = BaseRecord::to(&job.topic).key(&key).payload(line);
+        if let Some(partitions) = partitions {
+            record = record.partition((event.ad_id % partitions) as i32);
+        }
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -150,6 +159,13 @@ fn produce_verbatim(job: &stream::Job, lines: &[(ClickEvent, String)]) {
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+/// The events of a JSON Lines file of valid events, with their lines.
+fn plain_lines(events: &Path) -> Vec<(ClickEvent, String)> {
+    let text = std::fs::read_to_string(events).unwrap();
+    let parse = |line: &str| event::parse_json(line.as_bytes(), line.len()).expect("gen writes valid events");
+    text.lines().map(|line| (parse(line), line.to_string())).collect()
 }
 
 /// The events of a JSON Lines file of valid events, with their foreign spelling.
@@ -339,16 +355,18 @@ const COUNT_TABLES: [&str; 3] = ["ad_click_counts", "ad_click_counts_by_country"
 
 /// A topic deleted and recreated under a job's checkpoint, with fewer new events than the job
 /// had consumed: the restart stops, naming topic, partition and offsets. With
-/// `--allow-offset-gap` it records the gap once and counts the new events: the tables hold the
-/// old events' results (all final: the first run drained) plus exactly what replay gives for
-/// the new ones (a day later, so no window holds both).
+/// `--allow-offset-gap` it records the gap once and counts the new events in the partition's
+/// next incarnation: the tables hold the old events' results (all final: the first run drained)
+/// plus exactly what replay gives for the new ones (a day later, so no window holds both). The
+/// new events are the old ones a day later (same seed): their late and rejected records sit on
+/// the very offsets of old ones, and both are kept, as are both incarnations' archives.
 #[test]
 fn recreated_topic_stops_the_job_unless_the_gap_is_allowed() {
     let dir = tempfile::tempdir().unwrap();
-    let in_order = ["--rate", "1000", "--late-fraction", "0"];
-    let old = generate(dir.path(), "old.jsonl", 30_000, &in_order);
+    let options = ["--rate", "1000", "--late-fraction", "0.01", "--malformed-fraction", "0.01"];
+    let old = generate(dir.path(), "old.jsonl", 30_000, &options);
     let day_later = (1_767_225_600_000u64 + 86_400_000).to_string();
-    let new_options = [&in_order[..], &["--seed", "2", "--start-ms", &day_later]].concat();
+    let new_options = [&options[..], &["--start-ms", &day_later]].concat();
     let new = generate(dir.path(), "new.jsonl", 10_000, &new_options);
     let job = Job::new(dir.path(), "recreated", 1, &fresh_database("faults_recreated"));
     produce(&job, &old);
@@ -376,8 +394,9 @@ fn recreated_topic_stops_the_job_unless_the_gap_is_allowed() {
     assert!(allowed.status.success(), "the job failed with --allow-offset-gap:\n{log}");
     let gaps = source_gaps(&job);
     assert_eq!(gaps.len(), 1, "{gaps:?}");
-    let (topic, partition, from, to, kind) = gaps[0].clone();
-    assert_eq!((topic.as_str(), partition, to, kind.as_str()), (job.topic.as_str(), 0, 30_000, "shrunk"));
+    let (topic, partition, from, to, kind, incarnation) = gaps[0].clone();
+    let gap = (topic.as_str(), partition, to, kind.as_str(), incarnation);
+    assert_eq!(gap, (job.topic.as_str(), 0, 30_000, "shrunk", 1));
     assert!(from <= 10_000, "the gap starts past the new end: {from}");
 
     let replayed = replay_csv(dir.path(), &new);
@@ -387,6 +406,27 @@ fn recreated_topic_stops_the_job_unless_the_gap_is_allowed() {
         assert!(!replayed[table].is_empty(), "{table}: replay is empty, the test proves nothing");
         assert_eq!(tables[table], expected, "{table}: not the old results plus replay of the new events");
     }
+    // Late and rejected records: the old incarnation's rows (offsets repeat) beside the new.
+    for (table, replay_table) in [("late_clicks", "late_clicks"), ("rejected_events", "rejected")] {
+        let incarnation = |rows: &[Vec<String>], i: &str| rows.iter().filter(|r| r[2] == i).count();
+        let (old_rows, rows) = (&old_tables[table], &tables[table]);
+        assert!(!replayed[replay_table].is_empty(), "{table}: no new records, the test proves nothing");
+        assert_eq!(incarnation(rows, "0"), old_rows.len(), "{table}: the old incarnation's rows changed");
+        assert_eq!(&rows[..old_rows.len()], &old_rows[..], "{table}: the old incarnation's rows changed");
+        assert_eq!(incarnation(rows, "1"), replayed[replay_table].len(), "{table}: new records lost");
+        let offset = |row: &Vec<String>| row[3].clone();
+        let reused = rows.iter().filter(|r| r[2] == "1" && old_rows.iter().any(|o| offset(o) == offset(r))).count();
+        assert!(reused > 0, "{table}: no new record reuses an old offset, the test proves nothing");
+    }
+    let archived = job.archived_positions();
+    let unique: std::collections::BTreeSet<_> = archived.iter().collect();
+    assert_eq!(unique.len(), archived.len(), "an event is archived twice");
+    let valid = |file: &Path, rejected: usize| std::fs::read_to_string(file).unwrap().lines().count() - rejected;
+    let in_incarnation = |i| archived.iter().filter(|(_, inc, _)| *inc == i).count();
+    assert_eq!(in_incarnation(0), valid(&old, old_tables["rejected_events"].len()), "old archive");
+    assert_eq!(in_incarnation(1), valid(&new, replayed["rejected"].len()), "new archive");
+    // raw_archive lists the new incarnation's ranges from offset 0 beside the old ones.
+    job.check_archive_ranges_contiguous();
     let offsets = &tables["source_offsets"];
     assert_eq!(offsets.len(), 1);
     assert_eq!(offsets[0][3], "10000", "the new events' offsets are not committed");
@@ -435,19 +475,73 @@ fn partitions_beyond_config_and_checkpoint_are_read() {
     assert!(tables["late_clicks"].is_empty(), "in-order events came out late");
 }
 
+/// Partitions added to the topic while the job runs: the job finds them within seconds, reads
+/// them from offset 0 and counts their events. tansu cannot add partitions to a topic, so the
+/// topic has 8 from the start and the job sees 4 until the test adds the others
+/// (`CLICKSTAY_VISIBLE_PARTITIONS_FILE`, applied where the job asks the brokers for the count);
+/// nothing is written to the 4 hidden ones before. In-order data: the tables equal replay.
+#[test]
+fn partitions_added_while_running_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let in_order = ["--rate", "2000", "--max-disorder-ms", "0", "--late-fraction", "0"];
+    let events = generate(dir.path(), "events.jsonl", 40_000, &in_order);
+    let lines = plain_lines(&events);
+    let job = Job::new(dir.path(), "added", 4, &fresh_database("faults_added"));
+    broker::recreate_topic(&job.topic, 8);
+    let visible = dir.path().join("visible-partitions");
+    std::fs::write(&visible, "4").unwrap();
+
+    // Quiet for 8 s: longer than finding the new partitions takes (every 2 s).
+    let mut command = job.command_draining_after(8);
+    command.env("CLICKSTAY_VISIBLE_PARTITIONS_FILE", &visible).env("RUST_LOG", "info");
+    let log_path = dir.path().join("job.log");
+    let child = command.stderr(std::fs::File::create(&log_path).unwrap()).spawn().unwrap();
+    let mut child = KillOnDrop(Some(child));
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}:\n{}", log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let (first, second) = lines.split_at(lines.len() / 2);
+    send_lines(&job, first, Some(4));
+    wait_for("the first half to commit", &|| job.committed_offsets() == first.len() as i64);
+    assert_eq!(partitions_committed(&job), ["0", "1", "2", "3"], "the hidden partitions were read");
+
+    std::fs::remove_file(&visible).unwrap();
+    wait_for("the new partitions to be read", &|| log().contains("reading new partitions from offset 0"));
+    send_lines(&job, second, Some(8));
+    wait_for("the second half to commit", &|| job.committed_offsets() == lines.len() as i64);
+    // Drains (and makes every pane final) once the topic is quiet.
+    let status = child.0.take().unwrap().wait().unwrap();
+    assert!(status.success(), "the job failed:\n{}", log());
+    assert_eq!(partitions_committed(&job), ["0", "1", "2", "3", "4", "5", "6", "7"]);
+
+    let tables = dump_tables(&job);
+    let replayed = replay_csv(dir.path(), &events);
+    for table in COUNT_TABLES {
+        assert!(!tables[table].is_empty(), "{table} is empty: the test proves nothing");
+        assert_eq!(tables[table], replayed[table], "{table} differs from replay");
+    }
+    assert!(tables["late_clicks"].is_empty(), "in-order events came out late");
+}
+
 /// The partitions of the job's committed offsets.
 fn partitions_committed(job: &Job) -> Vec<String> {
     dump_tables(job)["source_offsets"].iter().map(|r| r[2].clone()).collect()
 }
 
-/// The job's `source_gaps` rows: (topic, partition, from, to, kind).
-fn source_gaps(job: &Job) -> Vec<(String, i32, i64, i64, String)> {
+/// The job's `source_gaps` rows: (topic, partition, from, to, kind, incarnation).
+fn source_gaps(job: &Job) -> Vec<(String, i32, i64, i64, String, i32)> {
     let mut client = postgres::Client::connect(&job.db, postgres::NoTls).unwrap();
     let rows = client
         .query(
-            "SELECT topic, partition, from_offset, to_offset, kind FROM source_gaps WHERE job = $1 ORDER BY 2, 3",
+            "SELECT topic, partition, from_offset, to_offset, kind, incarnation FROM source_gaps
+             WHERE job = $1 ORDER BY 2, 3",
             &[&job.name],
         )
         .unwrap();
-    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))).collect()
+    rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect()
 }

@@ -5,7 +5,9 @@
 //! Layout: `ARCHIVE/job=J/topic=T/hour=YYYY-MM-DDTHH/partition=P/<first>-<next>.parquet`, one
 //! file per event-time hour (UTC) of the range `[first, next)` of Kafka partition `P`, under the
 //! job's own directory ([`job_dir`], the `root` of the functions below), so that jobs may share
-//! `--archive`. The `key=value` directory
+//! `--archive`. A partition read anew after it lost records (its incarnation `I` > 0, see
+//! `RestoredPartition::incarnation`) repeats offsets: its files are `<first>-<next>-<I>.parquet`
+//! and their `incarnation` column says `I`. The `key=value` directory
 //! names are Hive partitioning, so `read_parquet('root/**/*.parquet', hive_partitioning=true)`
 //! prunes by hour; offsets are zero-padded to 20 digits so that names sort by offset.
 //!
@@ -36,6 +38,7 @@ message click {
     REQUIRED INT64 user_id (INTEGER(64, false));
     REQUIRED BYTE_ARRAY ip (STRING);
     REQUIRED BYTE_ARRAY country (STRING);
+    REQUIRED INT32 incarnation;
 }";
 
 /// Offsets, times, users and addresses are (nearly) all distinct: a dictionary of them would
@@ -47,9 +50,24 @@ const MS_PER_HOUR: u64 = 3_600_000;
 /// Rows per row group: bounds the memory of one column chunk for very large ranges.
 const ROW_GROUP_ROWS: usize = 1 << 20;
 
-/// The file name of the range `[first, next)`.
-fn file_name(first: i64, next: i64) -> String {
-    format!("{first:020}-{next:020}.parquet")
+/// A partition's offset range `[first, next)` in one of its incarnations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ArchiveRange {
+    pub partition: u32,
+    pub incarnation: u32,
+    pub first: u64,
+    pub next: u64,
+}
+
+impl ArchiveRange {
+    /// The name of the range's files.
+    fn file_name(&self) -> String {
+        let (first, next) = (self.first, self.next);
+        match self.incarnation {
+            0 => format!("{first:020}-{next:020}.parquet"),
+            incarnation => format!("{first:020}-{next:020}-{incarnation}.parquet"),
+        }
+    }
 }
 
 /// The directory of everything `job` archived under the archive root `archive`.
@@ -69,16 +87,14 @@ fn hour_dir(hour: u64) -> String {
     format!("hour={}", start.format("%Y-%m-%dT%H"))
 }
 
-/// Writes the valid events of one partition's offset range `[first, next)` into `root`, one file
-/// per event-time hour: `root/hour=YYYY-MM-DDTHH/partition=P/<first>-<next>.parquet`, each
+/// Writes the valid events of one partition's offset `range` into `root`, one file per
+/// event-time hour: `root/hour=YYYY-MM-DDTHH/partition=P/<first>-<next>.parquet`, each
 /// written to a temporary name, fsynced and renamed (atomic). Returns the paths written, in
 /// hour order. Deterministic: the same input gives the same files. An empty range writes none.
 pub fn write_archive(
     root: &Path,
     topic: &str,
-    partition: i32,
-    first: i64,
-    next: i64,
+    range: ArchiveRange,
     events: &[(u64, ClickEvent)],
 ) -> Result<Vec<PathBuf>> {
     let mut hours: BTreeMap<u64, Vec<&(u64, ClickEvent)>> = BTreeMap::new();
@@ -87,8 +103,8 @@ pub fn write_archive(
     }
     let mut sink = ParquetSink::new(root, SCHEMA, &WITHOUT_DICTIONARY)?;
     for (hour, events) in &hours {
-        let path = Path::new(&hour_dir(*hour)).join(format!("partition={partition}")).join(file_name(first, next));
-        let row_groups = events.chunks(ROW_GROUP_ROWS).map(|chunk| columns(topic, partition, chunk));
+        let path = Path::new(&hour_dir(*hour)).join(format!("partition={}", range.partition)).join(range.file_name());
+        let row_groups = events.chunks(ROW_GROUP_ROWS).map(|chunk| columns(topic, range, chunk));
         sink.write(ParquetFile { path, row_groups: Box::new(row_groups) })?;
     }
     sink.finish()?;
@@ -96,7 +112,7 @@ pub fn write_archive(
 }
 
 /// The columns of one row group, in [`SCHEMA`] order.
-fn columns(topic: &str, partition: i32, chunk: &[&(u64, ClickEvent)]) -> Vec<ColumnValues> {
+fn columns(topic: &str, range: ArchiveRange, chunk: &[&(u64, ClickEvent)]) -> Vec<ColumnValues> {
     let long = |f: &dyn Fn(&(u64, ClickEvent)) -> i64| ColumnValues::Int64(chunk.iter().map(|e| f(e)).collect());
     let topics = vec![ByteArray::from(topic); chunk.len()];
     // Every address is a slice of one buffer, and every country a static string: no
@@ -115,7 +131,7 @@ fn columns(topic: &str, partition: i32, chunk: &[&(u64, ClickEvent)]) -> Vec<Col
         chunk.iter().map(|(_, e)| ByteArray::from(Bytes::from_static(e.country.as_str().as_bytes()))).collect();
     vec![
         ColumnValues::ByteArray(topics),
-        ColumnValues::Int32(vec![partition; chunk.len()]),
+        ColumnValues::Int32(vec![range.partition as i32; chunk.len()]),
         long(&|(offset, _)| *offset as i64),
         // Unsigned values keep their bits; the logical type tells readers they are unsigned.
         long(&|(_, e)| e.ad_id as i64),
@@ -123,6 +139,7 @@ fn columns(topic: &str, partition: i32, chunk: &[&(u64, ClickEvent)]) -> Vec<Col
         long(&|(_, e)| e.user_id as i64),
         ColumnValues::ByteArray(ips),
         ColumnValues::ByteArray(countries),
+        ColumnValues::Int32(vec![range.incarnation as i32; chunk.len()]),
     ]
 }
 
@@ -175,22 +192,27 @@ pub fn read_archive_file(path: &Path) -> Result<Vec<(u64, ClickEvent)>> {
     Ok(events)
 }
 
-/// The `(partition, first, next)` an archive path names, if it is a finished archive file.
-fn parse_path(path: &Path) -> Option<(i32, i64, i64)> {
+/// The range an archive path names, if it is a finished archive file.
+fn parse_path(path: &Path) -> Option<ArchiveRange> {
     let name = path.file_name()?.to_str()?.strip_suffix(".parquet")?;
-    let (first, next) = name.split_once('-')?;
+    let mut parts = name.split('-');
+    let (first, next, incarnation) = (parts.next()?, parts.next()?, parts.next());
     let digits = |s: &str| s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(first) || !digits(next) {
+    if !digits(first) || !digits(next) || parts.next().is_some() {
         return None;
     }
+    let incarnation = match incarnation {
+        None => 0,
+        Some(text) => text.parse::<u32>().ok().filter(|i| *i > 0 && text == i.to_string())?,
+    };
     let partition = path.parent()?.file_name()?.to_str()?.strip_prefix("partition=")?.parse().ok()?;
-    Some((partition, first.parse().ok()?, next.parse().ok()?))
+    Some(ArchiveRange { partition, incarnation, first: first.parse().ok()?, next: next.parse().ok()? })
 }
 
-/// Every finished archive file under `root` with its `(partition, first, next)`, sorted by path;
-/// for garbage-collecting the files of ranges that were never committed. Temporary files and
+/// Every finished archive file under `root` with its range, sorted by path; for
+/// garbage-collecting the files of ranges that were never committed. Temporary files and
 /// anything else that does not follow the layout are left out. A missing `root` is empty.
-pub fn list_archive(root: &Path) -> Result<Vec<(PathBuf, i32, i64, i64)>> {
+pub fn list_archive(root: &Path) -> Result<Vec<(PathBuf, ArchiveRange)>> {
     let mut found = Vec::new();
     for hour in sub_directories(root, "hour=")? {
         for partition in sub_directories(&hour, "partition=")? {
@@ -198,8 +220,8 @@ pub fn list_archive(root: &Path) -> Result<Vec<(PathBuf, i32, i64, i64)>> {
                 std::fs::read_dir(&partition).with_context(|| format!("cannot list {}", partition.display()))?
             {
                 let path = entry.with_context(|| format!("cannot list {}", partition.display()))?.path();
-                if let Some((p, first, next)) = parse_path(&path) {
-                    found.push((path, p, first, next));
+                if let Some(range) = parse_path(&path) {
+                    found.push((path, range));
                 }
             }
         }
@@ -251,7 +273,8 @@ mod tests {
         let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
         let columns: Vec<String> =
             reader.metadata().file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
-        assert_eq!(columns, ["topic", "partition", "offset", "ad_id", "click_ts", "user_id", "ip", "country"]);
+        let expected = ["topic", "partition", "offset", "ad_id", "click_ts", "user_id", "ip", "country", "incarnation"];
+        assert_eq!(columns, expected);
         reader
             .get_row_iter(None)
             .unwrap()
@@ -278,7 +301,8 @@ mod tests {
             (101, event(2, MIDNIGHT + MS_PER_HOUR + 1)),
             (103, event(u64::MAX, MIDNIGHT + MS_PER_HOUR - 1)),
         ];
-        let written = write_archive(root.path(), "clicks", 3, 100, 104, &events).unwrap();
+        let range = ArchiveRange { partition: 3, incarnation: 0, first: 100, next: 104 };
+        let written = write_archive(root.path(), "clicks", range, &events).unwrap();
         let relative: Vec<_> = written.iter().map(|p| p.strip_prefix(root.path()).unwrap().to_str().unwrap()).collect();
         assert_eq!(
             relative,
@@ -300,39 +324,67 @@ mod tests {
     }
 
     #[test]
+    fn a_later_incarnation_names_its_files_and_rows_apart() {
+        let root = tempfile::tempdir().unwrap();
+        let events = vec![(100, event(1, MIDNIGHT + 5))];
+        let first = ArchiveRange { partition: 3, incarnation: 0, first: 100, next: 101 };
+        let again = ArchiveRange { incarnation: 2, ..first };
+        let written = [first, again].map(|range| write_archive(root.path(), "clicks", range, &events).unwrap());
+        let name = |files: &[PathBuf]| files[0].file_name().unwrap().to_str().unwrap().to_string();
+        assert_eq!(name(&written[0]), "00000000000000000100-00000000000000000101.parquet");
+        assert_eq!(name(&written[1]), "00000000000000000100-00000000000000000101-2.parquet");
+        let incarnation = |path: &Path| {
+            let reader = SerializedFileReader::new(File::open(path).unwrap()).unwrap();
+            reader.get_row_iter(None).unwrap().map(|row| row.unwrap().get_int(8).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!((incarnation(&written[0][0]), incarnation(&written[1][0])), (vec![0], vec![2]));
+        let found: Vec<_> = list_archive(root.path()).unwrap().into_iter().map(|(_, range)| range).collect();
+        assert_eq!(found, [first, again]);
+        for bad in ["-0", "-02", "-x", "-1-1"] {
+            let path = format!("partition=3/00000000000000000100-00000000000000000101{bad}.parquet");
+            assert_eq!(parse_path(Path::new(&path)), None, "{path}");
+        }
+    }
+
+    #[test]
     fn the_same_input_gives_the_same_bytes_and_an_empty_range_no_file() {
         let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let events: Vec<_> = (0..1000u64).map(|i| (i, event(i % 17, MIDNIGHT + i * 7919))).collect();
-        let written_a = write_archive(a.path(), "t", 0, 0, 1000, &events).unwrap();
-        let written_b = write_archive(b.path(), "t", 0, 0, 1000, &events).unwrap();
+        let range = ArchiveRange { partition: 0, incarnation: 0, first: 0, next: 1000 };
+        let written_a = write_archive(a.path(), "t", range, &events).unwrap();
+        let written_b = write_archive(b.path(), "t", range, &events).unwrap();
         assert_eq!(written_a.len(), written_b.len());
         for (x, y) in written_a.iter().zip(&written_b) {
             assert_eq!(std::fs::read(x).unwrap(), std::fs::read(y).unwrap());
         }
         // Rewriting a range (a redo after a crash) replaces the file with the same bytes.
         let before = std::fs::read(&written_a[0]).unwrap();
-        write_archive(a.path(), "t", 0, 0, 1000, &events).unwrap();
+        write_archive(a.path(), "t", range, &events).unwrap();
         assert_eq!(std::fs::read(&written_a[0]).unwrap(), before);
-        assert!(write_archive(a.path(), "t", 0, 1000, 1000, &[]).unwrap().is_empty());
+        let empty = ArchiveRange { first: 1000, ..range };
+        assert!(write_archive(a.path(), "t", empty, &[]).unwrap().is_empty());
     }
 
     #[test]
     fn list_archive_finds_finished_files_with_their_ranges() {
         let root = tempfile::tempdir().unwrap();
         assert!(list_archive(&root.path().join("missing")).unwrap().is_empty());
-        write_archive(root.path(), "t", 7, 0, 2, &[(0, event(1, MIDNIGHT)), (1, event(1, MIDNIGHT + MS_PER_HOUR))])
+        let seven = ArchiveRange { partition: 7, incarnation: 0, first: 0, next: 2 };
+        write_archive(root.path(), "t", seven, &[(0, event(1, MIDNIGHT)), (1, event(1, MIDNIGHT + MS_PER_HOUR))])
             .unwrap();
-        write_archive(root.path(), "t", 12, 5, 9_000_000_000_000, &[(6, event(1, MIDNIGHT))]).unwrap();
+        let twelve = ArchiveRange { partition: 12, incarnation: 0, first: 5, next: 9_000_000_000_000 };
+        write_archive(root.path(), "t", twelve, &[(6, event(1, MIDNIGHT))]).unwrap();
         // Leftovers of a crash and foreign files are not archive files.
         let dir = root.path().join("hour=2026-01-01T00/partition=7");
         std::fs::write(dir.join("00000000000000000002-00000000000000000004.parquet.tmp"), b"x").unwrap();
         std::fs::write(dir.join("notes.parquet"), b"x").unwrap();
-        let found: Vec<_> = list_archive(root.path()).unwrap().into_iter().map(|(_, p, f, n)| (p, f, n)).collect();
-        assert_eq!(found, [(12, 5, 9_000_000_000_000), (7, 0, 2), (7, 0, 2)]);
+        let found: Vec<_> = list_archive(root.path()).unwrap().into_iter().map(|(_, range)| range).collect();
+        assert_eq!(found, [twelve, seven, seven]);
         assert_eq!(
-            parse_path(Path::new("hour=x/partition=-1/00000000000000000001-00000000000000000002.parquet")),
-            Some((-1, 1, 2))
+            parse_path(Path::new("hour=x/partition=1/00000000000000000001-00000000000000000002.parquet")),
+            Some(ArchiveRange { partition: 1, incarnation: 0, first: 1, next: 2 })
         );
+        assert_eq!(parse_path(Path::new("partition=-1/00000000000000000001-00000000000000000002.parquet")), None);
         assert_eq!(parse_path(Path::new("partition=1/1-2.parquet")), None);
     }
 

@@ -192,7 +192,7 @@ fn start_job(
     }
     let (mut started, committed_files) = start.restore(tables)?;
     let (restore, gaps) = crate::sources::kafka::check_offsets(kafka, &started.restore, args.allow_offset_gap)?;
-    start.record_gaps(&gaps)?;
+    start.record_gaps(&gaps, &restore)?;
     started.restore = restore;
     let own_archive = super::archive::job_dir(&args.archive, &id.job, &id.topic);
     remove_uncommitted_archive_files(&args.archive, &own_archive, &committed_files)?;
@@ -216,7 +216,7 @@ fn refuse_changed_spec(id: &JobIdentity, others: &[(String, SpecStamp)]) -> Resu
 
 /// The output tables of a spec, as the streaming job writes them.
 fn table_schemas(spec: &DataflowSpec, topic: &str) -> Vec<(String, crate::sinks::TableSchema)> {
-    let positions = Positions::Offsets { topic: topic.to_string() };
+    let positions = Positions::offsets(topic);
     spec.sinks.iter().map(|sink| (sink.table.clone(), dataflow::sink_schema(spec, sink, &positions))).collect()
 }
 
@@ -269,7 +269,7 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
             let writer = writer.as_ref().context("sinks live on worker 0")?;
             Ok(Box::new(PgWriter::table(writer, &sink.table, schema)))
         };
-    let positions = Positions::Offsets { topic: job.kafka.topic.clone() };
+    let positions = Positions::Offsets { topic: job.kafka.topic.clone(), incarnations: restore.incarnations() };
     let make_sink = writer.is_some().then_some(&make_sink as dataflow::SinkFactory);
     let mut dataflow = dataflow::build_with_questions(
         worker,
@@ -317,9 +317,16 @@ struct StreamCheckpointer {
 }
 
 impl Checkpointer<ClickEvent> for StreamCheckpointer {
-    fn archive(&mut self, partition: u32, first: u64, next: u64, events: &[(u64, ClickEvent)]) -> Result<Vec<String>> {
-        let files =
-            super::archive::write_archive(&self.own, &self.topic, partition as i32, first as i64, next as i64, events)?;
+    fn archive(
+        &mut self,
+        partition: u32,
+        incarnation: u32,
+        first: u64,
+        next: u64,
+        events: &[(u64, ClickEvent)],
+    ) -> Result<Vec<String>> {
+        let range = super::archive::ArchiveRange { partition, incarnation, first, next };
+        let files = super::archive::write_archive(&self.own, &self.topic, range, events)?;
         Ok(files.iter().map(|f| f.strip_prefix(&self.root).unwrap_or(f).to_string_lossy().into_owned()).collect())
     }
 

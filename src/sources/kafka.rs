@@ -61,7 +61,17 @@ fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
 pub fn partition_count<C: ClientContext>(client: &Client<C>, topic: &str) -> Result<Option<i32>> {
     let metadata = client.fetch_metadata(None, METADATA_TIMEOUT).context("cannot fetch metadata from the brokers")?;
     let found = metadata.topics().iter().find(|t| t.name() == topic);
-    Ok(found.filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len() as i32))
+    let count =
+        found.filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len() as i32);
+    Ok(count.map(|count| count.min(visible_partitions_if_asked())))
+}
+
+/// Fault injection for the test of partitions added while a job runs (tansu cannot add
+/// partitions to a topic): while the file `CLICKSTAY_VISIBLE_PARTITIONS_FILE` names exists, a
+/// topic seems to have at most the number of partitions it holds. Read at every ask.
+fn visible_partitions_if_asked() -> i32 {
+    let Some(path) = std::env::var_os("CLICKSTAY_VISIBLE_PARTITIONS_FILE") else { return i32::MAX };
+    std::fs::read_to_string(path).ok().and_then(|text| text.trim().parse().ok()).unwrap_or(i32::MAX)
 }
 
 /// Creates the topic of `kafka` with `kafka.partitions` partitions if it is missing, and checks
@@ -474,13 +484,14 @@ fn describe(gap: &OffsetGap, expected: Expected, found: Watermarks) -> String {
 /// Where a partition stands after its gap is accepted: read on from the earliest offset. After
 /// a gap, records below the committed offset are still the ones already output (a re-read);
 /// after a shrink they are new records on reused offsets, so the committed offset moves back
-/// with the restart and they count as new.
+/// with the restart and they count as new, in the partition's next incarnation (their rows and
+/// archive files are told apart from the old ones by it).
 fn carry_on(restored: RestoredPartition, kind: GapKind, low: u64) -> RestoredPartition {
-    let committed_next = match kind {
-        GapKind::Gap => restored.committed_next.max(low),
-        GapKind::Shrunk => low,
+    let (committed_next, incarnation) = match kind {
+        GapKind::Gap => (restored.committed_next.max(low), restored.incarnation),
+        GapKind::Shrunk => (low, restored.incarnation + 1),
     };
-    RestoredPartition { committed_next, restart_offset: low, restart_max_ts: restored.restart_max_ts }
+    RestoredPartition { committed_next, restart_offset: low, restart_max_ts: restored.restart_max_ts, incarnation }
 }
 
 /// How long [`holds_offset`] waits for the record.
@@ -603,13 +614,16 @@ mod tests {
 
     #[test]
     fn reading_on_after_a_gap_keeps_the_re_read_and_after_a_shrink_counts_anew() {
-        let restored = RestoredPartition { committed_next: 100, restart_offset: 40, restart_max_ts: Some(7) };
-        let gap = carry_on(restored, GapKind::Gap, 60);
-        assert_eq!(gap, RestoredPartition { committed_next: 100, restart_offset: 60, restart_max_ts: Some(7) });
-        let beyond = carry_on(restored, GapKind::Gap, 180);
-        assert_eq!(beyond, RestoredPartition { committed_next: 180, restart_offset: 180, restart_max_ts: Some(7) });
-        let shrunk = carry_on(restored, GapKind::Shrunk, 0);
-        assert_eq!(shrunk, RestoredPartition { committed_next: 0, restart_offset: 0, restart_max_ts: Some(7) });
+        let at = |committed_next, restart_offset, incarnation| RestoredPartition {
+            committed_next,
+            restart_offset,
+            restart_max_ts: Some(7),
+            incarnation,
+        };
+        let restored = at(100, 40, 1);
+        assert_eq!(carry_on(restored, GapKind::Gap, 60), at(100, 60, 1));
+        assert_eq!(carry_on(restored, GapKind::Gap, 180), at(180, 180, 1), "beyond the committed offset");
+        assert_eq!(carry_on(restored, GapKind::Shrunk, 0), at(0, 0, 2), "shrunk: the next incarnation");
     }
 
     #[test]

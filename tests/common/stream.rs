@@ -180,6 +180,11 @@ impl Job {
 
     /// (partition, offset) of every event in the job's archive files.
     pub fn archived_offsets(&self) -> Vec<(i32, i64)> {
+        self.archived_positions().into_iter().map(|(partition, _, offset)| (partition, offset)).collect()
+    }
+
+    /// (partition, incarnation, offset) of every event in the job's archive files.
+    pub fn archived_positions(&self) -> Vec<(i32, i32, i64)> {
         use parquet::file::reader::{FileReader, SerializedFileReader};
         let mut offsets = Vec::new();
         let mut pending = vec![self.own_archive()];
@@ -190,36 +195,43 @@ impl Job {
                 let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
                 for row in reader.get_row_iter(None).unwrap() {
                     let row = row.unwrap();
-                    let mut partition = None;
-                    let mut offset = None;
+                    let (mut partition, mut incarnation, mut offset) = (None, None, None);
                     for (name, field) in row.get_column_iter() {
                         match (name.as_str(), field) {
                             ("partition", parquet::record::Field::Int(p)) => partition = Some(*p),
+                            ("incarnation", parquet::record::Field::Int(i)) => incarnation = Some(*i),
                             ("offset", parquet::record::Field::Long(o)) => offset = Some(*o),
                             _ => {}
                         }
                     }
-                    offsets.push((partition.expect("partition column"), offset.expect("offset column")));
+                    let column = |name: &str| format!("{name} column");
+                    offsets.push((
+                        partition.unwrap_or_else(|| panic!("{}", column("partition"))),
+                        incarnation.unwrap_or_else(|| panic!("{}", column("incarnation"))),
+                        offset.unwrap_or_else(|| panic!("{}", column("offset"))),
+                    ));
                 }
             }
         }
         offsets
     }
 
-    /// Each partition's committed archive ranges follow each other from 0 to its next offset.
+    /// Each partition's committed archive ranges, in its current incarnation, follow each other
+    /// from 0 to its next offset.
     pub fn check_archive_ranges_contiguous(&self) {
         let mut client = postgres::Client::connect(&self.db, postgres::NoTls).unwrap();
-        let next: BTreeMap<i32, i64> = client
-            .query("SELECT partition, next_offset FROM source_offsets WHERE job = $1", &[&self.name])
+        let next: BTreeMap<i32, (i32, i64)> = client
+            .query("SELECT partition, incarnation, next_offset FROM source_offsets WHERE job = $1", &[&self.name])
             .unwrap()
             .iter()
-            .map(|r| (r.get(0), r.get(1)))
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
             .collect();
-        for (partition, next_offset) in next {
+        for (partition, (incarnation, next_offset)) in next {
             let ranges = client
                 .query(
-                    "SELECT first_offset, next_offset FROM raw_archive WHERE job = $1 AND partition = $2 ORDER BY first_offset",
-                    &[&self.name, &partition],
+                    "SELECT first_offset, next_offset FROM raw_archive
+                     WHERE job = $1 AND partition = $2 AND incarnation = $3 ORDER BY first_offset",
+                    &[&self.name, &partition, &incarnation],
                 )
                 .unwrap();
             let mut expected_first = 0i64;
@@ -296,7 +308,7 @@ pub fn replay_csv(dir: &Path, events: &Path) -> BTreeMap<String, Vec<Vec<String>
 
 /// Checks that `job`'s tables equal `replay` of `events` (`what` names the case in failures)
 /// and returns them: the count tables row for row (none may be empty), late clicks on the
-/// event's fields (Kafka adds topic, partition and offset), rejected lines by line number and
+/// event's fields (Kafka adds topic, partition, incarnation and offset), rejected lines by line number and
 /// raw text (offset + 1 is the line number of a JSON Lines file on a 1-partition topic).
 pub fn assert_equals_replay(job: &Job, events: &Path, what: &str) -> BTreeMap<String, Vec<Vec<String>>> {
     let replayed = replay_csv(&job.dir.join(format!("replay-{}", job.name)), events);
@@ -310,9 +322,9 @@ pub fn assert_equals_replay(job: &Job, events: &Path, what: &str) -> BTreeMap<St
         events.sort();
         events
     };
-    assert_eq!(late_events(&tables["late_clicks"], 3), late_events(&replayed["late_clicks"], 0), "{what}: late_clicks");
+    assert_eq!(late_events(&tables["late_clicks"], 4), late_events(&replayed["late_clicks"], 0), "{what}: late_clicks");
     let rejected: std::collections::BTreeSet<(u64, String)> =
-        tables["rejected_events"].iter().map(|r| (r[2].parse::<u64>().unwrap() + 1, r[4].clone())).collect();
+        tables["rejected_events"].iter().map(|r| (r[3].parse::<u64>().unwrap() + 1, r[5].clone())).collect();
     let replay_rejected: std::collections::BTreeSet<(u64, String)> =
         replayed["rejected"].iter().map(|r| (r[0].parse().unwrap(), r[2].clone())).collect();
     assert_eq!(rejected, replay_rejected, "{what}: rejected_events");
@@ -340,8 +352,8 @@ pub fn dump_tables(job: &Job) -> BTreeMap<String, Vec<Vec<String>>> {
                 ms("window_end")
             ),
         ),
-        ("late_clicks", "SELECT * FROM late_clicks ORDER BY partition, \"offset\"".to_string()),
-        ("rejected_events", "SELECT * FROM rejected_events ORDER BY partition, \"offset\"".to_string()),
+        ("late_clicks", "SELECT * FROM late_clicks ORDER BY partition, incarnation, \"offset\"".to_string()),
+        ("rejected_events", "SELECT * FROM rejected_events ORDER BY partition, incarnation, \"offset\"".to_string()),
         (
             "source_offsets",
             "SELECT job, topic, partition, next_offset FROM source_offsets ORDER BY partition".to_string(),

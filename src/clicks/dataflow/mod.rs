@@ -89,12 +89,24 @@ pub struct LateClick {
     pub event: ClickEvent,
 }
 
-/// How the records of a source are located: a file's line numbers, or a topic's partitions and
-/// offsets. It shapes the late and rejected tables.
+/// How the records of a source are located: a file's line numbers, or a topic's partitions,
+/// their incarnations (see `RestoredPartition::incarnation`) and offsets. It shapes the late
+/// and rejected tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Positions {
     Lines,
-    Offsets { topic: String },
+    Offsets {
+        topic: String,
+        /// Each partition's incarnation other than 0.
+        incarnations: std::collections::BTreeMap<u32, u32>,
+    },
+}
+
+impl Positions {
+    /// The positions of `topic`, every partition in its first incarnation.
+    pub fn offsets(topic: &str) -> Self {
+        Positions::Offsets { topic: topic.to_string(), incarnations: Default::default() }
+    }
 }
 
 /// The round-timed inputs: reports to every worker, late and rejected records to the sinks.

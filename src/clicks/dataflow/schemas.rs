@@ -45,8 +45,14 @@ pub(super) fn rejected_row(positions: &Positions, line: &RejectedLine, rows: &mu
 fn position_values(positions: &Positions, partition: u32, position: u64) -> Vec<Value> {
     match positions {
         Positions::Lines => vec![Value::Integer(position)],
-        Positions::Offsets { topic } => {
-            vec![Value::Text(topic.clone()), Value::Integer(partition as u64), Value::Integer(position)]
+        Positions::Offsets { topic, incarnations } => {
+            let incarnation = incarnations.get(&partition).copied().unwrap_or(0);
+            vec![
+                Value::Text(topic.clone()),
+                Value::Integer(partition as u64),
+                Value::Integer(incarnation as u64),
+                Value::Integer(position),
+            ]
         }
     }
 }
@@ -117,13 +123,14 @@ pub fn sink_schema(spec: &DataflowSpec, sink: &crate::clicks::spec::SinkSpec, po
     }
 }
 
-/// Where a record came from: `line` in a file; `topic, partition, offset` in Kafka.
+/// Where a record came from: `line` in a file; `topic, partition, incarnation, offset` in Kafka
+/// (a partition's offsets repeat only after it lost records, in its next incarnation).
 fn position_columns(positions: &Positions) -> Vec<(&'static str, ColumnKind)> {
     use ColumnKind::*;
     match positions {
         Positions::Lines => vec![("line", Count)],
         Positions::Offsets { .. } => {
-            vec![("topic", Text), ("partition", Count), ("offset", Count)]
+            vec![("topic", Text), ("partition", Count), ("incarnation", Count), ("offset", Count)]
         }
     }
 }
@@ -165,8 +172,9 @@ mod tests {
         assert_eq!(names(top_schema("t")), "window_start,window_end,rank,ad_id,clicks");
         assert_eq!(names(late_schema("l", &Positions::Lines)), "ad_id,click_ts,user_id,ip,country");
         assert_eq!(names(rejected_schema("r", &Positions::Lines)), "line,reason,raw");
-        let kafka = Positions::Offsets { topic: "clicks".into() };
-        assert_eq!(names(late_schema("l", &kafka)), "topic,partition,offset,ad_id,click_ts,user_id,ip,country");
-        assert_eq!(names(rejected_schema("r", &kafka)), "topic,partition,offset,reason,raw");
+        let kafka = Positions::offsets("clicks");
+        let late = "topic,partition,incarnation,offset,ad_id,click_ts,user_id,ip,country";
+        assert_eq!(names(late_schema("l", &kafka)), late);
+        assert_eq!(names(rejected_schema("r", &kafka)), "topic,partition,incarnation,offset,reason,raw");
     }
 }

@@ -19,8 +19,9 @@ impl Driver {
         let mut parts = Vec::new();
         let (clock, windows) = (self.clock, &self.windows);
         for (partition, own) in self.own.iter_mut() {
+            let incarnation = self.restore.incarnation(*partition);
             let archived = if own.next > own.archive_from {
-                let files = checkpointer.archive(*partition, own.archive_from, own.next, &own.raw)?;
+                let files = checkpointer.archive(*partition, incarnation, own.archive_from, own.next, &own.raw)?;
                 let range = ArchivedRange { first: own.archive_from, next: own.next, files };
                 own.raw.clear();
                 // A backlog between two checkpoints can be millions of events: not kept.
@@ -35,6 +36,7 @@ impl Driver {
                 // Still re-reading what the last checkpoint committed: nothing moves yet.
                 Some(restored) if own.next < restored.committed_next => PartitionCheckpoint {
                     partition: *partition,
+                    incarnation,
                     next_offset: restored.committed_next,
                     restart_offset: restored.restart_offset,
                     restart_max_ts: restored.restart_max_ts,
@@ -50,6 +52,7 @@ impl Driver {
                         .unwrap_or((own.next, max_ts));
                     PartitionCheckpoint {
                         partition: *partition,
+                        incarnation,
                         next_offset: own.next,
                         restart_offset,
                         restart_max_ts,

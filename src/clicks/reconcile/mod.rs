@@ -113,7 +113,7 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     };
     let ranges = committed_ranges(&mut pg, &job, &topic, &args.archive)?;
     let workers = Workers::from_args(&args.workers)?;
-    let positions = Positions::Offsets { topic: topic.clone() };
+    let positions = Positions::offsets(&topic);
     let tables: Vec<(String, TableSchema, usize)> = spec
         .sinks
         .iter()
@@ -244,7 +244,14 @@ fn committed_ranges(
         );
     }
     let mut ranges: BTreeMap<u32, Vec<ArchivedRange>> = BTreeMap::new();
-    for (partition, range) in pg.archived_ranges(job, topic)? {
+    for (partition, incarnation, range) in pg.archived_ranges(job, topic)? {
+        if incarnation > 0 {
+            bail!(
+                "partition {partition} of job `{job}` lost records and was read anew from its start \
+                 (incarnation {incarnation}, see source_gaps): its offsets repeat, and reconcile replays \
+                 a partition's offsets once; reconcile a job that never lost records, or its new --job"
+            );
+        }
         if let Some(last) = ranges.get(&partition).and_then(|r| r.last())
             && last.next != range.first
         {
@@ -296,7 +303,7 @@ fn batch_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<
         kept.borrow_mut().push((sink.table.clone(), schema.clone(), rows));
         Ok(Box::new(sink_box))
     };
-    let positions = Positions::Offsets { topic: shared.topic.clone() };
+    let positions = Positions::offsets(&shared.topic);
     let template = "{bar:40} {pos}/{len} offsets {per_sec} eta {eta}";
     let totals =
         super::replay::run_batch(worker, &shared.spec, &mut source, Format::Packed, &positions, &make_sink, template)?;

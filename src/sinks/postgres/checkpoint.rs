@@ -2,6 +2,9 @@
 //! stands (`source_offsets`), the last checkpoint with the spec it was made with
 //! (`job_checkpoints`), the raw archive's committed files (`raw_archive`). Their DDL, the writes
 //! of one checkpoint (inside its transaction, after the rows) and what a restart reads.
+//!
+//! A partition's `incarnation` counts how often it lost records the job had consumed and was
+//! read anew from its start (`--allow-offset-gap`): its offsets repeat across incarnations.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +19,7 @@ pub(super) const JOB_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS public.source_offsets (
     job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
     next_offset bigint NOT NULL, restart_offset bigint NOT NULL, restart_max_ts bigint,
+    incarnation integer NOT NULL,
     PRIMARY KEY (job, topic, partition));
 CREATE TABLE IF NOT EXISTS public.job_checkpoints (
     job text NOT NULL, topic text NOT NULL, job_time bigint NOT NULL,
@@ -23,19 +27,20 @@ CREATE TABLE IF NOT EXISTS public.job_checkpoints (
     spec_fingerprint text NOT NULL, spec_summary jsonb NOT NULL,
     PRIMARY KEY (job, topic));
 CREATE TABLE IF NOT EXISTS public.raw_archive (
-    job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
+    job text NOT NULL, topic text NOT NULL, partition integer NOT NULL, incarnation integer NOT NULL,
     first_offset bigint NOT NULL, next_offset bigint NOT NULL, files text[] NOT NULL,
     committed_at timestamptz NOT NULL,
-    PRIMARY KEY (job, topic, partition, first_offset));
+    PRIMARY KEY (job, topic, partition, incarnation, first_offset));
 ";
 
-/// Offsets of a partition the job was allowed to skip (`--allow-offset-gap`), one row per gap:
-/// found again after a crash, a gap adds nothing.
+/// Offsets of a partition the job was allowed to skip (`--allow-offset-gap`), one row per gap
+/// with the incarnation the partition read on in: found again after a crash, a gap adds nothing.
 pub(super) const SOURCE_GAPS: &str = "
 CREATE TABLE IF NOT EXISTS public.source_gaps (
     job text NOT NULL, topic text NOT NULL, partition integer NOT NULL,
     from_offset bigint NOT NULL, to_offset bigint NOT NULL,
-    kind text NOT NULL CHECK (kind IN ('gap', 'shrunk')), detected_at timestamptz NOT NULL,
+    kind text NOT NULL CHECK (kind IN ('gap', 'shrunk')), incarnation integer NOT NULL,
+    detected_at timestamptz NOT NULL,
     PRIMARY KEY (job, topic, partition, from_offset, to_offset, kind));
 ";
 
@@ -50,10 +55,12 @@ pub(super) fn write(
     let (job, topic) = (&id.job, &id.topic);
     for partition in &checkpoint.partitions {
         tx.execute(
-            "INSERT INTO public.source_offsets (job, topic, partition, next_offset, restart_offset, restart_max_ts)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO public.source_offsets
+               (job, topic, partition, next_offset, restart_offset, restart_max_ts, incarnation)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (job, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset,
-               restart_offset = EXCLUDED.restart_offset, restart_max_ts = EXCLUDED.restart_max_ts",
+               restart_offset = EXCLUDED.restart_offset, restart_max_ts = EXCLUDED.restart_max_ts,
+               incarnation = EXCLUDED.incarnation",
             &[
                 job,
                 topic,
@@ -61,13 +68,23 @@ pub(super) fn write(
                 &(partition.next_offset as i64),
                 &(partition.restart_offset as i64),
                 &partition.restart_max_ts.map(|t| t as i64),
+                &(partition.incarnation as i32),
             ],
         )?;
         if let Some(range) = &partition.archived {
             tx.execute(
-                "INSERT INTO public.raw_archive (job, topic, partition, first_offset, next_offset, files, committed_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
-                &[job, topic, &(partition.partition as i32), &(range.first as i64), &(range.next as i64), &range.files],
+                "INSERT INTO public.raw_archive
+                   (job, topic, partition, incarnation, first_offset, next_offset, files, committed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now()) ON CONFLICT DO NOTHING",
+                &[
+                    job,
+                    topic,
+                    &(partition.partition as i32),
+                    &(partition.incarnation as i32),
+                    &(range.first as i64),
+                    &(range.next as i64),
+                    &range.files,
+                ],
             )?;
         }
     }
@@ -103,7 +120,7 @@ pub(super) fn restore(client: &mut Client, job: &str, topic: &str) -> Result<Opt
     let checkpoints = row.get::<_, i64>(1) as u64;
     let mut partitions = BTreeMap::new();
     for row in client.query(
-        "SELECT partition, next_offset, restart_offset, restart_max_ts FROM public.source_offsets
+        "SELECT partition, next_offset, restart_offset, restart_max_ts, incarnation FROM public.source_offsets
          WHERE job = $1 AND topic = $2",
         &[&job, &topic],
     )? {
@@ -114,6 +131,7 @@ pub(super) fn restore(client: &mut Client, job: &str, topic: &str) -> Result<Opt
                 committed_next: row.get::<_, i64>(1) as u64,
                 restart_offset: row.get::<_, i64>(2) as u64,
                 restart_max_ts: row.get::<_, Option<i64>>(3).map(|t| t as u64),
+                incarnation: row.get::<_, i32>(4) as u32,
             },
         );
     }

@@ -3,7 +3,7 @@
 //! where a restart re-reads from, the raw archive's files). Nothing else commits offsets.
 //!
 //! Rows carry absolute values keyed by the table's key columns (`INSERT ... ON CONFLICT DO
-//! UPDATE`), and late and rejected records are keyed by topic, partition and offset (`ON
+//! UPDATE`), and late and rejected records are keyed by topic, partition, incarnation and offset (`ON
 //! CONFLICT DO NOTHING`), so writing a row twice, as a restart may, changes nothing.
 //!
 //! Most rows are a pane's first ones ([`Rows::fresh`]): those are copied straight into their
@@ -129,13 +129,15 @@ impl JobStart {
     }
 
     /// Records offset gaps the job reads on past (`source_gaps`), each once however often it is
-    /// found (a crash before the next checkpoint finds it again).
-    pub fn record_gaps(&mut self, gaps: &[OffsetGap]) -> Result<()> {
+    /// found (a crash before the next checkpoint finds it again), with the incarnation each
+    /// partition reads on in (`restore`, after the gaps).
+    pub fn record_gaps(&mut self, gaps: &[OffsetGap], restore: &Restore) -> Result<()> {
         let mut tx = self.client.transaction()?;
         for gap in gaps {
             tx.execute(
-                "INSERT INTO public.source_gaps (job, topic, partition, from_offset, to_offset, kind, detected_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, now()) ON CONFLICT DO NOTHING",
+                "INSERT INTO public.source_gaps
+                   (job, topic, partition, from_offset, to_offset, kind, incarnation, detected_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, now()) ON CONFLICT DO NOTHING",
                 &[
                     &self.id.job,
                     &gap.topic,
@@ -143,6 +145,7 @@ impl JobStart {
                     &(gap.from_offset as i64),
                     &(gap.to_offset as i64),
                     &gap.kind.as_str(),
+                    &(restore.incarnation(gap.partition) as i32),
                 ],
             )?;
         }

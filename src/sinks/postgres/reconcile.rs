@@ -67,13 +67,14 @@ impl PgReconciler {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    /// Every committed archive range of `job` on `topic`, by partition and first offset.
-    pub fn archived_ranges(&mut self, job: &str, topic: &str) -> Result<Vec<(u32, ArchivedRange)>> {
+    /// Every committed archive range of `job` on `topic` with its partition and incarnation, by
+    /// partition, incarnation and first offset.
+    pub fn archived_ranges(&mut self, job: &str, topic: &str) -> Result<Vec<(u32, u32, ArchivedRange)>> {
         let rows = self
             .client
             .query(
-                "SELECT partition, first_offset, next_offset, files FROM public.raw_archive
-                 WHERE job = $1 AND topic = $2 ORDER BY partition, first_offset",
+                "SELECT partition, first_offset, next_offset, files, incarnation FROM public.raw_archive
+                 WHERE job = $1 AND topic = $2 ORDER BY partition, incarnation, first_offset",
                 &[&job, &topic],
             )
             .context("cannot read raw_archive")?;
@@ -85,7 +86,7 @@ impl PgReconciler {
                     next: r.get::<_, i64>(2) as u64,
                     files: r.get(3),
                 };
-                (r.get::<_, i32>(0) as u32, range)
+                (r.get::<_, i32>(0) as u32, r.get::<_, i32>(4) as u32, range)
             })
             .collect())
     }
