@@ -56,9 +56,13 @@ pub struct ViewBenchArgs {
     /// Longest stay asked about (1 to this many nights).
     #[arg(long, default_value_t = 3)]
     pub max_nights: u32,
-    /// Bookings per second during the lag run.
-    #[arg(long, default_value_t = 1000)]
-    pub rate: u64,
+    /// Bookings per second during a lag run; repeat for several runs (`--rate 1000 --rate 2000`).
+    #[arg(long = "rate", default_values_t = [1000])]
+    pub rates: Vec<u64>,
+    /// Seconds of the idle run (no questions, no bookings) whose CPU time is measured, after as
+    /// many seconds for the loaded arrangements to settle.
+    #[arg(long, default_value_t = 10)]
+    pub idle_seconds: u64,
     /// Database connections per shard.
     #[arg(long, default_value_t = DEFAULT_POOL_SIZE)]
     pub pool_size: usize,
@@ -96,20 +100,38 @@ async fn run(args: ViewBenchArgs) -> Result<()> {
         started.elapsed().as_secs_f64(),
         args.workers
     );
+    let idle = Duration::from_secs(args.idle_seconds);
+    // First the merges of the freshly loaded arrangements run out (as long again).
+    tokio::time::sleep(idle).await;
+    let cpu_before = cpu_seconds();
+    tokio::time::sleep(idle).await;
+    let idle_cpu = (cpu_seconds() - cpu_before) / idle.as_secs_f64();
+    println!("idle: the view used {:.2}% of one core over {}s", idle_cpu * 100.0, args.idle_seconds);
     let duration = Duration::from_secs(args.seconds);
     query_runs(&args, &view, &shards, &workload, duration).await?;
 
-    let (mut lags, confirmed, elapsed) = lag_run(&view, &shards, &workload, args.rate, duration).await?;
-    let mut lag = RunStats { latencies_us: std::mem::take(&mut lags), ..RunStats::default() };
-    println!(
-        "commit to view: {confirmed} bookings confirmed at {:.0}/s, lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        confirmed as f64 / elapsed.as_secs_f64(),
-        lag.latency_ms(0.5),
-        lag.latency_ms(0.99),
-        lag.latency_ms(1.0)
-    );
+    for &rate in &args.rates {
+        let (mut lags, confirmed, elapsed) = lag_run(&view, &shards, &workload, rate, duration).await?;
+        let mut lag = RunStats { latencies_us: std::mem::take(&mut lags), ..RunStats::default() };
+        println!(
+            "commit to view at {rate}/s: {confirmed} bookings confirmed at {:.0}/s, lag p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            confirmed as f64 / elapsed.as_secs_f64(),
+            lag.latency_ms(0.5),
+            lag.latency_ms(0.99),
+            lag.latency_ms(1.0)
+        );
+    }
     view.stop();
     Ok(())
+}
+
+/// CPU seconds (user and system) this process has used so far.
+fn cpu_seconds() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid rusage for the call to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
 /// The availability questions, from the view and in SQL, in process and over HTTP: one row

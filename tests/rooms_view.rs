@@ -35,6 +35,9 @@ fn spec_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/rooms.toml")
 }
 
+/// The test server: every test here holds it to read, the one that restarts it to write.
+static SERVER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Two fresh, migrated shards with `hotels` hotels (ids 1..=hotels) of 1 to 3 room types.
 struct Shop {
     urls: Vec<String>,
@@ -157,6 +160,72 @@ impl Shop {
     }
 }
 
+/// The shards' server restarted under the running view: each shard's stream breaks, its part
+/// of the view is rebuilt from a new slot and snapshot on the restarted server, and the view
+/// answers what SQL answers again, after changes made before, during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_server_under_the_view_is_followed_again() {
+    let _server = SERVER.write().await;
+    let hotels = 6;
+    let mut shop = Shop::new(hotels).await;
+    let (api, view) = serve_with_view(&shop, RoomsSpec::load(&spec_path()).unwrap()).await;
+    let (mut rng, mut booked) = (Lcg(11), Vec::new());
+    for _ in 0..40 {
+        random_change(&shop, &api, &mut rng, hotels, &mut booked).await;
+    }
+    shop.assert_view_equals_sql(&api, hotels).await;
+    let before = pg::wal_senders(shop.urls[0].rsplit('/').next().unwrap()).await;
+
+    pg::restart_server();
+    for (db, url) in shop.dbs.iter_mut().zip(&shop.urls) {
+        *db = pg::connect(url).await;
+    }
+    // Changes right after the restart, while the view rebuilds.
+    for hotel_id in 1..=hotels {
+        shop.db(hotel_id)
+            .execute("UPDATE hotel SET name = name || ' (restarted)' WHERE hotel_id = $1", &[&hotel_id])
+            .await
+            .unwrap();
+    }
+    // Both shards' streams broke with the server; the view serves them again once rebuilt.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, health) = shop.get(&format!("{api}/healthz")).await;
+        let serving = (0..2).all(|shard| health["shards"][shard]["view"]["state"] == "serving");
+        let after = pg::wal_senders(shop.urls[0].rsplit('/').next().unwrap()).await;
+        if serving && !after.is_empty() && after != before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the view did not follow the restarted server: {health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..40 {
+        random_change(&shop, &api, &mut rng, hotels, &mut booked).await;
+    }
+    shop.assert_view_equals_sql(&api, hotels).await;
+    shop.assert_invariants().await;
+    view.stop();
+}
+
+/// A quiet database whose WAL moved past its last commit (a CHECKPOINT, which is not decoded):
+/// a question with that position as `min_lsn` is answered, without a commit to carry the view
+/// there: the server's keepalives do (else a 503 after `queries.max_wait`). Ten in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quiet_database_answers_a_position_no_commit_follows() {
+    let _server = SERVER.read().await;
+    let shop = Shop::new(2).await;
+    let (api, view) = serve_with_view(&shop, RoomsSpec::load(&spec_path()).unwrap()).await;
+    for round in 0..10 {
+        shop.db(1).batch_execute("CHECKPOINT").await.unwrap();
+        let position = &shop.positions().await[shop.shards.index_of(1)];
+        let url = format!("{api}/v1/hotels/1/availability?start={}&end={}&min_lsn={position}", night(0), night(1));
+        let (status, body) = shop.get(&url).await;
+        assert_eq!(status, StatusCode::OK, "round {round}: {body}");
+        assert!(lsn_at_least(body["lsn"].as_str().unwrap(), position), "round {round}: {body} before {position}");
+    }
+    view.stop();
+}
+
 fn lsn_at_least(lsn: &str, floor: &str) -> bool {
     let parse = clickstay::sources::postgres_cdc::parse_lsn;
     parse(lsn).unwrap() >= parse(floor).unwrap()
@@ -239,6 +308,7 @@ async fn random_change(shop: &Shop, api: &str, rng: &mut Lcg, hotels: i64, booke
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_any_mix_of_changes_the_view_answers_what_sql_answers() {
+    let _server = SERVER.read().await;
     let hotels = 12;
     let shop = Shop::new(hotels).await;
     let (api, view) = serve_with_view(&shop, RoomsSpec::load(&spec_path()).unwrap()).await;
@@ -264,20 +334,20 @@ async fn after_any_mix_of_changes_the_view_answers_what_sql_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_view_refuses_what_it_knows_is_sold_out_and_the_database_has_the_last_word() {
+    let _server = SERVER.read().await;
     let shop = Shop::new(2).await;
-    // Slow polling keeps the view stale long enough to book past it.
-    let spec = RoomsSpec::parse(
-        &std::fs::read_to_string(spec_path()).unwrap().replace("poll_interval = \"5ms\"", "poll_interval = \"1s\""),
-        &spec_path(),
-    )
-    .unwrap();
-    let (api, view) = serve_with_view(&shop, spec).await;
+    let (api, view) = serve_with_view(&shop, RoomsSpec::load(&spec_path()).unwrap()).await;
     let hotel_id = 1; // room type 1 has 2 + (1 + 1) % 3 = 4 rooms
     let (status, _) = shop.get(&format!("{api}/v1/hotels/1/availability?start={}&end={}", night(0), night(1))).await;
     assert_eq!(status, StatusCode::OK);
 
     // Sold out behind the view's back: the stale view lets the booking through to the
-    // database, whose answer is 409; nothing is oversold.
+    // database, whose answer is 409; nothing is oversold. The shard's WAL sender is frozen
+    // meanwhile, which keeps the view stale.
+    let shard_db = shop.urls[shop.shards.index_of(hotel_id)].rsplit('/').next().unwrap().to_string();
+    let senders = pg::wal_senders(&shard_db).await;
+    assert_eq!(senders.len(), 1, "the shard's WAL sender: {senders:?}");
+    pg::signal_all(&senders, libc::SIGSTOP);
     let db = shop.db(hotel_id);
     db.execute(
         "UPDATE room_type_inventory SET total_reserved = total_inventory WHERE hotel_id = 1 AND room_type_id = 1",
@@ -286,8 +356,10 @@ async fn the_view_refuses_what_it_knows_is_sold_out_and_the_database_has_the_las
     .await
     .unwrap();
     let (status, body) = shop.book(&api, hotel_id, 1, 2, 4).await;
+    pg::signal_all(&senders, libc::SIGCONT);
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["night"], night(2).to_string(), "{body}");
+    assert_ne!(body["answered_by"], "view", "the stale view cannot know: {body}");
     shop.assert_invariants_except_reservations(hotel_id).await;
 
     // Once the view has caught up, it answers the 409 itself: proven by holding the rows
@@ -381,14 +453,14 @@ impl Drop for ViewProcess {
 }
 
 /// The view's slots on a shard: name, WAL retained behind the insert position, and how far
-/// behind its confirmed position is (without the restart ticker's throwaway slots).
+/// behind its confirmed position is.
 async fn slots(db: &tokio_postgres::Client) -> Vec<(String, i64, i64)> {
     db.query(
         "SELECT slot_name::text,
                 pg_wal_lsn_diff(pg_current_wal_insert_lsn(), restart_lsn)::bigint,
                 pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint
            FROM pg_replication_slots
-          WHERE database = current_database() AND slot_name NOT LIKE '%\\_tick'",
+          WHERE database = current_database()",
         &[],
     )
     .await
@@ -402,6 +474,7 @@ async fn slots(db: &tokio_postgres::Client) -> Vec<(String, i64, i64)> {
 // size) that reads top to bottom as a user would run it; split, its steps would lose the order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_view_rebuilds_from_snapshot_and_slot_and_its_slot_stays_small() {
+    let _server = SERVER.read().await;
     let hotels = 10;
     let shop = Shop::new(hotels).await;
     let mut process = ViewProcess::start(&shop).await;
@@ -437,6 +510,32 @@ async fn a_killed_view_rebuilds_from_snapshot_and_slot_and_its_slot_stays_small(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(bounded, "the slots do not follow the WAL");
+    // The view tells the server how far it has applied: each slot's confirmed position passes
+    // the WAL written so far (the CHECKPOINT included, which no commit follows), within seconds.
+    let mut targets = Vec::new();
+    for db in &shop.dbs {
+        let row = db.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap();
+        targets.push(row.get::<_, String>(0));
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (db, target) in shop.dbs.iter().zip(&targets) {
+        loop {
+            let row = db
+                .query_one(
+                    "SELECT bool_and(confirmed_flush_lsn >= $1::text::pg_lsn), min(confirmed_flush_lsn)::text
+                       FROM pg_replication_slots WHERE database = current_database()",
+                    &[target],
+                )
+                .await
+                .unwrap();
+            if row.get::<_, Option<bool>>(0) == Some(true) {
+                break;
+            }
+            let confirmed: Option<String> = row.get(1);
+            assert!(Instant::now() < deadline, "the slot's confirmed position stays at {confirmed:?}, before {target}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // Kill -9: the temporary slots go with the sessions, so nothing holds WAL while it is down.
     process.kill();

@@ -38,22 +38,6 @@ fn script(name: &str, args: &[&str]) {
     scripts::run_script(name, args, Stdio::inherit()).unwrap();
 }
 
-/// Restarts the test PostgreSQL server in place (same data, same port).
-fn restart_postgres() {
-    let dir = std::env::var("CLICKSTAY_PG_DIR").unwrap_or_else(|_| "/tmp/clickstay-pg".into());
-    let data = format!("{dir}/data");
-    let pg_ctl = "/usr/lib/postgresql/15/bin/pg_ctl";
-    let mut command = if unsafe { libc::geteuid() } == 0 {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--", pg_ctl]);
-        c
-    } else {
-        Command::new(pg_ctl)
-    };
-    let status = command.args(["restart", "-m", "fast", "-w", "-D", &data]).stdout(Stdio::null()).status().unwrap();
-    assert!(status.success(), "cannot restart PostgreSQL in {data}");
-}
-
 #[test]
 fn broker_frozen_and_postgres_restarted() {
     let _services = one_at_a_time();
@@ -82,7 +66,7 @@ fn broker_frozen_and_postgres_restarted() {
     std::thread::sleep(Duration::from_secs(3));
     script("broker.sh", &["resume", &broker_dir]);
     std::thread::sleep(Duration::from_millis(300));
-    restart_postgres();
+    pg::restart_server();
     let output = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the job failed:\n{log}");

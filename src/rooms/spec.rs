@@ -24,8 +24,6 @@ pub struct RoomsSpec {
     pub name: String,
     /// Prefix of the temporary replication slots (one per shard, suffixed with pid and number).
     pub slot_prefix: String,
-    /// Pause between polls of a slot that had nothing new.
-    pub poll_interval: Duration,
     /// A change stream that does not answer a read this long is taken as broken (rebuilt).
     pub read_timeout: Duration,
     /// How long a query may wait for the view (start-up, or `min_lsn`) before a 503.
@@ -47,7 +45,8 @@ struct RawSource {
     plugin: String,
     tables: Vec<String>,
     slot_prefix: String,
-    poll_interval: String,
+    /// Of the polling reader before the stream; accepted and ignored (with a warning).
+    poll_interval: Option<String>,
     #[serde(default = "default_read_timeout")]
     read_timeout: String,
 }
@@ -99,7 +98,12 @@ fn compile(raw: RawSpec, path: &Path) -> Result<RoomsSpec, String> {
         ));
     }
     let duration = |key: &str, text: &str| parse_duration_ms(text).map_err(|problem| format!("{key}: {problem}"));
-    let poll_interval = duration("source.poll_interval", &source.poll_interval)?;
+    if source.poll_interval.is_some() {
+        tracing::warn!(
+            spec = %path.display(),
+            "source.poll_interval is no longer used: changes are streamed as they commit; remove it"
+        );
+    }
     let read_timeout = duration("source.read_timeout", &source.read_timeout)?;
     if read_timeout == 0 {
         return Err("source.read_timeout: must be more than 0".into());
@@ -112,7 +116,6 @@ fn compile(raw: RawSpec, path: &Path) -> Result<RoomsSpec, String> {
         path: path.to_path_buf(),
         name: raw.name,
         slot_prefix: source.slot_prefix,
-        poll_interval: Duration::from_millis(poll_interval),
         read_timeout: Duration::from_millis(read_timeout),
         max_wait: Duration::from_millis(max_wait),
     })
@@ -144,14 +147,13 @@ max_wait = "2s"
         let spec = RoomsSpec::load(&path).unwrap();
         assert_eq!(spec.name, "rooms");
         let spec = RoomsSpec::parse(GOOD, Path::new("x.toml")).unwrap();
-        assert_eq!(spec.poll_interval, Duration::from_millis(5));
         assert_eq!(spec.max_wait, Duration::from_secs(2));
     }
 
     #[test]
     fn errors_name_file_key_and_problem() {
-        let message = error(&GOOD.replace("\"5ms\"", "\"5 parsecs\""));
-        assert!(message.contains("dataflows/rooms.toml") && message.contains("source.poll_interval"), "{message}");
+        let message = error(&GOOD.replace("poll_interval = \"5ms\"", "read_timeout = \"5 parsecs\""));
+        assert!(message.contains("dataflows/rooms.toml") && message.contains("source.read_timeout"), "{message}");
         let message = error(&GOOD.replace("\"postgres_cdc\"", "\"kafka\""));
         assert!(message.contains("source.connector"), "{message}");
         let message = error(&GOOD.replace("\"hotel\", ", ""));

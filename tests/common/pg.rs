@@ -68,3 +68,50 @@ pub async fn connect(url: &str) -> tokio_postgres::Client {
     tokio::spawn(connection);
     client
 }
+
+/// The server processes streaming database `name`'s changes to a view (its logical WAL
+/// senders), waiting up to 10 s for one.
+pub async fn wal_senders(name: &str) -> Vec<i32> {
+    let admin = connect(&base_url()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let pids: Vec<i32> = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walsender' AND datname = $1
+                   AND application_name LIKE 'clickstay cdc%'",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if !pids.is_empty() || std::time::Instant::now() > deadline {
+            return pids;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Freezes (SIGSTOP) or thaws (SIGCONT) the processes `pids`, as a frozen host would.
+pub fn signal_all(pids: &[i32], signal: i32) {
+    for pid in pids {
+        assert_eq!(unsafe { libc::kill(*pid, signal) }, 0, "cannot signal process {pid}");
+    }
+}
+
+/// Restarts the test PostgreSQL server in place (same data, same port).
+pub fn restart_server() {
+    let dir = std::env::var("CLICKSTAY_PG_DIR").unwrap_or_else(|_| "/tmp/clickstay-pg".into());
+    let data = format!("{dir}/data");
+    let pg_ctl = "/usr/lib/postgresql/15/bin/pg_ctl";
+    let mut command = if unsafe { libc::geteuid() } == 0 {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--", pg_ctl]);
+        c
+    } else {
+        std::process::Command::new(pg_ctl)
+    };
+    let status = command.args(["restart", "-m", "fast", "-w", "-D", &data]).stdout(Stdio::null()).status().unwrap();
+    assert!(status.success(), "cannot restart PostgreSQL in {data}");
+}

@@ -78,7 +78,7 @@ pub const TICK: Duration = Duration::from_micros(200);
 
 /// How long a worker parks while no question is waiting: the clock then only has to move for
 /// compaction, and an arriving question wakes the workers.
-pub const IDLE_PARK: Duration = Duration::from_millis(5);
+pub const IDLE_PARK: Duration = Duration::from_millis(100);
 
 /// How long the history of positions reaches back, in ticks (60 s): longer than any question waits.
 const POSITION_HISTORY_TICKS: u64 = 60_000_000 / TICK.as_micros() as u64;
@@ -186,7 +186,6 @@ impl RoomsView {
                 url: url.clone(),
                 slot_prefix: spec.slot_prefix.clone(),
                 tables: VIEW_TABLES.iter().map(|t| t.to_string()).collect(),
-                poll_interval: spec.poll_interval,
                 read_timeout: spec.read_timeout,
             };
             let shared = shared.clone();

@@ -1,38 +1,40 @@
 //! PostgreSQL change data capture: a consistent snapshot of some tables, then every change
-//! committed to them afterwards, in commit order, read from a logical replication slot.
+//! committed to them afterwards, in commit order, streamed from a logical replication slot.
 //!
 //! How snapshot and stream meet without losing or doubling a transaction:
-//! 1. A *temporary* logical slot (`test_decoding`) is created first. Every transaction that
-//!    commits after the slot's consistent point will be decoded from it.
+//! 1. A *temporary* logical slot (`test_decoding`) is created first, on a replication
+//!    connection (`replication=database`). Every transaction that commits after the slot's
+//!    consistent point will be decoded from it.
 //! 2. Then a REPEATABLE READ transaction reads the tables and `pg_current_snapshot()`.
 //!    Transactions that committed between (1) and (2) are both in the snapshot and in the slot;
 //!    they are recognised by their xid being visible in that snapshot and skipped when decoded.
-//! 3. Each poll (a round of the [`Source`]) asks for the transactions committed before the WAL flush position read just
-//!    before it (`upto_lsn`), so after a poll the reader has seen *every* commit before that
-//!    LSN: that is the position an answer built from it reflects.
+//! 3. Once the snapshot is read, the slot is streamed (`START_REPLICATION`): the server sends
+//!    each transaction once, as it commits, and the reader hands it over whole at its commit.
+//!    A batch carries the position *reached*: every commit before it has been handed over (the
+//!    last commit's end, or the server's keepalive position outside a transaction). Each
+//!    keepalive is answered at once, so the server sends the next as soon as its WAL moves:
+//!    a quiet database's position (a checkpoint, WAL of other databases) reaches the reader
+//!    without a commit.
 //!
-//! The slot is temporary: it lives as long as the reader's session, so a crashed reader
+//! The slot is temporary: it lives as long as the replication connection, so a crashed reader
 //! leaves no slot behind holding WAL, and a restarted one starts from a fresh snapshot (the
-//! view is rebuilt, never patched from an unknown state). Polling with
-//! `pg_logical_slot_get_changes` consumes what it returns, so the slot's confirmed position
-//! follows the reader and retains no more WAL than one poll's worth.
-//!
-//! Each poll decodes from the slot's *restart* position, which only moves at the "running
-//! transactions" records PostgreSQL writes every 15 s: under heavy writes a poll would re-read up
-//! to 15 s of WAL. A ticker on its own connection writes such a record every second (by creating
-//! and dropping a throwaway temporary slot; `pg_log_standby_snapshot()` exists only from
-//! PostgreSQL 16), which keeps polls short and the commit-to-view lag low.
+//! view is rebuilt, never patched from an unknown state). Standby status updates report the
+//! reached position as applied, so the slot's confirmed position follows the reader and the
+//! server recycles the WAL behind it. A quiet stream is asked for a keepalive every third of
+//! `read_timeout`; one that answers nothing for `read_timeout` is taken as broken.
 //!
 //! As a [`Source`], a database is one partition whose positions are LSNs: the first rounds hand
 //! over the snapshot's rows as inserts (no position yet), the later ones the changes committed
-//! since, each batch with the LSN it reaches. `snapshot.rs` reads the snapshot, `replication.rs`
-//! the slot; this file only wires them.
+//! since, each batch with the LSN it reaches. `snapshot.rs` reads the snapshot,
+//! `replication.rs` the slot's stream (on `walstream.rs`, the replication protocol); this file
+//! only wires them.
 //!
 //! Values are PostgreSQL's text output (what `test_decoding` prints and what the simple query
 //! protocol returns), so one converter serves snapshot rows and changes alike.
 
 mod replication;
 mod snapshot;
+mod walstream;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -99,25 +101,24 @@ pub struct CdcOptions {
     pub slot_prefix: String,
     /// The (public schema) tables whose rows and changes are wanted.
     pub tables: Vec<String>,
-    /// How long a round waits after a poll that found nothing.
-    pub poll_interval: Duration,
-    /// Longest wait for the database's answer to a read (a snapshot batch or a poll): past it
-    /// the source fails, as for a broken connection, so that a hung database or network is
-    /// noticed and its reader rebuilt.
+    /// Longest wait for the database's answer to a read (a snapshot batch, or anything on a
+    /// quiet stream, which is asked for a keepalive every third of it): past it the source
+    /// fails, as for a broken connection, so that a hung database or network is noticed and
+    /// its reader rebuilt.
     pub read_timeout: Duration,
 }
+
+/// The longest a round waits for the first committed change.
+const ROUND_WAIT: Duration = Duration::from_millis(100);
 
 /// One database's snapshot and change stream, read in rounds. It runs its own single-threaded
 /// tokio runtime, so a reader thread drives it like any other source.
 pub struct CdcSource {
     runtime: tokio::runtime::Runtime,
-    client: Client,
-    slot: replication::Slot,
-    /// `Some` while the snapshot is being read.
-    snapshot: Option<snapshot::Snapshot>,
+    /// The snapshot's connection, and the snapshot, while it is being read.
+    snapshot: Option<(Client, snapshot::Snapshot)>,
+    stream: replication::Stream,
     options: CdcOptions,
-    /// The last poll found nothing: the next round waits `poll_interval` first.
-    idle: bool,
     rows: u64,
 }
 
@@ -126,7 +127,8 @@ impl Source for CdcSource {
     type Records = Changes;
     type Position = Lsn;
 
-    /// Connects, creates the temporary slot and begins the snapshot. The slot is temporary, so
+    /// Creates the temporary slot on a replication connection, then connects again and begins
+    /// the snapshot. The slot is temporary, so
     /// nothing can be resumed: `resume` must be empty (a restarted reader starts from a fresh
     /// snapshot). A database is one partition, read by the reader that owns partition 0.
     fn open(options: &CdcOptions, share: Share, resume: &BTreeMap<u32, Lsn>) -> Result<Self> {
@@ -140,7 +142,11 @@ impl Source for CdcSource {
             .enable_all()
             .build()
             .context("cannot start the CDC reader's runtime")?;
-        let (client, slot, snapshot) = runtime.block_on(async {
+        let (stream, client, snapshot) = runtime.block_on(async {
+            let create = replication::Stream::create(&options.url, &options.slot_prefix);
+            let stream = tokio::time::timeout(options.read_timeout, create).await.map_err(|_| {
+                anyhow!("cannot create the replication slot: no answer within {:?}", options.read_timeout)
+            })??;
             let connect = tokio::time::timeout(options.read_timeout, tokio_postgres::connect(&options.url, NoTls));
             let (client, connection) = connect
                 .await
@@ -151,19 +157,10 @@ impl Source for CdcSource {
                     tracing::warn!(error = %crate::pg_error::Report(&error), "CDC connection ended");
                 }
             });
-            let slot = replication::Slot::create(&client, &options.url, &options.slot_prefix).await?;
             let snapshot = snapshot::Snapshot::begin(&client, &options.tables).await?;
-            anyhow::Ok((client, slot, snapshot))
+            anyhow::Ok((stream, client, snapshot))
         })?;
-        Ok(CdcSource {
-            runtime,
-            client,
-            slot,
-            snapshot: Some(snapshot),
-            options: options.clone(),
-            idle: false,
-            rows: 0,
-        })
+        Ok(CdcSource { runtime, snapshot: Some((client, snapshot)), stream, options: options.clone(), rows: 0 })
     }
 
     fn partitions(&self) -> Vec<u32> {
@@ -171,8 +168,8 @@ impl Source for CdcSource {
     }
 
     fn read_round(&mut self) -> Result<Option<Vec<Batch<Changes>>>> {
-        if let Some(snapshot) = &mut self.snapshot {
-            let read = snapshot.next_rows(&self.client);
+        if let Some((client, snapshot)) = &mut self.snapshot {
+            let read = snapshot.next_rows(client);
             match within(&self.runtime, self.options.read_timeout, "a snapshot read", read)? {
                 Some(changes) => {
                     self.rows += changes.len() as u64;
@@ -181,21 +178,17 @@ impl Source for CdcSource {
                 }
                 None => {
                     debug!(rows = self.rows, "snapshot read");
-                    let snapshot = self.snapshot.take().expect("reading the snapshot");
-                    self.slot.skip_transactions_in(snapshot.xids);
+                    let (_, snapshot) = self.snapshot.take().expect("reading the snapshot");
+                    self.stream.skip_transactions_in(snapshot.xids);
                 }
             }
         }
-        if self.idle {
-            let wait = self.options.poll_interval;
-            // The timer is made inside the runtime (a `sleep` needs one when it is created).
-            self.runtime.block_on(async { tokio::time::sleep(wait).await });
+        let started = Instant::now();
+        let read = self.stream.read(&self.options.tables, ROUND_WAIT, self.options.read_timeout);
+        let (changes, reached) = self.runtime.block_on(read)?;
+        if !changes.is_empty() {
+            debug!(changes = changes.len(), ms = started.elapsed().as_secs_f64() * 1e3, "streamed");
         }
-        let polled = Instant::now();
-        let poll = self.slot.poll(&self.client, &self.options.tables);
-        let (changes, reached) = within(&self.runtime, self.options.read_timeout, "a poll of the slot", poll)?;
-        debug!(changes = changes.len(), ms = polled.elapsed().as_secs_f64() * 1e3, "polled");
-        self.idle = changes.is_empty();
         self.rows += changes.len() as u64;
         Ok(Some(vec![Batch { partition: 0, sequence: reached, records: Changes { changes, reached: Some(reached) } }]))
     }

@@ -1,50 +1,80 @@
-//! The stream half: a temporary logical replication slot (`test_decoding`), polled with
-//! `pg_logical_slot_get_changes` up to the WAL flush position, and a ticker that keeps the
-//! slot's restart position moving (see the module documentation of `postgres_cdc`).
+//! The stream half: a temporary logical replication slot (`test_decoding`) on a replication
+//! connection of its own ([`WalStream`]), streamed from once the snapshot is read: each change
+//! arrives once, as it commits (see the module documentation of `postgres_cdc`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info};
 
 use super::snapshot::SnapshotXids;
+use super::walstream::{WalMessage, WalStream};
 use super::{Change, Lsn, Tuple, parse_lsn};
 
-/// How often the ticker writes a running-transactions record.
-const RESTART_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the applied position is reported when it moved (the slot's confirmed position,
+/// which lets the server recycle WAL).
+const STATUS_EVERY: Duration = Duration::from_secs(1);
 
-/// A temporary slot on the reader's connection, and its restart ticker.
-pub(super) struct Slot {
+/// The options of `test_decoding`: transaction ids (to skip those in the snapshot), and no
+/// empty transactions.
+const PLUGIN_OPTIONS: &str = "\"include-xids\" '1', \"skip-empty-xacts\" '1'";
+
+/// A temporary slot on its own replication connection, and where its stream stands.
+pub(super) struct Stream {
+    wal: WalStream,
     name: String,
     /// The snapshot the stream continues: its transactions are skipped when decoded.
     in_snapshot: Option<SnapshotXids>,
-    ticker: tokio::task::JoinHandle<()>,
+    started: bool,
+    /// Every commit before this position has been handed over.
+    reached: Lsn,
+    /// The changes of the transaction being received (handed over at its commit), and whether
+    /// it is one of the snapshot's.
+    open: Option<(Vec<Change>, bool)>,
+    /// When the server was last asked for a keepalive.
+    asked_at: Instant,
+    /// The position last reported to the server, and when.
+    reported: (Lsn, Instant),
+    /// When the server last sent anything.
+    heard_at: Instant,
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.ticker.abort();
-    }
-}
-
-impl Slot {
-    /// Creates the temporary slot `{slot_prefix}_{pid}_{n}` on `client` (connected to `url`)
-    /// and starts its ticker.
-    pub async fn create(client: &Client, url: &str, slot_prefix: &str) -> Result<Self> {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let name =
-            format!("{slot_prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        let row = client
-            .query_one("SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'test_decoding', true)", &[&name])
+impl Stream {
+    /// Connects to `url` in replication mode and creates the temporary slot
+    /// `{slot_prefix}_{pid}_{n}` there (it lives as long as the connection).
+    pub async fn create(url: &str, slot_prefix: &str) -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!("{slot_prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let mut wal = WalStream::connect(url, &format!("clickstay cdc {name}")).await.context(
+            "cannot open a replication connection (the role needs REPLICATION or superuser, and the server \
+             max_wal_senders > 0)",
+        )?;
+        let rows = wal
+            .simple_query(&format!(
+                "CREATE_REPLICATION_SLOT \"{name}\" TEMPORARY LOGICAL test_decoding (SNAPSHOT 'nothing')"
+            ))
             .await
             .with_context(|| {
                 format!(
                     "cannot create the logical replication slot {name} (is wal_level = logical, and is a slot free?)"
                 )
             })?;
-        let consistent: String = row.get(0);
+        let consistent =
+            rows.first().and_then(|row| row.get(1).cloned().flatten()).ok_or_else(|| anyhow!("no consistent point"))?;
         info!(slot = %name, consistent_point = %consistent, "replication slot created");
-        let ticker = tokio::spawn(tick_restart(url.to_string(), format!("{name}_tick")));
-        Ok(Slot { name, in_snapshot: None, ticker })
+        let now = Instant::now();
+        Ok(Stream {
+            wal,
+            name,
+            in_snapshot: None,
+            started: false,
+            reached: parse_lsn(&consistent)?,
+            open: None,
+            asked_at: now,
+            reported: (0, now),
+            heard_at: now,
+        })
     }
 
     /// From now on, transactions visible in `snapshot` are skipped (they are in it already).
@@ -52,78 +82,102 @@ impl Slot {
         self.in_snapshot = Some(snapshot);
     }
 
-    /// The changes to `tables` committed since the previous poll (or the snapshot), up to the WAL
-    /// flush position read first, and that position.
-    pub async fn poll(&mut self, client: &Client, tables: &[String]) -> Result<(Vec<Change>, Lsn)> {
-        // One round trip: the flush position is read first (MATERIALIZED), then every
-        // transaction committed before it is decoded. A row with NULL data means none.
-        let rows = client
-            .query(
-                "WITH upto AS MATERIALIZED (SELECT pg_current_wal_flush_lsn() AS lsn)
-                 SELECT upto.lsn::text, changes.data
-                   FROM upto
-                   LEFT JOIN LATERAL pg_logical_slot_get_changes($1, upto.lsn, NULL,
-                                     'include-xids', '1', 'skip-empty-xacts', '1') AS changes ON true",
-                &[&self.name],
-            )
-            .await
-            .with_context(|| format!("cannot read changes from slot {}", self.name))?;
-        let flushed: &str = rows.first().ok_or_else(|| anyhow!("no flush position"))?.get(0);
-        let reached = parse_lsn(flushed)?;
+    /// The changes to `tables` of the transactions that committed since the last read, waiting
+    /// up to `wait` for the first, and the position reached. Starts the stream on its first call.
+    /// A server silent for `silence` (it answers a status request within milliseconds) is an
+    /// error: the connection is taken as broken.
+    pub async fn read(&mut self, tables: &[String], wait: Duration, silence: Duration) -> Result<(Vec<Change>, Lsn)> {
+        if !self.started {
+            self.wal
+                .start(&self.name, 0, PLUGIN_OPTIONS)
+                .await
+                .with_context(|| format!("cannot stream slot {}", self.name))?;
+            self.started = true;
+            self.heard_at = Instant::now();
+        }
+        let deadline = Instant::now() + wait;
         let mut changes = Vec::new();
-        let mut skipping = false;
-        for row in &rows {
-            let Some(line) = row.get::<_, Option<&str>>(1) else { continue };
-            match parse_line(line, tables).with_context(|| format!("cannot decode `{}`", abbreviate(line)))? {
-                Decoded::Begin(xid) => {
-                    skipping = self.in_snapshot.as_ref().is_some_and(|snapshot| snapshot.sees(xid));
-                    if skipping {
-                        debug!(xid, "transaction already in the snapshot; skipped");
-                    }
+        loop {
+            let now = Instant::now();
+            // A quiet server: ask for a keepalive, which shows the connection is alive.
+            if now - self.heard_at >= silence / 3 && now - self.asked_at >= silence / 3 {
+                self.wal.send_status(self.reached, true).await?;
+                self.asked_at = now;
+            }
+            if now - self.heard_at >= silence {
+                bail!("slot {}: the server sent nothing for {silence:?}", self.name);
+            }
+            let timeout = if !changes.is_empty() {
+                Duration::ZERO // hand over what has come, without waiting for more
+            } else {
+                deadline.saturating_duration_since(now).min(silence / 3)
+            };
+            match tokio::time::timeout(timeout, self.wal.next()).await {
+                Ok(message) => {
+                    self.heard_at = Instant::now();
+                    self.receive(message?, tables, &mut changes).await?;
                 }
-                Decoded::Commit => skipping = false,
-                Decoded::Change(change) if !skipping => changes.push(change),
-                Decoded::Truncate(table) if !skipping => {
-                    bail!("table {table} was truncated; restart to rebuild from a fresh snapshot")
-                }
-                _ => {}
+                Err(_) if !changes.is_empty() || Instant::now() >= deadline => break,
+                Err(_) => {}
             }
         }
-        Ok((changes, reached))
+        if self.reached > self.reported.0 && self.reported.1.elapsed() >= STATUS_EVERY {
+            self.wal.send_status(self.reached, false).await?;
+            self.reported = (self.reached, Instant::now());
+        }
+        Ok((changes, self.reached))
     }
-}
 
-/// Writes a running-transactions record every [`RESTART_TICK`], so that the slot's restart
-/// position follows the stream (see the module comment). Failures are logged and retried: the
-/// ticker only makes polls cheaper, the stream is correct without it.
-async fn tick_restart(url: String, tick_slot: String) {
-    let mut client = None;
-    loop {
-        tokio::time::sleep(RESTART_TICK).await;
-        if client.is_none() {
-            match tokio_postgres::connect(&url, NoTls).await {
-                Ok((connected, connection)) => {
-                    tokio::spawn(connection);
-                    client = Some(connected);
+    /// Takes one message of the stream: a committed transaction's changes go to `changes`.
+    async fn receive(&mut self, message: WalMessage, tables: &[String], changes: &mut Vec<Change>) -> Result<()> {
+        match message {
+            WalMessage::Keepalive { wal_end, reply } => {
+                // Inside a transaction the server may have sent past its commit already.
+                if self.open.is_none() {
+                    self.reached = self.reached.max(wal_end);
                 }
-                Err(error) => {
-                    debug!(%error, "restart ticker cannot connect");
-                    continue;
+                // Answered at once: the server then sends the next keepalive as soon as its
+                // WAL moves again (a walsender waits for an answer before it sends another),
+                // so a quiet database's position reaches the view without a commit.
+                if reply || self.reached > self.reported.0 {
+                    self.wal.send_status(self.reached, false).await?;
+                    self.reported = (self.reached, Instant::now());
+                }
+            }
+            WalMessage::Data { lsn, data } => {
+                let line = std::str::from_utf8(&data).context("a decoded change is not UTF-8")?;
+                match parse_line(line, tables).with_context(|| format!("cannot decode `{}`", abbreviate(line)))? {
+                    Decoded::Begin(xid) => {
+                        let skip = self.in_snapshot.as_ref().is_some_and(|snapshot| snapshot.sees(xid));
+                        if skip {
+                            debug!(xid, "transaction already in the snapshot; skipped");
+                        }
+                        self.open = Some((Vec::new(), skip));
+                    }
+                    Decoded::Commit => {
+                        let (committed, skip) = self.open.take().context("COMMIT without BEGIN")?;
+                        if !skip {
+                            changes.extend(committed);
+                        }
+                        // The commit's message is at the end of its commit record.
+                        self.reached = self.reached.max(lsn);
+                    }
+                    Decoded::Change(change) => match &mut self.open {
+                        Some((open, skip)) => {
+                            if !*skip {
+                                open.push(change);
+                            }
+                        }
+                        None => bail!("a change outside a transaction"),
+                    },
+                    Decoded::Truncate(table) if !self.open.as_ref().is_some_and(|(_, skip)| *skip) => {
+                        bail!("table {table} was truncated; restart to rebuild from a fresh snapshot")
+                    }
+                    _ => {}
                 }
             }
         }
-        let Some(connected) = &client else { continue };
-        let ticked = connected
-            .query_one(
-                "SELECT pg_drop_replication_slot(slot_name)
-                   FROM pg_create_logical_replication_slot($1, 'test_decoding', true)",
-                &[&tick_slot],
-            )
-            .await;
-        if let Err(error) = ticked {
-            debug!(%error, "restart ticker failed; reconnecting");
-            client = None;
-        }
+        Ok(())
     }
 }
 
