@@ -150,8 +150,8 @@ impl WalStream {
         }
     }
 
-    /// The next message of the stream (cancel-safe only between messages: call it under a
-    /// timeout that drops the connection when it fires, or not at all).
+    /// The next message of the stream. Cancel-safe, so it may run under a timeout: bytes read
+    /// stay in the buffer, and a message is taken out of it only once it is whole.
     pub async fn next(&mut self) -> Result<WalMessage> {
         loop {
             let (tag, mut body) = self.next_frame().await?;
