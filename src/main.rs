@@ -1,7 +1,7 @@
 //! The `clickstay` binary: one subcommand per job or tool.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// mimalloc instead of glibc's malloc: the jobs allocate and free many small buffers on several
 /// threads (Kafka batches, rows, archive columns), where glibc spent about a tenth of the
@@ -22,7 +22,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -85,8 +85,8 @@ fn run(command: Command, log_format: LogFormat) -> Result<()> {
         }
         // The processes log as the launcher does.
         Command::Launch(args) => {
-            let format = if log_format == LogFormat::Json { "json" } else { "text" };
-            clickstay::cluster::launch(&args, format)
+            let format = log_format.to_possible_value().expect("every format has a name");
+            clickstay::cluster::launch(&args, format.get_name())
         }
         Command::Rooms(command) => clickstay::rooms::cli::run(command),
     }

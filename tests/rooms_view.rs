@@ -60,6 +60,11 @@ impl Shop {
         &self.dbs[self.shards.index_of(hotel_id)]
     }
 
+    /// The database name of `shard`.
+    fn db_name(&self, shard: usize) -> &str {
+        self.urls[shard].rsplit('/').next().unwrap()
+    }
+
     /// Hotel `hotel_id` in a city, with `room_types` room types of 2 to 4 rooms, for [`DAYS`] nights.
     async fn add_hotel(&self, hotel_id: i64, room_types: i32) {
         let city = CITIES[hotel_id as usize % CITIES.len()];
@@ -174,7 +179,7 @@ async fn a_restarted_server_under_the_view_is_followed_again() {
         random_change(&shop, &api, &mut rng, hotels, &mut booked).await;
     }
     shop.assert_view_equals_sql(&api, hotels).await;
-    let before = pg::wal_senders(shop.urls[0].rsplit('/').next().unwrap()).await;
+    let before = pg::wal_senders(shop.db_name(0)).await;
 
     pg::restart_server();
     for (db, url) in shop.dbs.iter_mut().zip(&shop.urls) {
@@ -192,7 +197,7 @@ async fn a_restarted_server_under_the_view_is_followed_again() {
     loop {
         let (_, health) = shop.get(&format!("{api}/healthz")).await;
         let serving = (0..2).all(|shard| health["shards"][shard]["view"]["state"] == "serving");
-        let after = pg::wal_senders(shop.urls[0].rsplit('/').next().unwrap()).await;
+        let after = pg::wal_senders(shop.db_name(0)).await;
         if serving && !after.is_empty() && after != before {
             break;
         }
@@ -344,8 +349,7 @@ async fn the_view_refuses_what_it_knows_is_sold_out_and_the_database_has_the_las
     // Sold out behind the view's back: the stale view lets the booking through to the
     // database, whose answer is 409; nothing is oversold. The shard's WAL sender is frozen
     // meanwhile, which keeps the view stale.
-    let shard_db = shop.urls[shop.shards.index_of(hotel_id)].rsplit('/').next().unwrap().to_string();
-    let senders = pg::wal_senders(&shard_db).await;
+    let senders = pg::wal_senders(shop.db_name(shop.shards.index_of(hotel_id))).await;
     assert_eq!(senders.len(), 1, "the shard's WAL sender: {senders:?}");
     pg::signal_all(&senders, libc::SIGSTOP);
     let db = shop.db(hotel_id);

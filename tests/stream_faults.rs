@@ -154,18 +154,12 @@ fn plain_lines(events: &Path) -> Vec<(ClickEvent, String)> {
 
 /// The events of a JSON Lines file of valid events, with their foreign spelling.
 fn foreign_lines(events: &Path) -> Vec<(ClickEvent, String)> {
-    let text = std::fs::read_to_string(events).unwrap();
-    let lines: Vec<_> = text
-        .lines()
-        .enumerate()
-        .map(|(n, line)| {
-            let event = event::parse_json(line.as_bytes(), line.len()).expect("gen writes valid events");
-            let foreign = foreign_spelling(&event, n);
-            assert_ne!(foreign, line);
-            (event, foreign)
-        })
-        .collect();
-    lines
+    let foreign = |(n, (event, line)): (usize, (ClickEvent, String))| {
+        let foreign = foreign_spelling(&event, n);
+        assert_ne!(foreign, line);
+        (event, foreign)
+    };
+    plain_lines(events).into_iter().enumerate().map(foreign).collect()
 }
 
 #[test]

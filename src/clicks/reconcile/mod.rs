@@ -249,7 +249,7 @@ fn committed_ranges(
             bail!(
                 "partition {partition} of job `{job}` lost records and was read anew from its start \
                  (incarnation {incarnation}, see source_gaps): its offsets repeat, and reconcile replays \
-                 a partition's offsets once; reconcile a job that never lost records, or its new --job"
+                 each offset of a partition once, so it cannot check this job"
             );
         }
         if let Some(last) = ranges.get(&partition).and_then(|r| r.last())

@@ -83,7 +83,7 @@ impl Stream {
     }
 
     /// The changes to `tables` of the transactions that committed since the last read, waiting
-    /// up to `wait` for the first, and the position reached. Starts the stream on its first call.
+    /// up to `wait` for the first (or for the position to move), and the position reached. Starts the stream on its first call.
     /// A server silent for `silence` (it answers a status request within milliseconds) is an
     /// error: the connection is taken as broken.
     pub async fn read(&mut self, tables: &[String], wait: Duration, silence: Duration) -> Result<(Vec<Change>, Lsn)> {
@@ -97,7 +97,11 @@ impl Stream {
         }
         let deadline = Instant::now() + wait;
         let mut changes = Vec::new();
+        let from = self.reached;
         loop {
+            // Changes, or a position further on (a keepalive, a commit of other tables): hand
+            // over what has come, without waiting for more.
+            let moved = !changes.is_empty() || self.reached > from;
             let now = Instant::now();
             // A quiet server: ask for a keepalive, which shows the connection is alive.
             if now - self.heard_at >= silence / 3 && now - self.asked_at >= silence / 3 {
@@ -107,17 +111,13 @@ impl Stream {
             if now - self.heard_at >= silence {
                 bail!("slot {}: the server sent nothing for {silence:?}", self.name);
             }
-            let timeout = if !changes.is_empty() {
-                Duration::ZERO // hand over what has come, without waiting for more
-            } else {
-                deadline.saturating_duration_since(now).min(silence / 3)
-            };
+            let timeout = if moved { Duration::ZERO } else { deadline.saturating_duration_since(now).min(silence / 3) };
             match tokio::time::timeout(timeout, self.wal.next()).await {
                 Ok(message) => {
                     self.heard_at = Instant::now();
                     self.receive(message?, tables, &mut changes).await?;
                 }
-                Err(_) if !changes.is_empty() || Instant::now() >= deadline => break,
+                Err(_) if moved || Instant::now() >= deadline => break,
                 Err(_) => {}
             }
         }
