@@ -24,6 +24,10 @@ use super::model::{
     parse_date, parse_reservation_id,
 };
 use super::shards::{ShardError, Shards, redact_text};
+use super::trips::{
+    self,
+    coordinator::{TripSettings, Trips},
+};
 use super::view::answers::Ask;
 use super::view::committer::Committer;
 use super::view::rows::day_of;
@@ -50,9 +54,20 @@ struct AppState {
 /// sold-out bookings from `view` when given (spawns the id look-up tasks, so call it inside a
 /// tokio runtime). Every request passes [`guard::limit`] (deadline, concurrency cap), then
 /// [`guard::guard`] (origin, content type, token).
-pub fn router(shards: Shards, view: Option<RoomsView>, limits: Limits, access: Access) -> Router {
+///
+/// The trip routes ([`trips::routes`]) share the claim tasks; recovery of trips
+/// ([`trips::recovery::spawn`]) starts here too.
+pub fn router(
+    shards: Shards,
+    view: Option<RoomsView>,
+    limits: Limits,
+    access: Access,
+    trip_settings: TripSettings,
+) -> Router {
     let id_lookups = id_lookup::spawn_all(&shards);
     let claims = claims::spawn_all(&shards);
+    let trips = Trips::new(shards.clone(), claims.clone(), trip_settings);
+    trips::recovery::spawn(trips.clone());
     let view = view.map(|view| (view, Committer::new(shards.clone())));
     Router::new()
         .route("/healthz", get(healthz))
@@ -64,6 +79,7 @@ pub fn router(shards: Shards, view: Option<RoomsView>, limits: Limits, access: A
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { shards, id_lookups, claims, view })
+        .merge(trips::routes::router(trips))
         .layer(middleware::from_fn_with_state(Arc::new(access), guard::guard))
         .layer(middleware::from_fn_with_state(Bounds::from(limits), guard::limit))
 }
@@ -80,7 +96,11 @@ impl ApiError {
         Self { status, body: json!({ "error": code, "message": message.into() }) }
     }
 
-    fn with(mut self, key: &str, value: Value) -> Self {
+    pub(crate) fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub(crate) fn with(mut self, key: &str, value: Value) -> Self {
         self.body[key] = value;
         self
     }
@@ -252,12 +272,7 @@ async fn create_reservation(
     State(AppState { shards, id_lookups, claims, view }): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
-    let body = body.map_err(|rejection| {
-        let code =
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
-        ApiError::new(rejection.status(), code, rejection.body_text())
-    })?;
-    let request = ReservationRequest::parse(&body)?;
+    let request = ReservationRequest::parse(&body_of(body)?)?;
     let home = shards.index_of(request.hotel_id);
     // A booking the view already knows to be sold out is refused without touching the database.
     if let Some((view, _)) = &view {
@@ -333,6 +348,15 @@ async fn create_reservation(
             format!("hotel {} has no room type {}", request.hotel_id, request.room_type_id),
         )),
     }
+}
+
+/// A request's body, or the 413/400 for one too large or cut off.
+pub(crate) fn body_of(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        let code =
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE { "payload_too_large" } else { "bad_request" };
+        ApiError::new(rejection.status(), code, rejection.body_text())
+    })
 }
 
 fn sold_out(request: &ReservationRequest, night: chrono::NaiveDate) -> ApiError {

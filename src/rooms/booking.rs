@@ -224,6 +224,81 @@ async fn try_reserve(
     }
 }
 
+/// How a transaction of several legs on one shard ends once every leg got its nights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegsEnd {
+    /// COMMIT: a trip whose legs all live on this shard.
+    Commit,
+    /// `PREPARE TRANSACTION gid`: phase one of a two-phase commit; the coordinator later sends
+    /// `COMMIT PREPARED` or `ROLLBACK PREPARED` (see `trips::two_phase`).
+    Prepare(String),
+}
+
+/// Books every leg of `legs` (all of this shard) in one transaction, which ends as `end` says
+/// when every leg got every night; otherwise it rolls back and names the first leg refused
+/// (its index in `legs`) with why (`SoldOut`, `IdReused`, `Repeated`, `UnknownHotel`, ...).
+/// The legs go out in the order given, behind one BEGIN (pipelined); callers sort them by
+/// hotel, room type and date so that two trips lock the same nights in the same order.
+pub async fn book_legs(
+    client: &ClientWrapper,
+    legs: &[ReservationRequest],
+    end: &LegsEnd,
+) -> Result<Option<(usize, Outcome)>> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        match try_book_legs(client, legs, end).await {
+            Ok(Some(refused)) => return Ok(refused),
+            Ok(None) => debug!(attempt, "could not tell why a leg failed; retrying"),
+            Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
+                debug!(attempt, %error, "transient failure; retrying")
+            }
+            Err(error) => return Err(error).context("trip transaction failed"),
+        }
+    }
+    anyhow::bail!("booking {} legs failed {MAX_ATTEMPTS} times without a reason", legs.len())
+}
+
+/// One attempt of [`book_legs`]: `Some(None)` when every leg was booked, `Some(Some(..))` for
+/// the first leg refused, `None` when a constraint failed for no reason the diagnosis sees.
+async fn try_book_legs(
+    client: &ClientWrapper,
+    legs: &[ReservationRequest],
+    end: &LegsEnd,
+) -> Result<Option<Option<(usize, Outcome)>>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(RESERVE_SQL).await?;
+    let parameters: Vec<_> = legs.iter().map(|leg| leg.sql_params()).collect();
+    let booked = futures_util::future::join_all(parameters.iter().map(|p| client.query_one(&statement, p)));
+    let (begun, results) = tokio::join!(client.batch_execute("BEGIN"), booked);
+    if let Err(error) = begun {
+        return Err(rolled_back(client, error).await);
+    }
+    for (index, (leg, result)) in legs.iter().zip(results).enumerate() {
+        match result {
+            Ok(row) if row.get::<_, i32>("nights_taken") == leg.nights() => {}
+            Ok(row) => {
+                client.batch_execute("ROLLBACK").await?;
+                return Ok(row
+                    .get::<_, Option<NaiveDate>>("full_night")
+                    .map(|night| Some((index, Outcome::SoldOut { night }))));
+            }
+            Err(error)
+                if [SqlState::UNIQUE_VIOLATION, SqlState::FOREIGN_KEY_VIOLATION, SqlState::CHECK_VIOLATION]
+                    .iter()
+                    .any(|code| error.code() == Some(code)) =>
+            {
+                client.batch_execute("ROLLBACK").await?;
+                return Ok(diagnose(client, leg).await?.map(|outcome| Some((index, outcome))));
+            }
+            Err(error) => return Err(rolled_back(client, error).await),
+        }
+    }
+    let ending = match end {
+        LegsEnd::Commit => "COMMIT".to_string(),
+        LegsEnd::Prepare(gid) => format!("PREPARE TRANSACTION '{}'", gid.replace('\'', "''")),
+    };
+    client.batch_execute(&ending).await?;
+    Ok(Some(None))
+}
+
 /// `error` after rolling back; the rollback's own error instead if it failed (the connection
 /// may then still be inside the transaction, and the caller must not reuse it).
 async fn rolled_back(client: &ClientWrapper, error: tokio_postgres::Error) -> tokio_postgres::Error {

@@ -11,8 +11,10 @@ use clap::{Args, Subcommand};
 use crate::duration::parse_timeout;
 
 use super::shards::{DEFAULT_POOL_SIZE, ShardLimits, Shards};
+use super::trips::coordinator::{TripSettings, Trips};
+use super::trips::recovery;
 use super::view::RoomsView;
-use super::{audit, guard, migrate, seed, server};
+use super::{audit, claims, guard, migrate, seed, server};
 use crate::rooms::spec::RoomsSpec;
 
 /// Hotel reservation commands. Each reads the hotel shards from `[postgres] shards` in the
@@ -29,6 +31,35 @@ pub enum RoomsCommand {
     /// Check the invariants on every shard: no night oversold, and every night's
     /// total_reserved equal to the confirmed reservations covering it.
     Check(ConfigArg),
+    /// List what trips left unresolved: prepared transactions, unfinished trips and saga
+    /// steps, with their ages (one JSON object per line).
+    InDoubt(ConfigArg),
+    /// Resolve what trips left: commit or roll back prepared transactions as the coordinator
+    /// log says (roll back undecided ones older than --prepare-timeout), finish or compensate
+    /// unfinished trips older than it. `rooms serve` does this by itself, periodically.
+    Recover(RecoverArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Leave alone what is younger than this (its coordinator may be alive); 0s resolves
+    /// everything now. Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    pub prepare_timeout: Duration,
+}
+
+/// `rooms serve`'s trip flags.
+#[derive(Args, Debug, Clone)]
+pub struct TripArgs {
+    /// A trip's prepared transaction (or unfinished saga) this old without a decision is
+    /// taken to have lost its coordinator and is rolled back (compensated). Units: ms, s, m.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout)]
+    pub prepare_timeout: Duration,
+    /// How often the server looks for what a dead coordinator left (also once at start-up).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_timeout)]
+    pub recovery_interval: Duration,
 }
 
 /// `--config`: where the shards are listed.
@@ -87,6 +118,8 @@ pub struct ServeArgs {
     pub workers: usize,
     #[command(flatten)]
     pub limits: ShardLimits,
+    #[command(flatten)]
+    pub trips: TripArgs,
     /// Close a connection whose request headers are not complete this long after the server
     /// began reading them (also closes a kept-alive connection idle that long). Units: ms, s, m.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout)]
@@ -122,6 +155,10 @@ impl ServeArgs {
                 allow_origins: self.allow_origin.iter().map(|origin| origin.trim().to_string()).collect(),
                 tokens: guard::tokens_from(self.auth_tokens.as_ref())?,
             },
+            trips: TripSettings {
+                prepare_timeout: self.trips.prepare_timeout,
+                recovery_interval: self.trips.recovery_interval,
+            },
         })
     }
 }
@@ -153,6 +190,8 @@ pub fn run(command: RoomsCommand) -> Result<()> {
                 server::serve(args.listen, shards, view, options).await
             }
             RoomsCommand::Check(config) => run_check(config).await,
+            RoomsCommand::InDoubt(config) => run_in_doubt(config).await,
+            RoomsCommand::Recover(args) => run_recover(args).await,
         }
     })
 }
@@ -200,6 +239,39 @@ async fn run_check(config: ConfigArg) -> Result<()> {
     Ok(())
 }
 
+/// The shards with the API's bounds (the trip tools ask every shard within a timeout).
+fn trip_tools(config: &ConfigArg, prepare_timeout: Duration) -> Result<Trips> {
+    let shards = Shards::from_config_with(config.config.as_deref(), 2, ShardLimits::default())?;
+    let settings = TripSettings { prepare_timeout, ..TripSettings::default() };
+    Ok(Trips::new(shards.clone(), claims::spawn_all(&shards), settings))
+}
+
+async fn run_in_doubt(config: ConfigArg) -> Result<()> {
+    let trips = trip_tools(&config, TripSettings::default().prepare_timeout)?;
+    let lines = recovery::in_doubt(&trips).await?;
+    for line in &lines {
+        println!("{line}");
+    }
+    if lines.is_empty() {
+        eprintln!("nothing in doubt: no prepared transaction, no unfinished trip");
+    }
+    Ok(())
+}
+
+async fn run_recover(args: RecoverArgs) -> Result<()> {
+    let trips = trip_tools(&args.config, args.prepare_timeout)?;
+    let report = recovery::recover(&trips, args.prepare_timeout).await;
+    println!("{}", serde_json::to_string(&report)?);
+    let left = recovery::in_doubt(&trips).await?;
+    for line in &left {
+        println!("{line}");
+    }
+    if report.shards_unanswered > 0 {
+        bail!("{} shard(s) did not answer; run recover again once they are back", report.shards_unanswered);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +291,7 @@ mod tests {
         assert_eq!(args.max_concurrent, defaults.limits.max_concurrent);
         assert!(args.allow_origin.is_empty() && args.auth_tokens.is_none());
         assert!(defaults.transport.shutdown_grace > defaults.limits.request_timeout);
+        assert_eq!(args.trips.prepare_timeout, defaults.trips.prepare_timeout);
+        assert_eq!(args.trips.recovery_interval, defaults.trips.recovery_interval);
     }
 }

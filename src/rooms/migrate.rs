@@ -21,6 +21,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "initial", sql: include_str!("migrations/0001_initial.sql") },
     Migration { version: 2, name: "view", sql: include_str!("migrations/0002_view.sql") },
     Migration { version: 3, name: "claims", sql: include_str!("migrations/0003_claims.sql") },
+    Migration { version: 4, name: "trips", sql: include_str!("migrations/0004_trips.sql") },
 ];
 
 /// Key of the advisory lock that serialises concurrent `migrate` runs on one database.

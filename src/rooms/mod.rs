@@ -18,4 +18,5 @@ pub mod seed;
 pub mod server;
 pub mod shards;
 pub mod spec;
+pub mod trips;
 pub mod view;

@@ -87,13 +87,31 @@ impl ReservationRequest {
     pub fn parse_undated(body: &[u8]) -> Result<Self, BadRequest> {
         let raw: RawReservationRequest =
             serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid reservation JSON: {e}")))?;
+        Self::from_fields(
+            &raw.reservation_id,
+            raw.hotel_id,
+            raw.room_type_id,
+            (&raw.start_date, &raw.end_date),
+            raw.guest_id,
+        )
+    }
+
+    /// A checked request from its fields as they arrive (the id and the dates as text): a
+    /// single booking's, or a trip's leg with the trip's guest.
+    pub fn from_fields(
+        reservation_id: &str,
+        hotel_id: i64,
+        room_type_id: i32,
+        (start_date, end_date): (&str, &str),
+        guest_id: i64,
+    ) -> Result<Self, BadRequest> {
         let request = Self {
-            reservation_id: parse_reservation_id(&raw.reservation_id)?,
-            hotel_id: raw.hotel_id,
-            room_type_id: raw.room_type_id,
-            start_date: parse_date("start_date", &raw.start_date)?,
-            end_date: parse_date("end_date", &raw.end_date)?,
-            guest_id: raw.guest_id,
+            reservation_id: parse_reservation_id(reservation_id)?,
+            hotel_id,
+            room_type_id,
+            start_date: parse_date("start_date", start_date)?,
+            end_date: parse_date("end_date", end_date)?,
+            guest_id,
         };
         request.check()?;
         Ok(request)

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use super::api;
 use super::guard::{Access, Limits};
 use super::shards::Shards;
+use super::trips::coordinator::TripSettings;
 use super::view::RoomsView;
 
 /// The default address: loopback only, so nothing is exposed by accident.
@@ -52,6 +53,7 @@ pub struct Options {
     pub transport: Transport,
     pub limits: Limits,
     pub access: Access,
+    pub trips: TripSettings,
 }
 
 /// Serves the API on `listener` with the default [`Options`] until `shutdown` completes.
@@ -62,7 +64,13 @@ pub async fn serve_on(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let options = Options::default();
-    serve_app(listener, api::router(shards, view, options.limits, options.access), options.transport, shutdown).await
+    serve_app(
+        listener,
+        api::router(shards, view, options.limits, options.access, options.trips),
+        options.transport,
+        shutdown,
+    )
+    .await
 }
 
 /// Serves `app` on `listener` until `shutdown` completes, then stops accepting, lets the
@@ -152,6 +160,7 @@ pub async fn serve(listen: SocketAddr, shards: Shards, view: Option<RoomsView>, 
         authentication = options.access.tokens.is_some(),
         "reservation API listening"
     );
+    super::trips::check_two_phase(&shards).await;
     let failed = {
         let view = view.clone();
         async move {
@@ -161,7 +170,7 @@ pub async fn serve(listen: SocketAddr, shards: Shards, view: Option<RoomsView>, 
             }
         }
     };
-    let app = api::router(shards, view.clone(), options.limits, options.access);
+    let app = api::router(shards, view.clone(), options.limits, options.access, options.trips);
     let served = serve_app(listener, app, options.transport, signalled);
     tokio::select! {
         result = served => {
