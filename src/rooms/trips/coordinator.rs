@@ -89,7 +89,12 @@ pub enum Booked {
     Confirmed(TripAnswer),
     /// The same trip again, with the same content: how it stands.
     Repeated(TripAnswer),
-    Refused(Refusal),
+    /// Refused now; `status` is `failed`, or `compensating` while a saga's leg on a shard
+    /// that does not answer waits to be cancelled (recovery finishes it).
+    Refused {
+        refusal: Refusal,
+        status: TripStatus,
+    },
     /// The same trip again, which had failed: its failure.
     Replayed(Refusal),
     /// The trip_id names a trip of other content.
@@ -316,14 +321,18 @@ impl Trips {
         let failure = serde_json::to_value(&refusal).expect("refusals serialise");
         self.set_status(trip.trip_id, &[TripStatus::Pending], TripStatus::Compensating, Some(failure)).await?;
         self.pause_at("saga_compensating").await;
+        let mut status = TripStatus::Compensating;
         if self.cancel_legs(trip.trip_id, &trip.legs, &to_undo, "compensated").await {
             self.set_status(trip.trip_id, &[TripStatus::Compensating], TripStatus::Failed, None).await?;
+            status = TripStatus::Failed;
         }
-        Ok(Booked::Refused(refusal))
+        Ok(Booked::Refused { refusal, status })
     }
 
     /// Cancels the legs `which` of a trip, last first, logging each as `state`; true when every
-    /// one was cancelled (else the trip stays as it is, for recovery or a repeated DELETE).
+    /// one was cancelled. A leg whose shard does not answer is passed over (the others are
+    /// cancelled all the same) and left, with the trip's status, for recovery or a repeated
+    /// DELETE.
     pub(super) async fn cancel_legs(
         &self,
         trip_id: Uuid,
@@ -331,19 +340,19 @@ impl Trips {
         which: &[usize],
         state: &'static str,
     ) -> bool {
+        let mut every = true;
         for &index in which.iter().rev() {
             let leg = legs[index].clone();
             let shard = self.shards.index_of(leg.hotel_id);
             let cancelled = self.shards.run(shard, move |c| Box::pin(async move { cancel_leg(c, &leg).await })).await;
             if let Err(error) = cancelled {
                 warn!(%trip_id, leg = index, shard, %error, "cannot cancel a leg yet; left for recovery");
-                return false;
+                every = false;
+                continue;
             }
-            if self.log_leg(trip_id, index, state).await.is_err() {
-                return false;
-            }
+            every &= self.log_leg(trip_id, index, state).await.is_ok();
         }
-        true
+        every
     }
 
     /// `DELETE /v1/trips/{id}`: cancels every leg; idempotent.
@@ -426,7 +435,7 @@ impl Trips {
         }
         let failure = serde_json::to_value(&refusal).expect("refusals serialise");
         self.set_status(trip.trip_id, &[TripStatus::Pending], TripStatus::Failed, Some(failure)).await?;
-        Ok(Booked::Refused(refusal))
+        Ok(Booked::Refused { refusal, status: TripStatus::Failed })
     }
 
     pub(super) async fn set_status(

@@ -35,7 +35,7 @@ async fn create_trip(State(trips): State<Trips>, body: Result<Bytes, BytesReject
     match booked {
         Booked::Confirmed(answer) => Ok((StatusCode::CREATED, Json(answer)).into_response()),
         Booked::Repeated(answer) => Ok(Json(answer).into_response()),
-        Booked::Refused(refusal) => Err(refused(&refusal)),
+        Booked::Refused { refusal, status } => Err(refused(&refusal).with("trip_status", json!(status))),
         Booked::Replayed(refusal) => Err(replayed(&refusal)),
         Booked::Reused(stored) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
