@@ -16,10 +16,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{Days, NaiveDate};
+use clickstay::rooms::model::ReservationRequest;
 use clickstay::rooms::shards::Shards;
 use clickstay::rooms::spec::RoomsSpec;
+use clickstay::rooms::trips::coordinator::{TripSettings, Trips};
+use clickstay::rooms::trips::{recovery, two_phase};
 use clickstay::rooms::view::RoomsView;
-use clickstay::rooms::{audit, booking, server};
+use clickstay::rooms::{audit, booking, claims, server};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -600,4 +603,96 @@ async fn a_killed_view_rebuilds_from_snapshot_and_slot_and_its_slot_stays_small(
     }
     shop.assert_view_equals_sql(&process.url, hotels).await;
     shop.assert_invariants().await;
+}
+
+/// A random trip of two legs (two random hotels, often on both shards) through the API: booked,
+/// refused, or booked and then cancelled.
+async fn random_trip(shop: &Shop, api: &str, rng: &mut Lcg, hotels: i64) {
+    let mode = if rng.below(2) == 0 { "2pc" } else { "saga" };
+    let legs: Vec<Value> = (0..2)
+        .map(|_| {
+            let from = rng.below(DAYS - 2);
+            json!({ "reservation_id": uuid::Uuid::now_v7(), "hotel_id": 1 + rng.below(hotels as u64) as i64,
+                    "room_type_id": 1, "start_date": night(from), "end_date": night(from + 1 + rng.below(2)) })
+        })
+        .collect();
+    if legs[0]["hotel_id"] == legs[1]["hotel_id"] {
+        return; // the legs may overlap: a 400, not a change
+    }
+    let trip = json!({ "trip_id": uuid::Uuid::now_v7(), "guest_id": 7, "mode": mode, "legs": legs });
+    let response = shop.http.post(format!("{api}/v1/trips")).json(&trip).send().await.unwrap();
+    let status = response.status();
+    assert!(
+        [StatusCode::CREATED, StatusCode::CONFLICT].contains(&status),
+        "{status}: {}",
+        response.text().await.unwrap()
+    );
+    if status == StatusCode::CREATED && rng.below(4) == 0 {
+        let url = format!("{api}/v1/trips/{}", trip["trip_id"].as_str().unwrap());
+        assert_eq!(shop.http.delete(url).send().await.unwrap().status(), StatusCode::OK);
+    }
+}
+
+/// What a coordinator that crashed in phase two leaves on `shard`: `leg` booked in a
+/// transaction prepared under a trip's global id, not committed.
+async fn prepare_leg(shop: &Shop, trip_id: uuid::Uuid, leg: &ReservationRequest) {
+    let shard = shop.shards.index_of(leg.hotel_id);
+    let db = &shop.dbs[shard];
+    db.batch_execute("BEGIN").await.unwrap();
+    let row = db.query_one(booking::RESERVE_SQL, &leg.sql_params()).await.unwrap();
+    assert_eq!(row.get::<_, i32>("nights_taken"), leg.nights());
+    db.batch_execute(&format!("PREPARE TRANSACTION '{}'", two_phase::gid(trip_id, shard))).await.unwrap();
+}
+
+/// Trips under the view: it reflects a trip only once committed. A prepared transaction is not
+/// visible (a coordinator crashed before phase two: one trip decided commit, one undecided);
+/// once recovery commits the one and rolls back the other, the view answers what SQL answers,
+/// after a mix of two-phase trips, sagas (whose compensations retract their legs), refusals and
+/// cancellations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trips_show_in_the_view_only_once_committed() {
+    let _server = SERVER.read().await;
+    let hotels = 8;
+    let shop = Shop::new(hotels).await;
+    let (api, view) = serve_with_view(&shop, RoomsSpec::load(&spec_path()).unwrap()).await;
+    let mut rng = Lcg(7);
+    for _ in 0..60 {
+        random_trip(&shop, &api, &mut rng, hotels).await;
+    }
+    shop.assert_view_equals_sql(&api, hotels).await;
+
+    let leg = |reservation: u128, hotel_id: i64| ReservationRequest {
+        reservation_id: uuid::Uuid::from_u128(reservation),
+        hotel_id,
+        room_type_id: 1,
+        start_date: night(DAYS - 1),
+        end_date: night(DAYS),
+        guest_id: 7,
+    };
+    let (decided, undecided) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let home = &shop.dbs[claims::home_shard(decided, 2)];
+    home.execute(
+        "INSERT INTO trip (trip_id, guest_id, mode, legs, participants, decision) VALUES ($1, 7, '2pc', '[]', '{0,1}', 'commit')",
+        &[&decided],
+    )
+    .await
+    .unwrap();
+    prepare_leg(&shop, decided, &leg(1, 2)).await;
+    prepare_leg(&shop, undecided, &leg(2, 3)).await;
+    // Prepared, not committed: neither SQL nor the view sees them.
+    shop.assert_view_equals_sql(&api, hotels).await;
+    let free = |body: &Value| body["room_types"][0]["available"].as_i64().unwrap();
+    let url = |hotel_id: i64| {
+        format!("{api}/v1/hotels/{hotel_id}/availability?start={}&end={}", night(DAYS - 1), night(DAYS))
+    };
+    let before = [free(&shop.get(&url(2)).await.1), free(&shop.get(&url(3)).await.1)];
+
+    let trips = Trips::new(shop.shards.clone(), claims::spawn_all(&shop.shards), TripSettings::default());
+    let report = recovery::recover(&trips, Duration::ZERO).await;
+    assert_eq!((report.committed, report.rolled_back), (1, 1), "{report:?}");
+    shop.assert_view_equals_sql(&api, hotels).await;
+    let after = [free(&shop.get(&url(2)).await.1), free(&shop.get(&url(3)).await.1)];
+    assert_eq!(after, [before[0] - 1, before[1]], "the committed leg shows, the rolled-back one does not");
+    shop.assert_invariants().await;
+    view.stop();
 }
