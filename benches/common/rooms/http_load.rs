@@ -109,6 +109,47 @@ pub async fn run(address: SocketAddr, workload: &Workload, clients: usize, durat
     .await
 }
 
+/// Books random two-leg trips (one stay on shard 0's hotels, then one on shard 1's) in `mode`
+/// (`2pc` or `saga`) with `clients` connections for `duration`; `reservations` counts the 201
+/// answers (whole trips), `attempts` the 201 and 409 ones.
+pub async fn run_trips(
+    address: SocketAddr,
+    workload: &Workload,
+    mode: &'static str,
+    clients: usize,
+    duration: Duration,
+) -> Result<RunStats> {
+    let workload = workload.clone();
+    let book = move |rng: &mut ChaCha8Rng, client: usize| {
+        let leg = |shard: usize, rng: &mut ChaCha8Rng| loop {
+            let stay = workload.pick(rng);
+            if stay.hotel_id.rem_euclid(workload.shards as i64) as usize == shard {
+                return format!(
+                    r#"{{"reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}"}}"#,
+                    workload.reservation_id(stay.hotel_id),
+                    stay.hotel_id,
+                    stay.room_type_id,
+                    stay.start,
+                    stay.end
+                );
+            }
+        };
+        let (first, second) = (leg(0, rng), leg(1 % workload.shards, rng));
+        let body = format!(
+            r#"{{"trip_id":"{}","guest_id":{},"mode":"{mode}","legs":[{first},{second}]}}"#,
+            uuid::Uuid::now_v7(),
+            client + 1
+        );
+        Request { path: "/v1/trips".into(), body: Some(body) }
+    };
+    run_requests(address, clients, duration, book, |status| match status {
+        201 => Counted::Reserved,
+        409 => Counted::Attempt,
+        _ => Counted::Error,
+    })
+    .await
+}
+
 /// Asks the availability of random stays' hotels from `workload` with `clients` connections
 /// for `duration`; `attempts` counts the 200 answers.
 pub async fn run_availability(
