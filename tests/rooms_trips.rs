@@ -266,6 +266,32 @@ async fn a_trip_is_booked_whole_or_not_at_all_in_both_modes() {
     let (status, body) = trips.post(&default_mode).await;
     assert_eq!((status, body["mode"].as_str()), (StatusCode::CREATED, Some("2pc")), "{body}");
 
+    // A leg whose reservation id names another stay already (its claim on the id's home shard,
+    // taken in the leg's own transaction or before it): 422 naming the leg, nothing booked.
+    for home in [0, 1] {
+        for (k, mode) in [(0, "2pc"), (1, "saga")] {
+            let id = clickstay::rooms::claims::new_id_homed_on(home, 2);
+            let n = 50 + 2 * home as u64 + k;
+            let single = json!({ "reservation_id": id, "hotel_id": SEOUL, "room_type_id": 2,
+                                 "start_date": night(n), "end_date": night(n + 1), "guest_id": 7 });
+            let (status, body) =
+                trips.send(trips.http.post(format!("{}/v1/reservations", trips.url)).json(&single)).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            let mut reusing = trip(mode, &[(BUSAN, 47, 48), (SEOUL, 47, 48)]);
+            reusing["legs"][1]["reservation_id"] = json!(id);
+            let (status, body) = trips.post(&reusing).await;
+            assert_eq!(
+                (status, body["error"].as_str(), body["leg"].as_u64()),
+                (StatusCode::UNPROCESSABLE_ENTITY, Some("reservation_id_reused"), Some(1)),
+                "{mode}, id homed on {home}: {body}"
+            );
+            assert_eq!(trips.settled(&reusing).await, "failed");
+            let (status, body) = trips.post(&trip(mode, &[(BUSAN, 47, 48), (SEOUL, 48, 49)])).await;
+            assert_eq!(status, StatusCode::CREATED, "{mode}: Busan's night 47 was not given back: {body}");
+            assert_eq!(trips.delete(&body).await.0, StatusCode::OK);
+        }
+    }
+
     assert_eq!(trips.prepared().await, 0);
     trips.assert_check_passes();
 }

@@ -239,13 +239,18 @@ pub enum LegsEnd {
 /// (its index in `legs`) with why (`SoldOut`, `IdReused`, `Repeated`, `UnknownHotel`, ...).
 /// The legs go out in the order given, behind one BEGIN (pipelined); callers sort them by
 /// hotel, room type and date so that two trips lock the same nights in the same order.
+///
+/// `claim_here[i]`: leg `i`'s id has its home shard here, so its claim is taken inside this
+/// transaction (as [`reserve`] does); an id claimed for another stay refuses the leg
+/// (`Claimed`).
 pub async fn book_legs(
     client: &ClientWrapper,
     legs: &[ReservationRequest],
+    claim_here: &[bool],
     end: &LegsEnd,
 ) -> Result<Option<(usize, Outcome)>> {
     for attempt in 1..=MAX_ATTEMPTS {
-        match try_book_legs(client, legs, end).await {
+        match try_book_legs(client, legs, claim_here, end).await {
             Ok(Some(refused)) => return Ok(refused),
             Ok(None) => debug!(attempt, "could not tell why a leg failed; retrying"),
             Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
@@ -262,14 +267,32 @@ pub async fn book_legs(
 async fn try_book_legs(
     client: &ClientWrapper,
     legs: &[ReservationRequest],
+    claim_here: &[bool],
     end: &LegsEnd,
 ) -> Result<Option<Option<(usize, Outcome)>>, tokio_postgres::Error> {
     let statement = client.prepare_cached(RESERVE_SQL).await?;
+    let claimed_here: Vec<usize> = (0..legs.len()).filter(|index| claim_here.get(*index) == Some(&true)).collect();
+    let claim_statement = if claimed_here.is_empty() { None } else { Some(claims::claim_statement(client).await?) };
     let parameters: Vec<_> = legs.iter().map(|leg| leg.sql_params()).collect();
+    // BEGIN, the claims, then the bookings go out together, in this order (see `try_reserve`).
+    let claimed = futures_util::future::join_all(claimed_here.iter().map(|index| async {
+        claims::claimed_with(client, claim_statement.as_ref().expect("prepared above"), &legs[*index]).await
+    }));
     let booked = futures_util::future::join_all(parameters.iter().map(|p| client.query_one(&statement, p)));
-    let (begun, results) = tokio::join!(client.batch_execute("BEGIN"), booked);
+    let (begun, claimed, results) = tokio::join!(client.batch_execute("BEGIN"), claimed, booked);
     if let Err(error) = begun {
         return Err(rolled_back(client, error).await);
+    }
+    for (index, claim) in claimed_here.iter().zip(claimed) {
+        match claim {
+            Err(error) => return Err(rolled_back(client, error).await),
+            Ok(claimed) => {
+                if let Claim::Taken(other) = Claim::of(&legs[*index], &claimed) {
+                    client.batch_execute("ROLLBACK").await?;
+                    return Ok(Some(Some((*index, Outcome::Claimed(other)))));
+                }
+            }
+        }
     }
     for (index, (leg, result)) in legs.iter().zip(results).enumerate() {
         match result {

@@ -18,9 +18,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 use uuid::Uuid;
 
 use super::log::{self, Begun};
@@ -155,16 +155,17 @@ impl Trips {
             let (trip, participants) = (trip.clone(), participants.clone());
             self.shards.run(home, move |c| Box::pin(async move { log::begin(c, &trip, &participants).await })).await?
         };
-        if let Begun::Exists(stored) = logged {
-            return self.repeated(&trip, *stored).await;
-        }
+        let created_at = match logged {
+            Begun::New { created_at } => created_at,
+            Begun::Exists(stored) => return self.repeated(&trip, *stored).await,
+        };
         if let Some(refusal) = self.claim_legs(&trip).await {
             return self.refused(&trip, refusal).await;
         }
         match (participants.as_slice(), trip.mode) {
-            ([shard], _) => self.book_on_one_shard(&trip, *shard).await,
-            (_, Mode::TwoPhase) => self.two_phase_commit(&trip, &participants).await,
-            (_, Mode::Saga) => self.saga(&trip).await,
+            ([shard], _) => self.book_on_one_shard(&trip, created_at, *shard).await,
+            (_, Mode::TwoPhase) => self.two_phase_commit(&trip, created_at, &participants).await,
+            (_, Mode::Saga) => self.saga(&trip, created_at).await,
         }
     }
 
@@ -182,31 +183,44 @@ impl Trips {
         })
     }
 
-    /// Claims every leg's reservation id on its home shard (as a single booking does); the
-    /// first leg whose id is claimed for another stay, or whose home shard does not answer.
+    /// Claims the reservation id of every leg whose id's home shard is not its hotel's (as a
+    /// single booking does); the first leg whose id is claimed for another stay, or whose home
+    /// shard does not answer.
     async fn claim_legs(&self, trip: &TripRequest) -> Option<Refusal> {
         let timeout = self.shards.limits().map(|limits| limits.transaction_timeout);
-        let asked = trip.legs.iter().map(|leg| {
-            let home = claims::home_shard(leg.reservation_id, self.shards.len());
-            self.claims[home].ask(leg.clone(), timeout)
+        let elsewhere: Vec<usize> = (0..trip.legs.len()).filter(|leg| !self.claim_here(&trip.legs[*leg])).collect();
+        let asked = elsewhere.iter().map(|leg| {
+            let home = claims::home_shard(trip.legs[*leg].reservation_id, self.shards.len());
+            self.claims[home].ask(trip.legs[*leg].clone(), timeout)
         });
         let claimed = futures_util::future::join_all(asked).await;
-        claimed.into_iter().enumerate().find_map(|(leg, claim)| match claim {
+        elsewhere.into_iter().zip(claimed).find_map(|(leg, claim)| match claim {
             Ok(Claim::Ours) => None,
             Ok(Claim::Taken(_)) => Some(Refusal::IdReused { leg, reservation_id: trip.legs[leg].reservation_id }),
             Err(error) => Some(Refusal::Unavailable { shard: error.shard() }),
         })
     }
 
+    /// The leg's id has its home shard on the leg's hotel's shard: its claim is taken in the
+    /// leg's own transaction (ids from `POST /v1/reservation-ids?hotel_id=` are).
+    fn claim_here(&self, leg: &ReservationRequest) -> bool {
+        claims::home_shard(leg.reservation_id, self.shards.len()) == self.shards.index_of(leg.hotel_id)
+    }
+
     /// Every leg on one shard: one plain transaction.
-    async fn book_on_one_shard(&self, trip: &TripRequest, shard: usize) -> Result<Booked, ShardError> {
-        let (order, legs) = legs_on(&self.shards, &trip.legs, shard);
+    async fn book_on_one_shard(
+        &self,
+        trip: &TripRequest,
+        created_at: DateTime<Utc>,
+        shard: usize,
+    ) -> Result<Booked, ShardError> {
+        let (order, legs, here) = self.legs_on(&trip.legs, shard);
         let booked = self
             .shards
-            .run(shard, move |c| Box::pin(async move { booking::book_legs(c, &legs, &LegsEnd::Commit).await }))
+            .run(shard, move |c| Box::pin(async move { booking::book_legs(c, &legs, &here, &LegsEnd::Commit).await }))
             .await;
         match booked {
-            Ok(None) => self.confirmed(trip, TripStatus::Pending).await,
+            Ok(None) => self.confirmed(trip, created_at, TripStatus::Pending).await,
             Ok(Some((index, outcome))) => self.refused(trip, refusal(&trip.legs, order[index], outcome)).await,
             // Cut off mid-transaction, or at COMMIT: recovery will tell from the reservations.
             Err(error) => {
@@ -217,15 +231,20 @@ impl Trips {
     }
 
     /// Two-phase commit over `participants` (ascending shard order).
-    async fn two_phase_commit(&self, trip: &TripRequest, participants: &[usize]) -> Result<Booked, ShardError> {
+    async fn two_phase_commit(
+        &self,
+        trip: &TripRequest,
+        created_at: DateTime<Utc>,
+        participants: &[usize],
+    ) -> Result<Booked, ShardError> {
         let mut prepared = Vec::new();
         let mut refused = None;
         for (step, &shard) in participants.iter().enumerate() {
-            let (order, legs) = legs_on(&self.shards, &trip.legs, shard);
+            let (order, legs, here) = self.legs_on(&trip.legs, shard);
             let end = LegsEnd::Prepare(gid(trip.trip_id, shard));
             let voted = self
                 .shards
-                .run(shard, move |c| Box::pin(async move { booking::book_legs(c, &legs, &end).await }))
+                .run(shard, move |c| Box::pin(async move { booking::book_legs(c, &legs, &here, &end).await }))
                 .await;
             match voted {
                 Ok(None) => prepared.push(shard),
@@ -272,21 +291,21 @@ impl Trips {
             }
         }
         match decision {
-            Decision::Commit => self.confirmed(trip, TripStatus::Pending).await,
+            Decision::Commit => self.confirmed(trip, created_at, TripStatus::Pending).await,
             Decision::Abort => self.refused(trip, refused.unwrap_or(Refusal::Interrupted)).await,
         }
     }
 
     /// The saga: leg after leg, compensated in reverse order when one is refused.
-    async fn saga(&self, trip: &TripRequest) -> Result<Booked, ShardError> {
+    async fn saga(&self, trip: &TripRequest, created_at: DateTime<Utc>) -> Result<Booked, ShardError> {
         let mut refused = None;
         let mut to_undo = Vec::new();
         for (index, leg) in trip.legs.iter().enumerate() {
             let shard = self.shards.index_of(leg.hotel_id);
-            let request = leg.clone();
+            let (request, here) = (leg.clone(), self.claim_here(leg));
             let booked = self
                 .shards
-                .run(shard, move |c| Box::pin(async move { booking::reserve(c, &request, false).await }))
+                .run(shard, move |c| Box::pin(async move { booking::reserve(c, &request, here).await }))
                 .await;
             let state = match booked {
                 Ok(Outcome::Confirmed(_)) => {
@@ -316,7 +335,7 @@ impl Trips {
         }
         let Some(refusal) = refused else {
             self.pause_at("saga_booked_all").await;
-            return self.confirmed(trip, TripStatus::Pending).await;
+            return self.confirmed(trip, created_at, TripStatus::Pending).await;
         };
         let failure = serde_json::to_value(&refusal).expect("refusals serialise");
         self.set_status(trip.trip_id, &[TripStatus::Pending], TripStatus::Compensating, Some(failure)).await?;
@@ -384,19 +403,18 @@ impl Trips {
 
     /// The trip as answered: each leg's reservation from its shard.
     pub async fn answer(&self, stored: StoredTrip) -> Result<TripAnswer, ShardError> {
-        let mut found = std::collections::HashMap::new();
-        for shard in participants(&self.shards, &stored.legs) {
+        let asked = participants(&self.shards, &stored.legs).into_iter().map(|shard| {
             let ids: Vec<Uuid> = stored
                 .legs
                 .iter()
                 .filter(|leg| self.shards.index_of(leg.hotel_id) == shard)
                 .map(|leg| leg.reservation_id)
                 .collect();
-            let reservations = self
-                .shards
-                .run(shard, move |c| Box::pin(async move { Ok(booking::find_many(c, &ids).await?) }))
-                .await?;
-            found.extend(reservations.into_iter().map(|r| (r.request.reservation_id, r)));
+            self.shards.run(shard, move |c| Box::pin(async move { Ok(booking::find_many(c, &ids).await?) }))
+        });
+        let mut found = std::collections::HashMap::new();
+        for reservations in futures_util::future::join_all(asked).await {
+            found.extend(reservations?.into_iter().map(|r| (r.request.reservation_id, r)));
         }
         let legs = stored
             .legs
@@ -416,11 +434,31 @@ impl Trips {
         })
     }
 
-    async fn confirmed(&self, trip: &TripRequest, from: TripStatus) -> Result<Booked, ShardError> {
-        self.set_status(trip.trip_id, &[from], TripStatus::Confirmed, None).await?;
-        let stored = self.find(trip.trip_id).await?.expect("a logged trip is found");
-        info!(trip_id = %trip.trip_id, legs = trip.legs.len(), mode = trip.mode.as_str(), "trip confirmed");
-        Ok(Booked::Confirmed(self.answer(stored).await?))
+    async fn confirmed(
+        &self,
+        trip: &TripRequest,
+        created_at: DateTime<Utc>,
+        from: TripStatus,
+    ) -> Result<Booked, ShardError> {
+        let stored = StoredTrip {
+            trip_id: trip.trip_id,
+            guest_id: trip.guest_id,
+            mode: trip.mode,
+            legs: trip.legs.clone(),
+            participants: participants(&self.shards, &trip.legs),
+            status: TripStatus::Confirmed,
+            decision: None,
+            failure: None,
+            created_at,
+            updated_at: created_at,
+        };
+        // The status and the legs' reservations, asked at once.
+        let from = [from];
+        let (logged, answer) =
+            tokio::join!(self.set_status(trip.trip_id, &from, TripStatus::Confirmed, None), self.answer(stored));
+        logged?;
+        debug!(trip_id = %trip.trip_id, legs = trip.legs.len(), mode = trip.mode.as_str(), "trip confirmed");
+        Ok(Booked::Confirmed(answer?))
     }
 
     /// Fails a trip of which nothing was booked (or everything rolled back).
@@ -457,6 +495,17 @@ impl Trips {
         self.shards.run(home, move |c| Box::pin(async move { log::set_leg(c, trip_id, leg, state).await })).await
     }
 
+    /// The legs of `shard` in locking order (hotel, room type, first night), with their
+    /// indexes in the trip and whether each one's claim is taken here.
+    fn legs_on(&self, legs: &[ReservationRequest], shard: usize) -> (Vec<usize>, Vec<ReservationRequest>, Vec<bool>) {
+        let mut here: Vec<(usize, &ReservationRequest)> =
+            legs.iter().enumerate().filter(|(_, leg)| self.shards.index_of(leg.hotel_id) == shard).collect();
+        here.sort_by_key(|(_, leg)| (leg.hotel_id, leg.room_type_id, leg.start_date));
+        let claims = here.iter().map(|(_, leg)| self.claim_here(leg)).collect();
+        let (order, legs) = here.into_iter().map(|(index, leg)| (index, leg.clone())).unzip();
+        (order, legs, claims)
+    }
+
     /// The test hook (see [`PAUSE_ENV`]): never returns at the chosen step.
     async fn pause_at(&self, step: &str) {
         let Some((chosen, file)) = &self.pause else { return };
@@ -489,15 +538,6 @@ pub fn participants(shards: &Shards, legs: &[ReservationRequest]) -> Vec<usize> 
     participants.sort_unstable();
     participants.dedup();
     participants
-}
-
-/// The legs of `shard` in locking order (hotel, room type, first night), with their indexes in
-/// the trip.
-fn legs_on(shards: &Shards, legs: &[ReservationRequest], shard: usize) -> (Vec<usize>, Vec<ReservationRequest>) {
-    let mut here: Vec<(usize, &ReservationRequest)> =
-        legs.iter().enumerate().filter(|(_, leg)| shards.index_of(leg.hotel_id) == shard).collect();
-    here.sort_by_key(|(_, leg)| (leg.hotel_id, leg.room_type_id, leg.start_date));
-    here.into_iter().map(|(index, leg)| (index, leg.clone())).unzip()
 }
 
 /// The refusal of leg `leg` from what booking it came to.

@@ -14,8 +14,8 @@ const COLUMNS: &str = "trip_id, guest_id, mode, legs, participants, status, deci
 
 /// What writing a new trip found.
 pub enum Begun {
-    /// The trip is new: its row (status `pending`) is committed.
-    New,
+    /// The trip is new: its row (status `pending`) is committed at `created_at`.
+    New { created_at: chrono::DateTime<chrono::Utc> },
     /// The trip_id names a trip already (a repeat, or a reuse of the id).
     Exists(Box<StoredTrip>),
 }
@@ -33,19 +33,19 @@ pub async fn begin(client: &ClientWrapper, trip: &TripRequest, participants: &[u
                  INSERT INTO trip (trip_id, guest_id, mode, legs, participants)
                  VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (trip_id) DO NOTHING
-                 RETURNING trip_id
+                 RETURNING trip_id, created_at
              ), legs AS (
                  INSERT INTO trip_leg (trip_id, leg, reservation_id, hotel_id)
                  SELECT new.trip_id, leg.n::int - 1, leg.id, leg.hotel
                    FROM new, unnest($6::uuid[], $7::bigint[]) WITH ORDINALITY AS leg(id, hotel, n)
              )
-             SELECT trip_id FROM new",
+             SELECT created_at FROM new",
             &[&trip.trip_id, &trip.guest_id, &trip.mode.as_str(), &trip.legs_json(), &participants, &ids, &hotels],
         )
         .await
         .with_context(|| format!("cannot log trip {}", trip.trip_id))?;
-    if inserted.is_some() {
-        return Ok(Begun::New);
+    if let Some(row) = inserted {
+        return Ok(Begun::New { created_at: row.get(0) });
     }
     match find(client, trip.trip_id).await? {
         Some(stored) => Ok(Begun::Exists(Box::new(stored))),
