@@ -688,7 +688,7 @@ async fn trips_show_in_the_view_only_once_committed() {
     let before = [free(&shop.get(&url(2)).await.1), free(&shop.get(&url(3)).await.1)];
 
     let trips = Trips::new(shop.shards.clone(), claims::spawn_all(&shop.shards), TripSettings::default());
-    let report = recovery::recover(&trips, Duration::ZERO).await;
+    let report = recovery::recover(&trips, Duration::ZERO, Duration::ZERO).await;
     assert_eq!((report.committed, report.rolled_back), (1, 1), "{report:?}");
     shop.assert_view_equals_sql(&api, hotels).await;
     let after = [free(&shop.get(&url(2)).await.1), free(&shop.get(&url(3)).await.1)];

@@ -260,7 +260,7 @@ async fn run_in_doubt(config: ConfigArg) -> Result<()> {
 
 async fn run_recover(args: RecoverArgs) -> Result<()> {
     let trips = trip_tools(&args.config, args.prepare_timeout)?;
-    let report = recovery::recover(&trips, args.prepare_timeout).await;
+    let report = recovery::recover(&trips, args.prepare_timeout, Duration::ZERO).await;
     println!("{}", serde_json::to_string(&report)?);
     let left = recovery::in_doubt(&trips).await?;
     for line in &left {

@@ -91,14 +91,16 @@ pub async fn set_status(
     failure: Option<&Value>,
 ) -> Result<bool> {
     let from: Vec<&str> = from.iter().map(|status| status.as_str()).collect();
-    let changed = client
-        .execute(
+    let changed = unsynced(
+        client,
+        client.execute(
             "UPDATE trip SET status = $3, failure = coalesce($4, failure), updated_at = now()
               WHERE trip_id = $1 AND status = ANY($2)",
             &[&trip_id, &from, &status.as_str(), &failure],
-        )
-        .await
-        .with_context(|| format!("cannot set trip {trip_id} {}", status.as_str()))?;
+        ),
+    )
+    .await
+    .with_context(|| format!("cannot set trip {trip_id} {}", status.as_str()))?;
     Ok(changed == 1)
 }
 
@@ -106,15 +108,40 @@ pub async fn set_status(
 /// `cancelled`); also marks the trip as moving (its `updated_at`), which keeps recovery off a
 /// trip whose coordinator is alive.
 pub async fn set_leg(client: &ClientWrapper, trip_id: Uuid, leg: usize, state: &str) -> Result<()> {
-    client
-        .execute(
+    unsynced(
+        client,
+        client.execute(
             "WITH leg AS (UPDATE trip_leg SET state = $3, updated_at = now() WHERE trip_id = $1 AND leg = $2)
              UPDATE trip SET updated_at = now() WHERE trip_id = $1",
             &[&trip_id, &(leg as i32), &state],
-        )
-        .await
-        .with_context(|| format!("cannot log leg {leg} of trip {trip_id} {state}"))?;
+        ),
+    )
+    .await
+    .with_context(|| format!("cannot log leg {leg} of trip {trip_id} {state}"))?;
     Ok(())
+}
+
+/// Runs `statement` in a transaction committed without waiting for the disk
+/// (`synchronous_commit = off`; BEGIN, the statement and COMMIT pipelined: one round trip).
+///
+/// For the log writes that recovery can rebuild from the shards themselves: a trip's status
+/// (from the decision, or from its legs' reservations) and a saga leg's state (from its
+/// reservation). A database crash may lose the last of them, never their order, and recovery
+/// then finds the trip unfinished and finishes it. The writes that recovery cannot rebuild (the
+/// trip's row before any leg, the two-phase decision) wait for the disk as usual.
+async fn unsynced<T>(
+    client: &ClientWrapper,
+    statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, tokio_postgres::Error> {
+    let (begun, done, committed) = tokio::join!(
+        client.batch_execute("BEGIN; SET LOCAL synchronous_commit = off"),
+        statement,
+        client.batch_execute("COMMIT")
+    );
+    begun?;
+    let done = done?;
+    committed?;
+    Ok(done)
 }
 
 /// Trips not finished (`pending`, `compensating`, `cancelling`) whose last step is older than

@@ -39,8 +39,10 @@ pub struct Report {
 }
 
 /// One pass over every shard: unfinished trips older than `older_than`, then every trip's
-/// prepared transaction (decided ones at once, undecided ones once older than `older_than`).
-pub async fn recover(trips: &Trips, older_than: Duration) -> Report {
+/// prepared transaction: decided ones once older than `decided_after` (0 at start-up, where no
+/// coordinator of this process is alive; else a little, so as not to race a live coordinator's
+/// own phase two), undecided ones once older than `older_than`.
+pub async fn recover(trips: &Trips, older_than: Duration, decided_after: Duration) -> Report {
     let shards = trips.shards().clone();
     let mut report = Report::default();
     let older_ms = older_than.as_millis() as i64;
@@ -73,7 +75,7 @@ pub async fn recover(trips: &Trips, older_than: Duration) -> Report {
             }
         };
         for transaction in prepared {
-            match finish_prepared(trips, shard, &transaction, older_than).await {
+            match finish_prepared(trips, shard, &transaction, older_than, decided_after).await {
                 Ok(Some(Decision::Commit)) => report.committed += 1,
                 Ok(Some(Decision::Abort)) => report.rolled_back += 1,
                 Ok(None) => {}
@@ -92,8 +94,10 @@ pub async fn recover(trips: &Trips, older_than: Duration) -> Report {
 pub fn spawn(trips: Trips) {
     tokio::spawn(async move {
         let settings = trips.settings();
+        let mut decided_after = Duration::ZERO;
         loop {
-            recover(&trips, settings.prepare_timeout).await;
+            recover(&trips, settings.prepare_timeout, decided_after).await;
+            decided_after = settings.recovery_interval;
             tokio::time::sleep(settings.recovery_interval).await;
         }
     });
@@ -106,12 +110,14 @@ async fn finish_prepared(
     shard: usize,
     transaction: &Prepared,
     older_than: Duration,
+    decided_after: Duration,
 ) -> Result<Option<Decision>, ShardError> {
     let shards = trips.shards();
     let trip_id = transaction.trip_id;
     let overdue = transaction.age_seconds >= older_than.as_secs_f64();
     let stored = trips.find(trip_id).await?;
     let decision = match stored.and_then(|trip| trip.decision) {
+        Some(_) if transaction.age_seconds < decided_after.as_secs_f64() => return Ok(None),
         Some(decision) => decision,
         None if !overdue => return Ok(None),
         None => decide(trips, trip_id, Decision::Abort).await?,
