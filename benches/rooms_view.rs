@@ -77,16 +77,7 @@ fn main() -> Result<()> {
 /// Runs the benchmark and prints its figures on stdout.
 async fn run(args: ViewBenchArgs) -> Result<()> {
     let (shards, hotels, first_night, days) = discover(&args.config, args.pool_size).await?;
-    let workload = Workload {
-        name: "uniform",
-        hotels,
-        shards: shards.len(),
-        first_night,
-        days,
-        max_nights: args.max_nights,
-        hot_percent: 0,
-        homed_ids: true,
-    };
+    let workload = Workload::uniform(hotels, shards.len(), first_night, days, args.max_nights);
     let started = Instant::now();
     let view = RoomsView::start(RoomsSpec::load(&args.dataflow)?, shards.urls(), args.workers)?;
     for shard in 0..shards.len() as u32 {

@@ -60,16 +60,7 @@ async fn run(args: TripBenchArgs) -> Result<()> {
     if shards.len() < 2 {
         bail!("trips across shards need two shards at least; {} given", shards.len());
     }
-    let workload = Workload {
-        name: "uniform",
-        hotels,
-        shards: shards.len(),
-        first_night,
-        days,
-        max_nights: args.max_nights,
-        hot_percent: 0,
-        homed_ids: true,
-    };
+    let workload = Workload::uniform(hotels, shards.len(), first_night, days, args.max_nights);
     let address = serve(&shards, None).await?;
     let duration = Duration::from_secs(args.seconds);
     println!("{hotels} hotels on {} shards, {days} nights from {first_night}", shards.len());

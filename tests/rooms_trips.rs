@@ -177,6 +177,30 @@ impl Trips {
         );
     }
 
+    /// Sends `trip` to a server started with `CLICKSTAY_TRIP_PAUSE=step` and waits until its
+    /// coordinator stopped there; the request, which never gets an answer.
+    async fn paused_at(&self, step: &str, trip: &Value) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+        let (url, http, body) = (self.url.clone(), self.http.clone(), trip.clone());
+        let sent = tokio::spawn(async move { http.post(format!("{url}/v1/trips")).json(&body).send().await });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.pause_file().exists() {
+            assert!(Instant::now() < deadline, "{step}: the coordinator never got there: {}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        sent
+    }
+
+    /// Starts a successor of a killed server and waits for its recovery: the trip ends
+    /// `expected` (`confirmed`: every leg booked; `failed`: none), nothing stays prepared, and the
+    /// counters equal the reservations.
+    async fn restart_and_expect(&mut self, trip: &Value, expected: &str, step: &str) {
+        self.spawn(&[], None).await;
+        assert_eq!(self.settled(trip).await, expected, "{step}: {}", self.log());
+        let legs = if expected == "confirmed" { 2 } else { 0 };
+        assert_eq!(self.confirmed_legs(trip).await, legs, "{step}");
+        self.assert_check_passes();
+    }
+
     fn in_doubt(&self) -> Vec<Value> {
         let listed = self.clickstay(&["rooms", "in-doubt"]).output().unwrap();
         assert!(listed.status.success(), "in-doubt: {}", String::from_utf8_lossy(&listed.stderr));
@@ -330,13 +354,7 @@ async fn a_coordinator_killed_at_any_step_of_two_phase_commit_is_recovered() {
         trips.kill();
         trips.spawn(&[], Some(step)).await;
         let killed = trip("2pc", &[(SEOUL, offset, offset + 2), (BUSAN, offset + 1, offset + 3)]);
-        let (url, http, body) = (trips.url.clone(), trips.http.clone(), killed.clone());
-        let sent = tokio::spawn(async move { http.post(format!("{url}/v1/trips")).json(&body).send().await });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !trips.pause_file().exists() {
-            assert!(Instant::now() < deadline, "{step}: the coordinator never got there: {}", trips.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let sent = trips.paused_at(step, &killed).await;
         if step != "prepared_one" {
             assert!(trips.prepared().await >= 1, "{step}: nothing prepared");
         }
@@ -347,11 +365,7 @@ async fn a_coordinator_killed_at_any_step_of_two_phase_commit_is_recovered() {
             assert!(listed.iter().filter(|line| line["kind"] == "prepared_transaction").count() == 2, "{listed:?}");
             assert!(listed.iter().any(|line| line["kind"] == "trip" && line["status"] == "pending"), "{listed:?}");
         }
-        trips.spawn(&[], None).await;
-        assert_eq!(trips.settled(&killed).await, expected, "{step}: {}", trips.log());
-        let legs = if expected == "confirmed" { 2 } else { 0 };
-        assert_eq!(trips.confirmed_legs(&killed).await, legs, "{step}");
-        trips.assert_check_passes();
+        trips.restart_and_expect(&killed, expected, step).await;
     }
     assert!(trips.in_doubt().is_empty());
 }
@@ -372,22 +386,12 @@ async fn a_coordinator_killed_at_any_step_of_a_saga_is_recovered() {
             assert_eq!(status, StatusCode::CREATED);
         }
         let killed = trip("saga", &[(SEOUL, offset, offset + 2), (BUSAN, offset + 1, offset + 3)]);
-        let (url, http, body) = (trips.url.clone(), trips.http.clone(), killed.clone());
-        let sent = tokio::spawn(async move { http.post(format!("{url}/v1/trips")).json(&body).send().await });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !trips.pause_file().exists() {
-            assert!(Instant::now() < deadline, "{step}: the coordinator never got there: {}", trips.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let sent = trips.paused_at(step, &killed).await;
         assert!(trips.confirmed_legs(&killed).await >= 1, "{step}: the first leg is not booked");
         trips.kill();
         assert!(sent.await.unwrap().is_err());
         assert!(trips.in_doubt().iter().any(|line| line["kind"] == "saga_step"), "{step}");
-        trips.spawn(&[], None).await;
-        assert_eq!(trips.settled(&killed).await, expected, "{step}: {}", trips.log());
-        let legs = if expected == "confirmed" { 2 } else { 0 };
-        assert_eq!(trips.confirmed_legs(&killed).await, legs, "{step}");
-        trips.assert_check_passes();
+        trips.restart_and_expect(&killed, expected, step).await;
     }
     assert!(trips.in_doubt().is_empty());
 }

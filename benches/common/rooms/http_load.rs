@@ -90,15 +90,7 @@ pub async fn run(address: SocketAddr, workload: &Workload, clients: usize, durat
     let workload = workload.clone();
     let book = move |rng: &mut ChaCha8Rng, client: usize| {
         let stay = workload.pick(rng);
-        let body = format!(
-            r#"{{"reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}","guest_id":{}}}"#,
-            workload.reservation_id(stay.hotel_id),
-            stay.hotel_id,
-            stay.room_type_id,
-            stay.start,
-            stay.end,
-            client + 1
-        );
+        let body = format!(r#"{{{},"guest_id":{}}}"#, stay_fields(&workload, &stay), client + 1);
         Request { path: "/v1/reservations".into(), body: Some(body) }
     };
     run_requests(address, clients, duration, book, |status| match status {
@@ -107,6 +99,18 @@ pub async fn run(address: SocketAddr, workload: &Workload, clients: usize, durat
         _ => Counted::Error,
     })
     .await
+}
+
+/// A stay's JSON fields with a fresh reservation id (no braces, no guest).
+fn stay_fields(workload: &Workload, stay: &super::workload::Stay) -> String {
+    format!(
+        r#""reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}""#,
+        workload.reservation_id(stay.hotel_id),
+        stay.hotel_id,
+        stay.room_type_id,
+        stay.start,
+        stay.end
+    )
 }
 
 /// Books random two-leg trips (one stay on shard 0's hotels, then one on shard 1's) in `mode`
@@ -124,14 +128,7 @@ pub async fn run_trips(
         let leg = |shard: usize, rng: &mut ChaCha8Rng| loop {
             let stay = workload.pick(rng);
             if stay.hotel_id.rem_euclid(workload.shards as i64) as usize == shard {
-                return format!(
-                    r#"{{"reservation_id":"{}","hotel_id":{},"room_type_id":{},"start_date":"{}","end_date":"{}"}}"#,
-                    workload.reservation_id(stay.hotel_id),
-                    stay.hotel_id,
-                    stay.room_type_id,
-                    stay.start,
-                    stay.end
-                );
+                return format!("{{{}}}", stay_fields(&workload, &stay));
             }
         };
         let (first, second) = (leg(0, rng), leg(1 % workload.shards, rng));

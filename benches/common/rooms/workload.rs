@@ -39,6 +39,11 @@ pub struct Stay {
 }
 
 impl Workload {
+    /// Uniform stays over `hotels` hotels on `shards` shards, ids homed on their hotel's shard.
+    pub fn uniform(hotels: i64, shards: usize, first_night: NaiveDate, days: u32, max_nights: u32) -> Self {
+        Workload { name: "uniform", hotels, shards, first_night, days, max_nights, hot_percent: 0, homed_ids: true }
+    }
+
     /// A fresh reservation id for a booking at `hotel_id` (see [`Workload::homed_ids`]).
     pub fn reservation_id(&self, hotel_id: i64) -> uuid::Uuid {
         match self.homed_ids {
