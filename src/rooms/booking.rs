@@ -145,9 +145,51 @@ pub enum Outcome {
 /// `claim_here` (the id's home shard is this shard) the id's claim is taken in the same
 /// transaction, so that the booking costs no second commit.
 pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest, claim_here: bool) -> Result<Outcome> {
-    for attempt in 1.. {
-        match try_reserve(client, request, claim_here).await {
-            Ok(Some(outcome)) => return Ok(outcome),
+    let booked = book_legs(client, std::slice::from_ref(request), &[claim_here], &LegsEnd::Commit).await?;
+    Ok(match booked {
+        LegsBooked::Booked(created) => Outcome::Confirmed(confirmed(request, created[0])),
+        LegsBooked::Refused { outcome, .. } => outcome,
+    })
+}
+
+/// How a transaction of several legs on one shard ends once every leg got its nights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegsEnd {
+    /// COMMIT: a single booking, or a trip whose legs all live on this shard.
+    Commit,
+    /// `PREPARE TRANSACTION gid`: phase one of a two-phase commit; the coordinator later sends
+    /// `COMMIT PREPARED` or `ROLLBACK PREPARED` (see `trips::two_phase`).
+    Prepare(String),
+}
+
+/// What [`book_legs`] came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LegsBooked {
+    /// Every leg got every night; each reservation's `created_at`, in the order of the legs.
+    Booked(Vec<DateTime<Utc>>),
+    /// Nothing was booked: the first leg refused (its index in the legs given) and why
+    /// (`SoldOut`, `IdReused`, `Repeated`, `Claimed`, `UnknownHotel`, `UnknownRoomType`).
+    Refused { leg: usize, outcome: Outcome },
+}
+
+/// Books every leg of `legs` (all of this shard) in one transaction, which ends as `end` says
+/// when every leg got every night, and rolls back otherwise. BEGIN, the claims taken here and
+/// the legs go out together (pipelined; each statement is sent when first polled, and `join!`
+/// and `join_all` poll in order); trip callers sort the legs by hotel, room type and date so
+/// that two trips lock the same nights in the same order. A transaction PostgreSQL aborted for
+/// a deadlock or serialisation failure is tried again, up to [`MAX_ATTEMPTS`] times.
+///
+/// `claim_here[i]`: leg `i`'s id has its home shard here, so its claim is taken inside this
+/// transaction; an id claimed for another stay refuses the leg (`Claimed`).
+pub async fn book_legs(
+    client: &ClientWrapper,
+    legs: &[ReservationRequest],
+    claim_here: &[bool],
+    end: &LegsEnd,
+) -> Result<LegsBooked> {
+    for attempt in 1..=MAX_ATTEMPTS {
+        match try_book_legs(client, legs, claim_here, end).await {
+            Ok(Some(booked)) => return Ok(booked),
             // A constraint failed but the diagnosis found no reason: a race with another
             // transaction; book again.
             Ok(None) => debug!(attempt, "could not tell why the booking failed; retrying"),
@@ -156,125 +198,25 @@ pub async fn reserve(client: &ClientWrapper, request: &ReservationRequest, claim
             }
             Err(error) => return Err(error).context("booking transaction failed"),
         }
-        if attempt >= MAX_ATTEMPTS {
-            break;
-        }
     }
-    anyhow::bail!("booking {} failed {MAX_ATTEMPTS} times without a reason", request.reservation_id)
+    let what = legs.iter().map(|leg| leg.reservation_id.to_string()).collect::<Vec<_>>().join(", ");
+    anyhow::bail!("booking {what} failed {MAX_ATTEMPTS} times without a reason")
 }
 
-/// One attempt; `None` when a constraint failed for no reason the diagnosis can see.
-///
-/// BEGIN is sent together with the statement (pipelined, one round trip), and the transaction
-/// ends with COMMIT only when every night was taken.
-async fn try_reserve(
-    client: &ClientWrapper,
-    request: &ReservationRequest,
-    claim_here: bool,
-) -> Result<Option<Outcome>, tokio_postgres::Error> {
-    let statement = client.prepare_cached(RESERVE_SQL).await?;
-    let claim_statement = if claim_here { Some(claims::claim_statement(client).await?) } else { None };
-    let parameters = request.sql_params();
-    // BEGIN, the claim (when it lives here) and the booking go out together, in this order
-    // (each is sent when first polled, and `join!` polls in order).
-    let claim = async {
-        match &claim_statement {
-            Some(claim) => claims::claimed_with(client, claim, request).await.map(Some),
-            None => Ok(None),
-        }
-    };
-    let (begun, claimed, result) =
-        tokio::join!(client.batch_execute("BEGIN"), claim, client.query_one(&statement, &parameters));
-    if let Err(error) = begun {
-        return Err(rolled_back(client, error).await);
-    }
-    match claimed {
-        Err(error) => return Err(rolled_back(client, error).await),
-        Ok(Some(claimed)) => {
-            if let Claim::Taken(other) = Claim::of(request, &claimed) {
-                client.batch_execute("ROLLBACK").await?;
-                return Ok(Some(Outcome::Claimed(other)));
-            }
-        }
-        Ok(None) => {}
-    }
-    match result {
-        Ok(row) if row.get::<_, i32>("nights_taken") == request.nights() => {
-            client.batch_execute("COMMIT").await?;
-            Ok(Some(Outcome::Confirmed(confirmed(request, row.get("created_at")))))
-        }
-        // Some night was full: roll back the reservation and the nights already taken.
-        Ok(row) => {
-            client.batch_execute("ROLLBACK").await?;
-            Ok(row.get::<_, Option<NaiveDate>>("full_night").map(|night| Outcome::SoldOut { night }))
-        }
-        // The id exists (a repeat, or a reuse), or the hotel or room type does not, or (which
-        // the guarded UPDATE never lets happen) the CHECK refused a night: the diagnosis tells.
-        Err(error)
-            if [SqlState::UNIQUE_VIOLATION, SqlState::FOREIGN_KEY_VIOLATION, SqlState::CHECK_VIOLATION]
-                .iter()
-                .any(|code| error.code() == Some(code)) =>
-        {
-            // ROLLBACK goes out first, the diagnosis right behind it: one round trip.
-            let (rolled_back, diagnosis) = tokio::join!(client.batch_execute("ROLLBACK"), diagnose(client, request));
-            rolled_back?;
-            diagnosis
-        }
-        Err(error) => Err(rolled_back(client, error).await),
-    }
-}
-
-/// How a transaction of several legs on one shard ends once every leg got its nights.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LegsEnd {
-    /// COMMIT: a trip whose legs all live on this shard.
-    Commit,
-    /// `PREPARE TRANSACTION gid`: phase one of a two-phase commit; the coordinator later sends
-    /// `COMMIT PREPARED` or `ROLLBACK PREPARED` (see `trips::two_phase`).
-    Prepare(String),
-}
-
-/// Books every leg of `legs` (all of this shard) in one transaction, which ends as `end` says
-/// when every leg got every night; otherwise it rolls back and names the first leg refused
-/// (its index in `legs`) with why (`SoldOut`, `IdReused`, `Repeated`, `UnknownHotel`, ...).
-/// The legs go out in the order given, behind one BEGIN (pipelined); callers sort them by
-/// hotel, room type and date so that two trips lock the same nights in the same order.
-///
-/// `claim_here[i]`: leg `i`'s id has its home shard here, so its claim is taken inside this
-/// transaction (as [`reserve`] does); an id claimed for another stay refuses the leg
-/// (`Claimed`).
-pub async fn book_legs(
-    client: &ClientWrapper,
-    legs: &[ReservationRequest],
-    claim_here: &[bool],
-    end: &LegsEnd,
-) -> Result<Option<(usize, Outcome)>> {
-    for attempt in 1..=MAX_ATTEMPTS {
-        match try_book_legs(client, legs, claim_here, end).await {
-            Ok(Some(refused)) => return Ok(refused),
-            Ok(None) => debug!(attempt, "could not tell why a leg failed; retrying"),
-            Err(error) if is_transient(&error) && attempt < MAX_ATTEMPTS => {
-                debug!(attempt, %error, "transient failure; retrying")
-            }
-            Err(error) => return Err(error).context("trip transaction failed"),
-        }
-    }
-    anyhow::bail!("booking {} legs failed {MAX_ATTEMPTS} times without a reason", legs.len())
-}
-
-/// One attempt of [`book_legs`]: `Some(None)` when every leg was booked, `Some(Some(..))` for
-/// the first leg refused, `None` when a constraint failed for no reason the diagnosis sees.
+/// One attempt of [`book_legs`]; `None` when a constraint failed for no reason the diagnosis
+/// can see.
 async fn try_book_legs(
     client: &ClientWrapper,
     legs: &[ReservationRequest],
     claim_here: &[bool],
     end: &LegsEnd,
-) -> Result<Option<Option<(usize, Outcome)>>, tokio_postgres::Error> {
+) -> Result<Option<LegsBooked>, tokio_postgres::Error> {
     let statement = client.prepare_cached(RESERVE_SQL).await?;
+    // Prepared before the pipeline: a statement prepared on the way would let later ones
+    // overtake it.
     let claimed_here: Vec<usize> = (0..legs.len()).filter(|index| claim_here.get(*index) == Some(&true)).collect();
     let claim_statement = if claimed_here.is_empty() { None } else { Some(claims::claim_statement(client).await?) };
     let parameters: Vec<_> = legs.iter().map(|leg| leg.sql_params()).collect();
-    // BEGIN, the claims, then the bookings go out together, in this order (see `try_reserve`).
     let claimed = futures_util::future::join_all(claimed_here.iter().map(|index| async {
         claims::claimed_with(client, claim_statement.as_ref().expect("prepared above"), &legs[*index]).await
     }));
@@ -289,27 +231,33 @@ async fn try_book_legs(
             Ok(claimed) => {
                 if let Claim::Taken(other) = Claim::of(&legs[*index], &claimed) {
                     client.batch_execute("ROLLBACK").await?;
-                    return Ok(Some(Some((*index, Outcome::Claimed(other)))));
+                    return Ok(Some(LegsBooked::Refused { leg: *index, outcome: Outcome::Claimed(other) }));
                 }
             }
         }
     }
+    let mut created = Vec::with_capacity(legs.len());
     for (index, (leg, result)) in legs.iter().zip(results).enumerate() {
+        let refused = |outcome| LegsBooked::Refused { leg: index, outcome };
         match result {
-            Ok(row) if row.get::<_, i32>("nights_taken") == leg.nights() => {}
+            Ok(row) if row.get::<_, i32>("nights_taken") == leg.nights() => created.push(row.get("created_at")),
+            // Some night was full: roll back the reservations and the nights already taken.
             Ok(row) => {
                 client.batch_execute("ROLLBACK").await?;
-                return Ok(row
-                    .get::<_, Option<NaiveDate>>("full_night")
-                    .map(|night| Some((index, Outcome::SoldOut { night }))));
+                let full = row.get::<_, Option<NaiveDate>>("full_night");
+                return Ok(full.map(|night| refused(Outcome::SoldOut { night })));
             }
+            // The id exists (a repeat, or a reuse), or the hotel or room type does not, or (which
+            // the guarded UPDATE never lets happen) the CHECK refused a night: the diagnosis tells.
             Err(error)
                 if [SqlState::UNIQUE_VIOLATION, SqlState::FOREIGN_KEY_VIOLATION, SqlState::CHECK_VIOLATION]
                     .iter()
                     .any(|code| error.code() == Some(code)) =>
             {
-                client.batch_execute("ROLLBACK").await?;
-                return Ok(diagnose(client, leg).await?.map(|outcome| Some((index, outcome))));
+                // ROLLBACK goes out first, the diagnosis right behind it: one round trip.
+                let (rolled_back, diagnosis) = tokio::join!(client.batch_execute("ROLLBACK"), diagnose(client, leg));
+                rolled_back?;
+                return Ok(diagnosis?.map(refused));
             }
             Err(error) => return Err(rolled_back(client, error).await),
         }
@@ -319,7 +267,7 @@ async fn try_book_legs(
         LegsEnd::Prepare(gid) => format!("PREPARE TRANSACTION '{}'", gid.replace('\'', "''")),
     };
     client.batch_execute(&ending).await?;
-    Ok(Some(None))
+    Ok(Some(LegsBooked::Booked(created)))
 }
 
 /// `error` after rolling back; the rollback's own error instead if it failed (the connection

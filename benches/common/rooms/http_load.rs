@@ -93,12 +93,7 @@ pub async fn run(address: SocketAddr, workload: &Workload, clients: usize, durat
         let body = format!(r#"{{{},"guest_id":{}}}"#, stay_fields(&workload, &stay), client + 1);
         Request { path: "/v1/reservations".into(), body: Some(body) }
     };
-    run_requests(address, clients, duration, book, |status| match status {
-        201 => Counted::Reserved,
-        409 => Counted::Attempt,
-        _ => Counted::Error,
-    })
-    .await
+    run_requests(address, clients, duration, book, booking_answer).await
 }
 
 /// A stay's JSON fields with a fresh reservation id (no braces, no guest).
@@ -139,12 +134,7 @@ pub async fn run_trips(
         );
         Request { path: "/v1/trips".into(), body: Some(body) }
     };
-    run_requests(address, clients, duration, book, |status| match status {
-        201 => Counted::Reserved,
-        409 => Counted::Attempt,
-        _ => Counted::Error,
-    })
-    .await
+    run_requests(address, clients, duration, book, booking_answer).await
 }
 
 /// Asks the availability of random stays' hotels from `workload` with `clients` connections
@@ -169,6 +159,15 @@ pub async fn run_availability(
         |status| if status == 200 { Counted::Attempt } else { Counted::Error },
     )
     .await
+}
+
+/// How an answer to a booking or a trip counts: 201 booked, 409 refused, anything else an error.
+fn booking_answer(status: u16) -> Counted {
+    match status {
+        201 => Counted::Reserved,
+        409 => Counted::Attempt,
+        _ => Counted::Error,
+    }
 }
 
 /// How an answer counts.

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::log::{self, Begun};
 use super::model::{Decision, LegAnswer, Mode, StoredTrip, TripAnswer, TripRequest, TripStatus};
 use super::two_phase::{self, gid};
-use crate::rooms::booking::{self, LegsEnd, Outcome};
+use crate::rooms::booking::{self, LegsBooked, LegsEnd, Outcome};
 use crate::rooms::claims::{self, Claim, ClaimBatch};
 use crate::rooms::model::ReservationRequest;
 use crate::rooms::shards::{ShardError, Shards};
@@ -150,7 +150,7 @@ impl Trips {
     /// Books `trip`: every leg, or none.
     pub async fn book(&self, trip: TripRequest) -> Result<Booked, ShardError> {
         let participants = participants(&self.shards, &trip.legs);
-        let home = claims::home_shard(trip.trip_id, self.shards.len());
+        let home = self.home(trip.trip_id);
         let logged = {
             let (trip, participants) = (trip.clone(), participants.clone());
             self.shards.run(home, move |c| Box::pin(async move { log::begin(c, &trip, &participants).await })).await?
@@ -220,8 +220,10 @@ impl Trips {
             .run(shard, move |c| Box::pin(async move { booking::book_legs(c, &legs, &here, &LegsEnd::Commit).await }))
             .await;
         match booked {
-            Ok(None) => self.confirmed(trip, created_at, TripStatus::Pending).await,
-            Ok(Some((index, outcome))) => self.refused(trip, refusal(&trip.legs, order[index], outcome)).await,
+            Ok(LegsBooked::Booked(_)) => self.confirmed(trip, created_at, TripStatus::Pending).await,
+            Ok(LegsBooked::Refused { leg, outcome }) => {
+                self.refused(trip, refusal(&trip.legs, order[leg], outcome)).await
+            }
             // Cut off mid-transaction, or at COMMIT: recovery will tell from the reservations.
             Err(error) => {
                 warn!(trip_id = %trip.trip_id, shard, %error, "one-shard trip left in doubt");
@@ -247,8 +249,8 @@ impl Trips {
                 .run(shard, move |c| Box::pin(async move { booking::book_legs(c, &legs, &here, &end).await }))
                 .await;
             match voted {
-                Ok(None) => prepared.push(shard),
-                Ok(Some((index, outcome))) => refused = Some(refusal(&trip.legs, order[index], outcome)),
+                Ok(LegsBooked::Booked(_)) => prepared.push(shard),
+                Ok(LegsBooked::Refused { leg, outcome }) => refused = Some(refusal(&trip.legs, order[leg], outcome)),
                 Err(error) => {
                     // It may have prepared before the answer was lost: roll it back too.
                     prepared.push(shard);
@@ -268,11 +270,9 @@ impl Trips {
         } else {
             Decision::Abort
         };
-        let home = claims::home_shard(trip.trip_id, self.shards.len());
         let trip_id = trip.trip_id;
         // Unanswered, the trip stays undecided: recovery rolls it back after the prepare timeout.
-        let decision =
-            self.shards.run(home, move |c| Box::pin(async move { log::decide(c, trip_id, wanted).await })).await?;
+        let decision = self.decide(trip_id, wanted).await?;
         if decision == Decision::Commit {
             self.pause_at("decided").await;
         }
@@ -292,7 +292,7 @@ impl Trips {
         }
         match decision {
             Decision::Commit => self.confirmed(trip, created_at, TripStatus::Pending).await,
-            Decision::Abort => self.refused(trip, refused.unwrap_or(Refusal::Interrupted)).await,
+            Decision::Abort => self.failed(trip, refused.unwrap_or(Refusal::Interrupted)).await,
         }
     }
 
@@ -386,19 +386,29 @@ impl Trips {
         let every: Vec<usize> = (0..stored.legs.len()).collect();
         if !self.cancel_legs(trip_id, &stored.legs, &every, "cancelled").await {
             return Err(ShardError::Unavailable {
-                shard: claims::home_shard(trip_id, self.shards.len()),
+                shard: self.home(trip_id),
                 reason: "a leg could not be cancelled yet".into(),
             });
         }
         self.set_status(trip_id, &[TripStatus::Cancelling], TripStatus::Cancelled, None).await?;
-        let now = self.find(trip_id).await?.unwrap_or(stored);
-        Ok(Cancelled::Done(self.answer(now).await?))
+        Ok(Cancelled::Done(self.answer(StoredTrip { status: TripStatus::Cancelled, ..stored }).await?))
     }
 
     /// The trip's row from its home shard.
     pub async fn find(&self, trip_id: Uuid) -> Result<Option<StoredTrip>, ShardError> {
-        let home = claims::home_shard(trip_id, self.shards.len());
-        self.shards.run(home, move |c| Box::pin(async move { log::find(c, trip_id).await })).await
+        self.shards.run(self.home(trip_id), move |c| Box::pin(async move { log::find(c, trip_id).await })).await
+    }
+
+    /// Writes the two-phase `decision` unless the trip has one; the one that stands.
+    pub(super) async fn decide(&self, trip_id: Uuid, decision: Decision) -> Result<Decision, ShardError> {
+        self.shards
+            .run(self.home(trip_id), move |c| Box::pin(async move { log::decide(c, trip_id, decision).await }))
+            .await
+    }
+
+    /// The trip's home shard, which holds its log.
+    fn home(&self, trip_id: Uuid) -> usize {
+        claims::home_shard(trip_id, self.shards.len())
     }
 
     /// The trip as answered: each leg's reservation from its shard.
@@ -461,16 +471,18 @@ impl Trips {
         Ok(Booked::Confirmed(answer?))
     }
 
-    /// Fails a trip of which nothing was booked (or everything rolled back).
+    /// Fails a trip refused before any leg was prepared: a two-phase trip's log says `abort`
+    /// (nothing can decide it otherwise later), then [`Self::failed`].
     async fn refused(&self, trip: &TripRequest, refusal: Refusal) -> Result<Booked, ShardError> {
         if trip.mode == Mode::TwoPhase {
-            let (home, trip_id) = (claims::home_shard(trip.trip_id, self.shards.len()), trip.trip_id);
-            let decision = self
-                .shards
-                .run(home, move |c| Box::pin(async move { log::decide(c, trip_id, Decision::Abort).await }))
-                .await?;
+            let decision = self.decide(trip.trip_id, Decision::Abort).await?;
             debug_assert_eq!(decision, Decision::Abort);
         }
+        self.failed(trip, refusal).await
+    }
+
+    /// Marks a trip failed of which nothing was booked (or everything rolled back).
+    async fn failed(&self, trip: &TripRequest, refusal: Refusal) -> Result<Booked, ShardError> {
         let failure = serde_json::to_value(&refusal).expect("refusals serialise");
         self.set_status(trip.trip_id, &[TripStatus::Pending], TripStatus::Failed, Some(failure)).await?;
         Ok(Booked::Refused { refusal, status: TripStatus::Failed })
@@ -483,16 +495,18 @@ impl Trips {
         to: TripStatus,
         failure: Option<serde_json::Value>,
     ) -> Result<bool, ShardError> {
-        let home = claims::home_shard(trip_id, self.shards.len());
         let from = from.to_vec();
         self.shards
-            .run(home, move |c| Box::pin(async move { log::set_status(c, trip_id, &from, to, failure.as_ref()).await }))
+            .run(self.home(trip_id), move |c| {
+                Box::pin(async move { log::set_status(c, trip_id, &from, to, failure.as_ref()).await })
+            })
             .await
     }
 
     async fn log_leg(&self, trip_id: Uuid, leg: usize, state: &'static str) -> Result<(), ShardError> {
-        let home = claims::home_shard(trip_id, self.shards.len());
-        self.shards.run(home, move |c| Box::pin(async move { log::set_leg(c, trip_id, leg, state).await })).await
+        self.shards
+            .run(self.home(trip_id), move |c| Box::pin(async move { log::set_leg(c, trip_id, leg, state).await }))
+            .await
     }
 
     /// The legs of `shard` in locking order (hotel, room type, first night), with their

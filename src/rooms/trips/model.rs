@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::rooms::model::{BadRequest, RequestError, ReservationRequest, parse_reservation_id};
+use crate::rooms::model::{BadRequest, RequestError, ReservationRequest};
 
 /// Fewest and most legs of one trip.
 pub const MIN_LEGS: usize = 2;
@@ -83,8 +83,7 @@ impl TripRequest {
     /// Parses and checks a JSON body, whatever the date today.
     pub fn parse_undated(body: &[u8]) -> Result<Self, BadRequest> {
         let raw: RawTrip = serde_json::from_slice(body).map_err(|e| BadRequest(format!("invalid trip JSON: {e}")))?;
-        let trip_id =
-            parse_reservation_id(&raw.trip_id).map_err(|_| bad(format!("trip_id: `{}` is not a UUID", raw.trip_id)))?;
+        let trip_id = parse_trip_id(&raw.trip_id)?;
         if !(MIN_LEGS..=MAX_LEGS).contains(&raw.legs.len()) {
             return Err(bad(format!("legs: a trip has {MIN_LEGS} to {MAX_LEGS} legs, got {}", raw.legs.len())));
         }
@@ -140,6 +139,11 @@ impl TripRequest {
     pub fn same_content(&self, stored: &StoredTrip) -> bool {
         self.guest_id == stored.guest_id && self.mode == stored.mode && self.legs == stored.legs
     }
+}
+
+/// Parses a trip id (a UUID, as issued by `POST /v1/reservation-ids`).
+pub fn parse_trip_id(text: &str) -> Result<Uuid, BadRequest> {
+    Uuid::parse_str(text).map_err(|_| BadRequest(format!("trip_id: `{text}` is not a UUID")))
 }
 
 fn bad(message: String) -> BadRequest {

@@ -17,14 +17,11 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
-use uuid::Uuid;
 
 use super::coordinator::{Refusal, Trips};
 use super::log;
-use super::model::{Decision, Mode, StoredTrip, TripStatus};
+use super::model::{Decision, LegAnswer, Mode, StoredTrip, TripStatus};
 use super::two_phase::{self, Prepared};
-use crate::rooms::booking;
-use crate::rooms::claims;
 use crate::rooms::model::Status;
 use crate::rooms::shards::ShardError;
 
@@ -115,12 +112,15 @@ async fn finish_prepared(
     let shards = trips.shards();
     let trip_id = transaction.trip_id;
     let overdue = transaction.age_seconds >= older_than.as_secs_f64();
-    let stored = trips.find(trip_id).await?;
-    let decision = match stored.and_then(|trip| trip.decision) {
-        Some(_) if transaction.age_seconds < decided_after.as_secs_f64() => return Ok(None),
-        Some(decision) => decision,
-        None if !overdue => return Ok(None),
-        None => decide(trips, trip_id, Decision::Abort).await?,
+    let decision = match trips.find(trip_id).await? {
+        Some(StoredTrip { decision: Some(_), .. }) if transaction.age_seconds < decided_after.as_secs_f64() => {
+            return Ok(None);
+        }
+        Some(StoredTrip { decision: Some(decision), .. }) => decision,
+        _ if !overdue => return Ok(None),
+        Some(_) => trips.decide(trip_id, Decision::Abort).await?,
+        // No log row at all: nothing can ever decide it; presumed abort.
+        None => Decision::Abort,
     };
     let gid = transaction.gid.clone();
     shards.run(shard, move |c| Box::pin(async move { two_phase::finish(c, &gid, decision).await })).await?;
@@ -134,16 +134,6 @@ async fn finish_prepared(
     Ok(Some(decision))
 }
 
-/// Writes `decision` unless the trip has one (or has no row: presumed abort); the one that stands.
-async fn decide(trips: &Trips, trip_id: Uuid, decision: Decision) -> Result<Decision, ShardError> {
-    let home = claims::home_shard(trip_id, trips.shards().len());
-    let known = trips.find(trip_id).await?.is_some();
-    if !known {
-        return Ok(Decision::Abort);
-    }
-    trips.shards().run(home, move |c| Box::pin(async move { log::decide(c, trip_id, decision).await })).await
-}
-
 /// Drives one unfinished trip to its end; true when it got there.
 async fn finish_trip(trips: &Trips, trip: &StoredTrip) -> Result<bool, ShardError> {
     let trip_id = trip.trip_id;
@@ -151,7 +141,7 @@ async fn finish_trip(trips: &Trips, trip: &StoredTrip) -> Result<bool, ShardErro
     let every: Vec<usize> = (0..trip.legs.len()).collect();
     match trip.status {
         TripStatus::Pending if trip.mode == Mode::TwoPhase && trip.participants.len() > 1 => {
-            let decision = decide(trips, trip_id, Decision::Abort).await?;
+            let decision = trips.decide(trip_id, Decision::Abort).await?;
             let (status, failure) = match decision {
                 Decision::Commit => (TripStatus::Confirmed, None),
                 Decision::Abort => (TripStatus::Failed, interrupted),
@@ -178,17 +168,12 @@ async fn compensate(trips: &Trips, trip: &StoredTrip, which: &[usize]) -> Result
         && trips.set_status(trip.trip_id, &[TripStatus::Compensating], TripStatus::Failed, None).await?)
 }
 
-/// Every leg of the trip has its confirmed reservation.
+/// Every leg of the trip has its confirmed reservation (of the leg's content).
 async fn all_booked(trips: &Trips, trip: &StoredTrip) -> Result<bool, ShardError> {
-    for leg in &trip.legs {
-        let (shard, id) = (trips.shards().index_of(leg.hotel_id), leg.reservation_id);
-        let found =
-            trips.shards().run(shard, move |c| Box::pin(async move { Ok(booking::find(c, id).await?) })).await?;
-        if !found.is_some_and(|reservation| leg.matches(&reservation) && reservation.status == Status::Confirmed) {
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    let answer = trips.answer(trip.clone()).await?;
+    Ok(trip.legs.iter().zip(&answer.legs).all(|(leg, answered)| {
+        matches!(answered, LegAnswer::Booked(reservation) if leg.matches(reservation) && reservation.status == Status::Confirmed)
+    }))
 }
 
 /// What `clickstay rooms in-doubt` prints: every trip's prepared transaction, every unfinished

@@ -11,9 +11,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::coordinator::{Booked, Cancelled, Refusal, Trips};
-use super::model::{StoredTrip, TripRequest};
+use super::model::{StoredTrip, TripRequest, parse_trip_id};
 use crate::rooms::api::{ApiError, body_of};
-use crate::rooms::model::BadRequest;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -72,10 +71,6 @@ async fn cancel_trip(State(trips): State<Trips>, Path(id): Path<String>) -> ApiR
         Cancelled::Unknown => Err(unknown_trip(&id)),
         Cancelled::InProgress(stored) => Err(in_progress(&stored)),
     }
-}
-
-fn parse_trip_id(text: &str) -> Result<uuid::Uuid, BadRequest> {
-    uuid::Uuid::parse_str(text).map_err(|_| BadRequest(format!("trip_id: `{text}` is not a UUID")))
 }
 
 fn unknown_trip(id: &str) -> ApiError {
