@@ -5,6 +5,7 @@ pub mod dataflow;
 pub mod driver;
 pub mod event;
 pub mod generate;
+pub mod metrics;
 pub mod produce;
 pub mod query;
 pub mod reconcile;

@@ -16,6 +16,7 @@ use super::dataflow::{self, Emit, Positions};
 use super::driver::{Driver, StreamPolicy};
 use super::event::ClickEvent;
 use super::event::{Format, MAX_LINE_BYTES};
+use super::metrics::CheckpointGauges;
 use crate::checkpoint::{Checkpoint, Checkpointer};
 use crate::clicks::query::{HubAsker, QueryHub};
 use crate::clicks::spec::DataflowSpec;
@@ -54,6 +55,11 @@ pub struct RunArgs {
     /// see the README's "Asking the running job"). Default: no listener.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics on `/metrics` (and the dashboard on `/`) on this address,
+    /// for a job without --listen (with it, they are served there too). Process 0 only: it
+    /// shows every worker and partition of the cluster.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Start the job over: drop its result tables (the schema named after the job) and forget
     /// its offsets, checkpoints and archive listings on every topic, delete its archive files
     /// (`ARCHIVE/job=J/`), then read the topic from its beginning. Needed to restart a job with
@@ -129,13 +135,24 @@ pub fn run(args: RunArgs) -> Result<()> {
         (None, None)
     };
     let mut asker = None;
+    let mut routes = None;
     if let Some(listen) = args.listen {
         check_askable(&spec)?;
         let (hub, hub_asker) = QueryHub::new(&spec);
         if workers.is_first_process() {
-            crate::clicks::query::api::spawn(listen, hub)?;
+            routes = Some((listen, "--listen", crate::clicks::query::api::router(hub)));
             asker = Some(hub_asker);
         }
+    }
+    if let (Some(listen), None) = (args.metrics_listen, &routes) {
+        routes = Some((listen, "--metrics-listen", axum::Router::new()));
+    }
+    if let Some((listen, flag, routes)) = routes.filter(|_| workers.is_first_process()) {
+        let handle = crate::telemetry::install();
+        crate::clicks::metrics::describe();
+        crate::sinks::postgres::describe_metrics();
+        let routes = routes.merge(crate::telemetry::routes(handle));
+        crate::http::spawn(listen, routes.layer(axum::middleware::from_fn(crate::telemetry::time_requests)), flag)?;
     }
     let shared = Arc::new(Job {
         spec,
@@ -292,6 +309,7 @@ fn stream_worker(worker: &mut timely::worker::Worker, job: &Job) -> Result<()> {
         topic: job.kafka.topic.clone(),
         writer,
         max_buffered_bytes: job.max_buffered_bytes,
+        metrics: CheckpointGauges::default(),
     };
     let totals = driver.run(worker, &mut source, Format::Jsonl, &mut dataflow, Some(&mut checkpointer), |_| {})?;
     if let Some(writer) = &checkpointer.writer {
@@ -314,6 +332,7 @@ struct StreamCheckpointer {
     writer: Option<Rc<RefCell<PgWriter>>>,
     /// `--max-buffered-bytes`.
     max_buffered_bytes: u64,
+    metrics: CheckpointGauges,
 }
 
 impl Checkpointer<ClickEvent> for StreamCheckpointer {
@@ -337,6 +356,8 @@ impl Checkpointer<ClickEvent> for StreamCheckpointer {
     fn ready(&mut self, held_bytes: u64) -> bool {
         self.writer.as_ref().is_none_or(|writer| {
             let mut writer = writer.borrow_mut();
+            self.metrics.buffered_bytes.set((writer.buffered_bytes() + held_bytes) as f64);
+            self.metrics.checkpoint_age.set(writer.checkpoint_age().as_secs_f64());
             !writer.committing() || writer.buffered_bytes() + held_bytes >= self.max_buffered_bytes
         })
     }

@@ -19,6 +19,7 @@ use super::booking::{self, Outcome};
 use super::claims::{self, Claim, ClaimBatch};
 use super::guard::{self, Access, Bounds, Limits};
 use super::id_lookup::{self, IdLookup, Located};
+use super::metrics::{self, SoldOutByView};
 use super::model::{
     BadRequest, MAX_AVAILABILITY_NIGHTS, MAX_STAY_NIGHTS, RequestError, Reservation, ReservationRequest, check_range,
     parse_date, parse_reservation_id,
@@ -33,6 +34,7 @@ use super::view::committer::Committer;
 use super::view::rows::day_of;
 use super::view::{RoomsView, ViewError};
 use crate::sources::postgres_cdc::{Lsn, format_lsn, parse_lsn};
+use crate::telemetry;
 
 /// Largest request body accepted; a reservation is about 250 bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -68,6 +70,9 @@ pub fn router(
     let claims = claims::spawn_all(&shards);
     let trips = Trips::new(shards.clone(), claims.clone(), trip_settings);
     trips::recovery::spawn(trips.clone());
+    let telemetry = crate::telemetry::install();
+    metrics::describe();
+    metrics::spawn_sampler(shards.clone(), view.clone());
     let view = view.map(|view| (view, Committer::new(shards.clone())));
     Router::new()
         .route("/healthz", get(healthz))
@@ -80,8 +85,11 @@ pub fn router(
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(AppState { shards, id_lookups, claims, view })
         .merge(trips::routes::router(trips))
+        .merge(telemetry::routes(telemetry))
         .layer(middleware::from_fn_with_state(Arc::new(access), guard::guard))
         .layer(middleware::from_fn_with_state(Bounds::from(limits), guard::limit))
+        .layer(middleware::from_fn(metrics::count_outcomes))
+        .layer(middleware::from_fn(telemetry::time_requests))
 }
 
 /// An error answer: a status code and `{"error": code, "message": ..., ...details}`.
@@ -240,9 +248,9 @@ fn view_report(view: &RoomsView, index: usize, current: Option<Lsn>) -> Value {
     };
     let mut report = json!({ "lsn": format_lsn(applied.lsn), "state": state });
     if let Some(current) = current {
-        let lag_bytes = current.saturating_sub(applied.lsn);
+        let (lag_bytes, lag_seconds) = view.lag(index, current);
         report["lag_bytes"] = json!(lag_bytes);
-        report["lag_seconds"] = json!(if lag_bytes > 0 { view.seconds_since(applied) } else { 0.0 });
+        report["lag_seconds"] = json!(lag_seconds);
     }
     report
 }
@@ -288,9 +296,12 @@ async fn create_reservation(
             Ok(found) => {
                 if let Some(night) = found.sold_out_night(&request) {
                     let lsn = found.positions.get(&(home as u32)).copied().unwrap_or(0);
-                    return Err(sold_out(&request, night)
+                    let refused = sold_out(&request, night)
                         .with("answered_by", json!("view"))
-                        .with("lsn", json!(format_lsn(lsn))));
+                        .with("lsn", json!(format_lsn(lsn)));
+                    let mut response = refused.into_response();
+                    response.extensions_mut().insert(SoldOutByView);
+                    return Ok(response);
                 }
             }
             // The view is only a shortcut: without it, the database decides.

@@ -12,6 +12,7 @@ pub mod claims;
 pub mod cli;
 pub mod guard;
 pub mod id_lookup;
+pub mod metrics;
 pub mod migrate;
 pub mod model;
 pub mod seed;

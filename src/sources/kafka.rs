@@ -294,6 +294,28 @@ impl Source for KafkaSource {
     fn progress(&self) -> (u64, u64) {
         (self.read, 0)
     }
+
+    /// From the end offsets librdkafka keeps from its last fetch responses (no request to the
+    /// broker). A partition not fetched yet counts from its beginning. Never below 0: some
+    /// brokers (tansu) report an end below the last offset they delivered.
+    fn lag(&self) -> Vec<(u32, u64)> {
+        let Ok(topic) = std::ffi::CString::new(self.kafka.topic.as_str()) else { return Vec::new() };
+        let client = self.consumer.client().native_ptr();
+        let mut lags = Vec::new();
+        for partition in (0..self.partitions).filter(|p| self.share.owns(*p)) {
+            let (mut low, mut high) = (-1i64, -1i64);
+            // SAFETY: the client is alive while `self.consumer` is, the topic a C string; the
+            // call only reads librdkafka's cached offsets into the two integers.
+            let error = unsafe {
+                rdsys::rd_kafka_get_watermark_offsets(client, topic.as_ptr(), partition as i32, &mut low, &mut high)
+            };
+            if error == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0 {
+                let next = self.next.get(&partition).copied().unwrap_or(low.max(0) as u64);
+                lags.push((partition, (high as u64).saturating_sub(next)));
+            }
+        }
+        lags
+    }
 }
 
 impl KafkaSource {

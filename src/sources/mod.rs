@@ -77,6 +77,12 @@ pub trait Source: Sized {
     fn read_round(&mut self) -> Result<Option<Vec<Batch<Self::Records>>>>;
     /// (work done, work in all) for a progress bar, in the source's own unit.
     fn progress(&self) -> (u64, u64);
+    /// How far this reader is behind each of its partitions' ends, in records (a Kafka
+    /// partition's end offset minus the offset read next), as far as the source knows without
+    /// asking anyone; none for sources that do not know.
+    fn lag(&self) -> Vec<(u32, u64)> {
+        Vec::new()
+    }
 }
 
 /// The records of a text source (a file's lines, a topic's message values): raw lines back to

@@ -28,6 +28,7 @@ use timely::worker::Worker;
 
 use super::dataflow::{ClickDataflow, QuestionInput};
 use super::event::{self, ClickEvent};
+use super::metrics::RoundMetrics;
 use super::time::Clock;
 use crate::checkpoint::{Checkpoint, Checkpointer, PartitionCheckpoint, Restore};
 use crate::clicks::spec::{DataflowSpec, Field, Op, SlidingWindow};
@@ -133,6 +134,12 @@ pub struct Driver {
     /// Worker 0: the job time of the checkpoint whose parts arrive with the next reports.
     commit_pending: Option<u64>,
     finishing: bool,
+    /// Worker 0 of a streaming job: the metrics it records from each round's reports.
+    metrics: Option<RoundMetrics>,
+    /// A streaming job (with a policy): it reports its source's lag every so often, when it
+    /// last did in `lag_sent` (see [`RoundReport::lag`]).
+    streaming: bool,
+    lag_sent: Instant,
     records_read: u64,
     late: u64,
     rejected: u64,
@@ -201,6 +208,9 @@ impl Driver {
             checkpoint_parts: Vec::new(),
             commit_pending: None,
             finishing: false,
+            metrics: policy.filter(|_| worker.index() == 0).map(|_| RoundMetrics::default()),
+            streaming: policy.is_some(),
+            lag_sent: now - crate::clicks::metrics::GAUGES_EVERY,
             records_read: 0,
             late: 0,
             rejected: 0,
@@ -234,6 +244,10 @@ impl Driver {
             let ready = checkpointer.as_deref_mut().is_none_or(|c| c.ready(self.held_bytes()));
             let asked = self.asker.as_mut().is_some_and(|asker| asker.take()) || self.unticked;
             let mut report = self.report(worker.index(), &batches, &parsed, ended, ready, asked);
+            if self.streaming && self.lag_sent.elapsed() >= crate::clicks::metrics::GAUGES_EVERY {
+                self.lag_sent = Instant::now();
+                report.lag = source.lag();
+            }
             if let Some(decisions) = report.decisions.as_mut() {
                 decisions.added = self.unknown_partitions(&source.found_partitions());
             }
@@ -269,6 +283,9 @@ impl Driver {
                 }
             }
             let job_time = self.advance(&decisions, &reports, dataflow);
+            if let Some(metrics) = self.metrics.as_mut() {
+                metrics.round(&reports, job_time);
+            }
             if let Some(checkpointer) = checkpointer.as_deref_mut()
                 && (decisions.checkpoint || self.finishing)
             {
@@ -312,6 +329,8 @@ impl Driver {
             decisions: self.decide(checkpointer_ready, asked),
             checkpoint: std::mem::take(&mut self.checkpoint_parts),
             raw_bytes: self.raw_bytes(),
+            lag: Vec::new(),
+            open_panes: self.own.values().map(|own| own.open_panes.len()).max().unwrap_or(0) as u32,
         }
     }
 

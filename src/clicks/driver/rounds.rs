@@ -60,6 +60,11 @@ pub struct RoundReport {
     /// The memory of the raw events this worker holds for the archive until the next
     /// checkpoint (worker 0 weighs it against `--max-buffered-bytes`).
     pub raw_bytes: u64,
+    /// For the metrics, every [`crate::clicks::metrics::GAUGES_EVERY`] (else empty): how far
+    /// this worker's reader is behind each of its partitions' ends.
+    pub lag: Vec<(u32, u64)>,
+    /// Panes this worker holds open (not final yet), for the metrics.
+    pub open_panes: u32,
 }
 
 /// Worker 0's clock-based view, from which it takes the decisions.

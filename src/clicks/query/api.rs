@@ -10,10 +10,8 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -34,28 +32,7 @@ const STREAM_EVERY: Duration = Duration::from_millis(500);
 /// The most ads a popular question may ask for.
 const MAX_COUNT: u64 = 1000;
 
-/// Serves the query API on `listen` on a thread of its own; returns once it listens.
-pub fn spawn(listen: SocketAddr, hub: QueryHub) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("query-http")
-        .enable_all()
-        .build()
-        .context("cannot start the query API's runtime")?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(listen))
-        .with_context(|| format!("--listen {listen}: cannot listen"))?;
-    tracing::info!(%listen, "query API listening");
-    std::thread::Builder::new().name("query-api".into()).spawn(move || {
-        runtime.block_on(async move {
-            if let Err(error) = axum::serve(listener, router(hub)).await {
-                tracing::error!(%error, "the query API stopped");
-            }
-        })
-    })?;
-    Ok(())
-}
-
+/// The query routes (served by `run --listen`, see `clicks::stream`).
 pub fn router(hub: QueryHub) -> Router {
     Router::new()
         .route("/v1/ads/{ad_id}/aggregated_count", get(aggregated_count))

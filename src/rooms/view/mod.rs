@@ -220,10 +220,18 @@ impl RoomsView {
         self.inner.shared.applied.iter().map(|applied| *applied.borrow()).collect()
     }
 
-    /// Seconds since the view reached `applied` (for the health report's lag).
-    pub fn seconds_since(&self, applied: Applied) -> f64 {
+    /// Seconds since the view reached `applied`.
+    fn seconds_since(&self, applied: Applied) -> f64 {
         let ticks = self.inner.shared.now().saturating_sub(applied.time);
         (ticks as u128 * TICK.as_micros()) as f64 / 1e6
+    }
+
+    /// How far the view is behind `shard` whose WAL is at `current` now: in bytes, and in
+    /// seconds since it last applied anything (0 when it is not behind).
+    pub fn lag(&self, shard: usize, current: Lsn) -> (u64, f64) {
+        let applied = *self.inner.shared.applied[shard].borrow();
+        let bytes = current.saturating_sub(applied.lsn);
+        (bytes, if bytes > 0 { self.seconds_since(applied) } else { 0.0 })
     }
 
     /// Waits until the view has applied `shard` up to `lsn` (at least its snapshot), at most
@@ -262,6 +270,7 @@ impl RoomsView {
     /// Answers `ask` from the view, once it reflects at least `min_lsn` of each shard named
     /// there (and every shard in `ask.shards` has loaded its snapshot).
     pub async fn ask(&self, ask: Ask, min_lsn: &BTreeMap<u32, Lsn>) -> Result<Found, ViewError> {
+        metrics::counter!("clickstay_rooms_view_questions_total").increment(1);
         if let Some(failure) = self.inner.failure.borrow().clone() {
             return Err(ViewError::Failed(failure));
         }

@@ -26,6 +26,8 @@ pub(super) struct Transaction {
 /// thousand rows takes seconds). At most one transaction is in flight: the next waits for it,
 /// so checkpoints commit in order and a failure stops the job at its next checkpoint.
 pub(super) struct CommitThread {
+    /// When the last transaction committed (set by the thread).
+    pub(super) last_commit: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     transactions: std::sync::mpsc::SyncSender<Transaction>,
     results: std::sync::mpsc::Receiver<Result<()>>,
     in_flight: bool,
@@ -38,14 +40,21 @@ impl CommitThread {
     pub(super) fn start(url: String, id: JobIdentity, generation: i64, client: Option<Client>) -> Result<Self> {
         let (transactions, incoming) = std::sync::mpsc::sync_channel::<Transaction>(0);
         let (report, results) = std::sync::mpsc::channel();
+        let last_commit = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let committed_at = std::sync::Arc::clone(&last_commit);
         std::thread::Builder::new()
             .name("pg-commit".into())
             .spawn(move || {
                 let mut client = client;
                 for transaction in incoming {
+                    let started = std::time::Instant::now();
                     let result =
                         retry("commit a checkpoint", || commit_on(&mut client, &url, &id, generation, &transaction));
                     let rows: usize = transaction.tables.iter().map(TableRows::row_count).sum();
+                    if result.is_ok() {
+                        record_checkpoint(started.elapsed(), rows, &transaction.tables);
+                        *committed_at.lock().expect("not poisoned") = Some(std::time::Instant::now());
+                    }
                     tracing::debug!(
                         checkpoint = transaction.number,
                         rows,
@@ -58,7 +67,7 @@ impl CommitThread {
                 }
             })
             .context("cannot start the commit thread")?;
-        Ok(CommitThread { transactions, results, in_flight: false, finished: None })
+        Ok(CommitThread { last_commit, transactions, results, in_flight: false, finished: None })
     }
 
     /// Whether a transaction is still being committed.
@@ -140,8 +149,33 @@ fn commit_transaction(
     }
     checkpoint::write(&mut tx, id, &transaction.checkpoint, transaction.number)?;
     crash_here_if_asked(transaction.number);
+    let committing = std::time::Instant::now();
     tx.commit()?;
+    metrics::histogram!("clickstay_postgres_commit_seconds").record(committing.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// A committed checkpoint's metrics: how long it took (retries included), its rows and size.
+fn record_checkpoint(took: Duration, rows: usize, tables: &[TableRows]) {
+    metrics::counter!("clickstay_checkpoints_total").increment(1);
+    metrics::histogram!("clickstay_checkpoint_duration_seconds").record(took.as_secs_f64());
+    metrics::gauge!("clickstay_checkpoint_rows").set(rows as f64);
+    let values: usize = tables.iter().map(TableRows::value_count).sum();
+    metrics::gauge!("clickstay_checkpoint_bytes").set((values as u64 * super::BYTES_PER_VALUE) as f64);
+}
+
+/// Describes the metrics of checkpoint commits (their `# HELP` lines).
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!("clickstay_checkpoints_total", "Checkpoints committed");
+    describe_histogram!(
+        "clickstay_checkpoint_duration_seconds",
+        Unit::Seconds,
+        "A checkpoint's transaction from hand-off to commit, retries included"
+    );
+    describe_histogram!("clickstay_postgres_commit_seconds", Unit::Seconds, "PostgreSQL COMMIT of a checkpoint");
+    describe_gauge!("clickstay_checkpoint_rows", "Result rows of the last checkpoint");
+    describe_gauge!("clickstay_checkpoint_bytes", Unit::Bytes, "Size of the last checkpoint's rows, about");
 }
 
 /// Fault injection for the crash tests: `CLICKSTAY_CRASH_IN_COMMIT=N` kills the process in the

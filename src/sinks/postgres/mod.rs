@@ -28,11 +28,13 @@ mod tables;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use postgres::Client;
 use serde::{Deserialize, Serialize};
 
+pub use self::commit::describe as describe_metrics;
 use self::commit::{CommitThread, Transaction};
 pub use self::fence::{Fenced, JobLock};
 use self::tables::TableRows;
@@ -178,6 +180,7 @@ pub struct PgWriter {
     tables: Vec<TableRows>,
     checkpoints: u64,
     commit_thread: Option<CommitThread>,
+    opened: std::time::Instant,
 }
 
 impl PgWriter {
@@ -192,6 +195,7 @@ impl PgWriter {
             tables: Vec::new(),
             checkpoints: started.checkpoints,
             commit_thread: None,
+            opened: std::time::Instant::now(),
         })
     }
 
@@ -228,6 +232,12 @@ impl PgWriter {
     /// The memory the rows buffered for the next checkpoint take, about.
     pub fn buffered_bytes(&self) -> u64 {
         self.tables.iter().map(|t| t.value_count() as u64 * BYTES_PER_VALUE).sum()
+    }
+
+    /// Time since the last checkpoint committed (none yet: since the writer opened).
+    pub fn checkpoint_age(&self) -> Duration {
+        let last = self.commit_thread.as_ref().and_then(|thread| *thread.last_commit.lock().expect("not poisoned"));
+        last.unwrap_or(self.opened).elapsed()
     }
 
     /// Waits until every checkpoint handed to [`PgWriter::commit`] has committed.
