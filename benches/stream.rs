@@ -19,6 +19,10 @@
 //!    wall-clock time it was first seen minus (pane end + max_out_of_orderness), i.e. what the
 //!    job adds beyond the watermark delay (checkpoint interval, 1 s by default, included).
 //!
+//! 4. Metrics cost, only with `CLICKSTAY_BENCH_STREAM_METRICS_COST=1` (instead of 2 and 3): the
+//!    throughput run four times, interleaved, without a metrics listener (the recorder is not
+//!    installed: the metrics calls do nothing) and with `--metrics-listen` scraped once a second.
+//!
 //! With the defaults a run takes about 1.5 minutes on the 2-core development machine (plus
 //! starting the broker and Postgres): producing 10M ~12 s, bare consumer ~5 s, job ~15 s,
 //! latency run ~30 s. Smaller sizes (e.g. `CLICKSTAY_BENCH_STREAM_EVENTS=2000000`) work too.
@@ -58,8 +62,11 @@ fn main() -> Result<()> {
     let services = Services::start()?;
     eprintln!("broker {}, postgres {}", services.brokers, services.pg_base);
     let work = tempfile::tempdir().context("cannot create a temporary directory")?;
+    if std::env::var("CLICKSTAY_BENCH_STREAM_METRICS_COST").is_ok_and(|v| v == "1") {
+        return metrics_cost(&services, work.path(), events);
+    }
 
-    let throughput = throughput(&services, work.path(), events)?;
+    let throughput = throughput(&services, work.path(), events, false)?;
     let latency = latency(&services, work.path(), rate, seconds)?;
 
     println!();
@@ -92,7 +99,46 @@ struct Throughput {
     peak_rss_kib: i64,
 }
 
-fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughput> {
+/// The job's events/s without metrics and with them scraped once a second, twice each, interleaved.
+fn metrics_cost(services: &Services, work: &Path, events: u64) -> Result<()> {
+    let mut rates: BTreeMap<bool, Vec<f64>> = BTreeMap::new();
+    for scraped in [false, true, false, true] {
+        let rate = throughput(services, work, events, scraped)?.job_rate;
+        eprintln!("metrics {}: {rate:.0} events/s", if scraped { "scraped" } else { "off" });
+        rates.entry(scraped).or_default().push(rate);
+    }
+    let mean = |scraped: bool| rates[&scraped].iter().sum::<f64>() / rates[&scraped].len() as f64;
+    println!();
+    println!("metrics cost ({events} events, -w {WORKERS}, {PARTITIONS} partitions; two runs each, interleaved)");
+    for scraped in [false, true] {
+        let runs: Vec<String> = rates[&scraped].iter().map(|r| format!("{r:.0}")).collect();
+        println!("{:<36} {:>12.0} events/s  (runs: {})", if scraped { "--metrics-listen, scraped 1/s" } else { "no metrics listener" }, mean(scraped), runs.join(", "));
+    }
+    println!("{:<36} {:>12.3}", "ratio scraped / off", mean(true) / mean(false));
+    Ok(())
+}
+
+/// Scrapes `GET http://{listen}/metrics` once a second (plain HTTP/1.0 over a socket) until
+/// `stop` is set; the number of scrapes that answered.
+fn scrape_every_second(listen: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut answered = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut stream) = std::net::TcpStream::connect(&listen) {
+                let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+                let mut text = String::new();
+                if stream.read_to_string(&mut text).is_ok() && text.split_whitespace().nth(1) == Some("200") {
+                    answered += 1;
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        answered
+    })
+}
+
+fn throughput(services: &Services, work: &Path, events: u64, scraped: bool) -> Result<Throughput> {
     let name = fresh_name("bench_stream_tp");
     let kafka = KafkaConfig { brokers: services.brokers.clone(), topic: name.clone(), partitions: PARTITIONS };
     let db = services.create_database(&name)?;
@@ -122,7 +168,14 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
     let mut pg = connect(&db)?;
     eprintln!("job (log in {})", log.display());
     let started = Instant::now();
-    let child = services.spawn_job(&spec, &config, &archive, &log, &["--exit-when-idle", "2"])?;
+    let listen = format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    let mut extra = vec!["--exit-when-idle", "2"];
+    if scraped {
+        extra.extend(["--metrics-listen", &listen]);
+    }
+    let child = services.spawn_job(&spec, &config, &archive, &log, &extra)?;
+    let stop_scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = scraped.then(|| scrape_every_second(listen.clone(), stop_scraping.clone()));
     let pid = child.id();
     let mut committed_at = None;
     let mut last_progress = Instant::now();
@@ -150,6 +203,11 @@ fn throughput(services: &Services, work: &Path, events: u64) -> Result<Throughpu
         std::thread::sleep(Duration::from_millis(50));
     };
     let exited_at = started.elapsed();
+    stop_scraping.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        let answered = scraper.join().expect("the scraper does not panic");
+        ensure!(answered > 0, "no scrape of {listen} answered");
+    }
     ensure!(status == 0, "clickstay run exited with wait status {status}; its log ends:\n{}", log_tail(&log));
     let job_seconds = match committed_at {
         Some(at) => at.as_secs_f64(),

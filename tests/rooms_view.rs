@@ -7,6 +7,8 @@
 mod hotels;
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/prometheus.rs"]
+mod prometheus;
 #[path = "common/scripts.rs"]
 mod scripts;
 #[path = "common/shop.rs"]
@@ -695,4 +697,103 @@ async fn trips_show_in_the_view_only_once_committed() {
     assert_eq!(after, [before[0] - 1, before[1]], "the committed leg shows, the rolled-back one does not");
     shop.assert_invariants().await;
     view.stop();
+}
+
+/// `rooms serve`'s `/metrics`, parsed with a real Prometheus parser: bookings by outcome equal
+/// what this test did (the view's refusals apart from the database's), every booking request
+/// is timed under its route, each shard has its pool and view-lag gauges, the lag grows while
+/// a shard's changes are held back, and no trip is in doubt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_bookings_by_outcome_and_show_the_views_lag() {
+    let _server = SERVER.read().await;
+    let shop = Shop::new(2).await;
+    let server = ViewProcess::start(&shop).await;
+    let api = server.url.as_str();
+    let shard = shop.shards.index_of(1);
+    let caught_up = || async {
+        let position = &shop.positions().await[shard];
+        let url = format!("{api}/v1/hotels/1/availability?start={}&end={}&min_lsn={position}", night(0), night(1));
+        assert_eq!(shop.get(&url).await.0, StatusCode::OK);
+    };
+    caught_up().await;
+
+    // Room type 1 of hotel 1 has 4 rooms: 4 confirmed, then sold out, then (the view caught
+    // up) sold out again, said by the view.
+    let mut sold_out_by = Vec::new();
+    for _ in 0..4 {
+        assert_eq!(shop.book(api, 1, 1, 0, 1).await.0, StatusCode::CREATED);
+    }
+    for _ in 0..2 {
+        let (status, body) = shop.book(api, 1, 1, 0, 1).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        sold_out_by.push(body["answered_by"].as_str() == Some("view"));
+        caught_up().await;
+    }
+    assert_eq!(sold_out_by.last(), Some(&true), "the caught-up view refuses the stay itself");
+    // A repeat, two client errors.
+    let request = json!({
+        "reservation_id": uuid::Uuid::now_v7(), "hotel_id": 2, "room_type_id": 1,
+        "start_date": night(0).to_string(), "end_date": night(1).to_string(), "guest_id": 7,
+    });
+    for expected in [StatusCode::CREATED, StatusCode::OK] {
+        let response = shop.http.post(format!("{api}/v1/reservations")).json(&request).send().await.unwrap();
+        assert_eq!(response.status(), expected);
+    }
+    let malformed = shop.http.post(format!("{api}/v1/reservations")).body("{").send().await.unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(shop.book(api, 999, 1, 0, 1).await.0, StatusCode::NOT_FOUND);
+
+    let scrape = scrape_until(&shop, api, "both shards sampled", |s| {
+        prometheus::label_values(s, "clickstay_rooms_view_lag_bytes", "shard") == ["0", "1"]
+    })
+    .await;
+    let bookings = |outcome: &str| prometheus::value(&scrape, "clickstay_rooms_bookings_total", &[("outcome", outcome)]);
+    let by_view = sold_out_by.iter().filter(|by_view| **by_view).count() as f64;
+    assert_eq!(bookings("confirmed"), Some(5.0));
+    assert_eq!(bookings("repeat"), Some(1.0));
+    assert_eq!(bookings("sold_out_view"), Some(by_view));
+    assert_eq!(bookings("sold_out_db").unwrap_or(0.0), 2.0 - by_view);
+    assert_eq!(bookings("client_error"), Some(2.0));
+    assert_eq!(bookings("server_error"), None);
+    let timed = [("route", "/v1/reservations"), ("method", "POST")];
+    assert_eq!(prometheus::value(&scrape, "clickstay_http_request_duration_seconds", &timed), Some(10.0));
+    assert!(prometheus::value(&scrape, "clickstay_rooms_view_questions_total", &[]).unwrap() >= 6.0);
+    for gauge in ["clickstay_rooms_pool_in_use", "clickstay_rooms_pool_waiting", "clickstay_rooms_shard_up"] {
+        assert_eq!(prometheus::label_values(&scrape, gauge, "shard"), ["0", "1"], "{gauge}");
+    }
+    assert_eq!(prometheus::value(&scrape, "clickstay_rooms_shard_up", &[]), Some(2.0));
+    assert_eq!(prometheus::value(&scrape, "clickstay_rooms_prepared_in_doubt", &[]), Some(0.0));
+    assert_eq!(prometheus::value(&scrape, "clickstay_rooms_trips_unfinished", &[]), Some(0.0));
+
+    // Hold the shard's changes back: its lag in bytes and seconds grows.
+    let senders = pg::wal_senders(shop.db_name(shard)).await;
+    pg::signal_all(&senders, libc::SIGSTOP);
+    shop.db(1).execute("UPDATE room_type_inventory SET total_inventory = total_inventory + 1 WHERE hotel_id = 1", &[]).await.unwrap();
+    let label = shard.to_string();
+    let behind = scrape_until(&shop, api, "the held-back shard's lag", |s| {
+        let lag = |name| prometheus::value(s, name, &[("shard", &label)]).unwrap_or(0.0);
+        lag("clickstay_rooms_view_lag_bytes") > 0.0 && lag("clickstay_rooms_view_lag_seconds") >= 1.0
+    })
+    .await;
+    pg::signal_all(&senders, libc::SIGCONT);
+    assert!(prometheus::value(&behind, "clickstay_rooms_view_lag_seconds", &[("shard", &label)]).unwrap() < 60.0);
+}
+
+/// Scrapes `api` until `done` holds (at most 20 s); the last scrape.
+async fn scrape_until(
+    shop: &Shop,
+    api: &str,
+    what: &str,
+    done: impl Fn(&prometheus_parse::Scrape) -> bool,
+) -> prometheus_parse::Scrape {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(scrape) = prometheus::scrape(&shop.http, api).await
+            && done(&scrape)
+        {
+            return scrape;
+        }
+        assert!(Instant::now() < deadline, "{what}: not seen in 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -49,6 +49,8 @@ pub struct RoundMetrics {
     /// reports are as of then, so accepted is counted one round behind (and never goes down).
     read_now: u64,
     gauges_at: Instant,
+    /// The round's gauges were refreshed: the watermark's are next.
+    gauges_due: bool,
 }
 
 impl Default for RoundMetrics {
@@ -66,13 +68,14 @@ impl Default for RoundMetrics {
             lag: BTreeMap::new(),
             read_now: 0,
             gauges_at: Instant::now() - GAUGES_EVERY,
+            gauges_due: false,
         }
     }
 }
 
 impl RoundMetrics {
-    /// Records a round: its reports (every worker's) and the job's watermark (event time, ms).
-    pub fn round(&mut self, reports: &[RoundReport], watermark_ms: u64) {
+    /// Records a round's reports (every worker's).
+    pub fn round(&mut self, reports: &[RoundReport]) {
         let (late, rejected) = reports.iter().fold((0, 0), |(l, r), report| (l + report.late, r + report.rejected));
         self.late.absolute(late);
         self.rejected.absolute(rejected);
@@ -95,14 +98,7 @@ impl RoundMetrics {
                 self.read_now += batch.records;
             }
         }
-        if self.gauges_at.elapsed() < GAUGES_EVERY {
-            return;
-        }
-        self.gauges_at = Instant::now();
-        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        self.watermark.set(watermark_ms as f64 / 1000.0);
-        self.watermark_lag.set(now_ms.saturating_sub(watermark_ms) as f64 / 1000.0);
-        self.open_panes.set(reports.iter().map(|r| r.open_panes).max().unwrap_or(0) as f64);
+        // Each worker sends its lag every so often, on its own clock.
         for report in reports {
             for (partition, lag) in &report.lag {
                 self.lag
@@ -111,6 +107,22 @@ impl RoundMetrics {
                     .set(*lag as f64);
             }
         }
+        if self.gauges_at.elapsed() < GAUGES_EVERY {
+            return;
+        }
+        self.gauges_at = Instant::now();
+        self.gauges_due = true;
+        self.open_panes.set(reports.iter().map(|r| r.open_panes).max().unwrap_or(0) as f64);
+    }
+
+    /// Records the job's watermark (event time, ms) after a round, every so often.
+    pub fn watermark(&mut self, watermark_ms: u64) {
+        if !std::mem::take(&mut self.gauges_due) {
+            return;
+        }
+        let now_ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.watermark.set(watermark_ms as f64 / 1000.0);
+        self.watermark_lag.set(now_ms.saturating_sub(watermark_ms) as f64 / 1000.0);
     }
 }
 

@@ -252,6 +252,9 @@ impl Driver {
                 decisions.added = self.unknown_partitions(&source.found_partitions());
             }
             let reports = self.exchange(worker, report, dataflow)?;
+            if let Some(metrics) = self.metrics.as_mut() {
+                metrics.round(&reports);
+            }
             self.note_held(&reports);
             if let Some(checkpointer) = checkpointer.as_deref_mut() {
                 self.commit_pending_checkpoint(checkpointer, &reports)?;
@@ -284,7 +287,7 @@ impl Driver {
             }
             let job_time = self.advance(&decisions, &reports, dataflow);
             if let Some(metrics) = self.metrics.as_mut() {
-                metrics.round(&reports, job_time);
+                metrics.watermark(job_time);
             }
             if let Some(checkpointer) = checkpointer.as_deref_mut()
                 && (decisions.checkpoint || self.finishing)
