@@ -739,7 +739,8 @@ async fn metrics_count_bookings_by_outcome_and_show_the_views_lag() {
         let response = shop.http.post(format!("{api}/v1/reservations")).json(&request).send().await.unwrap();
         assert_eq!(response.status(), expected);
     }
-    let malformed = shop.http.post(format!("{api}/v1/reservations")).body("{").send().await.unwrap();
+    let malformed = shop.http.post(format!("{api}/v1/reservations")).header("content-type", "application/json");
+    let malformed = malformed.body("{").send().await.unwrap();
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
     assert_eq!(shop.book(api, 999, 1, 0, 1).await.0, StatusCode::NOT_FOUND);
 
