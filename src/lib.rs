@@ -9,6 +9,7 @@ pub mod config;
 pub mod duration;
 pub mod pg_error;
 pub mod rooms;
+pub mod signals;
 pub mod sinks;
 pub mod sources;
 pub mod toml_file;
