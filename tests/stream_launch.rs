@@ -169,25 +169,26 @@ fn spent_restarts_end_the_launcher_with_a_failure() {
 /// The cluster layouts of the rescale, processes x threads.
 const RESCALE: [(usize, usize); 3] = [(2, 1), (2, 2), (1, 1)];
 
-/// Epoch milliseconds of the job's last committed checkpoint (the database's clock).
-fn last_commit_ms(job: &Job) -> i64 {
+/// Epoch microseconds of the job's last committed checkpoint (the database's clock, to the
+/// microsecond it keeps: a rounder time would match that commit's own archive rows).
+fn last_commit_us(job: &Job) -> i64 {
     job.connect()
         .query_one(
-            "SELECT (extract(epoch from last_commit_at) * 1000)::bigint FROM job_instances WHERE job = $1",
+            "SELECT (extract(epoch from last_commit_at) * 1000000)::bigint FROM job_instances WHERE job = $1",
             &[&job.name],
         )
         .unwrap()
         .get(0)
 }
 
-/// Epoch milliseconds of the job's first commit of new events after `after_ms` (its archive
+/// Epoch microseconds of the job's first commit of new events after `after_us` (its archive
 /// ranges carry each checkpoint's commit time), if there is one yet.
-fn first_commit_after_ms(job: &Job, after_ms: i64) -> Option<i64> {
+fn first_commit_after_us(job: &Job, after_us: i64) -> Option<i64> {
     job.connect()
         .query_one(
-            "SELECT (extract(epoch from min(committed_at)) * 1000)::bigint FROM raw_archive
-             WHERE job = $1 AND committed_at > to_timestamp($2::bigint / 1000.0)",
-            &[&job.name, &after_ms],
+            "SELECT (extract(epoch from min(committed_at)) * 1000000)::bigint FROM raw_archive
+             WHERE job = $1 AND committed_at > 'epoch'::timestamptz + $2::bigint * interval '1 microsecond'",
+            &[&job.name, &after_us],
         )
         .unwrap()
         .get(0)
@@ -210,10 +211,10 @@ fn rescale_under_ingest(job: &Job, events: &Path, rate: u32) -> Vec<(String, Dur
         if let Some((old, old_commit)) = &previous {
             let mut first = None;
             wait_until(&format!("the {layout} job commits"), Duration::from_secs(60), || {
-                first = first_commit_after_ms(job, *old_commit);
+                first = first_commit_after_us(job, *old_commit);
                 first.is_some()
             });
-            let pause = Duration::from_millis((first.unwrap() - old_commit) as u64);
+            let pause = Duration::from_micros((first.unwrap() - old_commit) as u64);
             pauses.push((format!("{old} -> {layout}"), pause));
         }
         if step + 1 == RESCALE.len() {
@@ -232,7 +233,7 @@ fn rescale_under_ingest(job: &Job, events: &Path, rate: u32) -> Vec<(String, Dur
         let status = launcher.wait().unwrap();
         let log = log.join().unwrap();
         assert!(status.success(), "the {layout} launcher stopped with {status}:\n{log}");
-        previous = Some((layout, last_commit_ms(job)));
+        previous = Some((layout, last_commit_us(job)));
     }
     pauses
 }
