@@ -1,19 +1,20 @@
 //! How many timely workers a job runs on, the one place that starts them, and `clickstay
-//! launch`, which starts the local processes of a cluster.
+//! launch` (`launch.rs`), which starts the local processes of a cluster and supervises them.
 //!
 //! A job runs either on `-w THREADS` threads of one process, or as process `--process I` of the
 //! cluster in `workers.toml` (`[cluster] processes = [...]`, `threads = N`). Timely's own
 //! getopts parsing is not used: the config is built here from clap's arguments and the file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 use timely::{CommunicationConfig, WorkerConfig};
 
 use crate::config::WorkersConfig;
+
+mod launch;
+pub use launch::{LaunchArgs, launch};
 
 /// Worker options shared by every job command.
 #[derive(Args, Debug, Clone)]
@@ -80,83 +81,10 @@ impl Workers {
     }
 }
 
-/// Options of `clickstay launch`.
-#[derive(Args, Debug)]
-pub struct LaunchArgs {
-    /// The cluster config whose local processes to start.
-    #[arg(long, default_value = "workers.toml")]
-    pub config: PathBuf,
-    /// The job command and its arguments, after `--` (e.g. `-- replay --dataflow ... --out out`).
-    #[arg(last = true, required = true, num_args = 1..)]
-    pub command: Vec<String>,
-}
-
-/// Starts one process per local address of the cluster, each as `clickstay --log-format
-/// LOG_FORMAT COMMAND --config FILE --process I`, and waits for all; if one fails, the others
-/// are stopped.
-pub fn launch(args: &LaunchArgs, log_format: &str) -> Result<()> {
-    let config = WorkersConfig::load(&args.config)?;
-    let cluster = config.cluster()?;
-    let exe = std::env::current_exe().context("cannot find the clickstay executable")?;
-    let mut children: Vec<(usize, Child)> = Vec::new();
-    for (index, address) in cluster.processes.iter().enumerate() {
-        if !is_local(address) {
-            eprintln!(
-                "process {index} ({address}) is not on this host; start it there with: clickstay {} --config {} --process {index}",
-                args.command.join(" "),
-                args.config.display()
-            );
-            continue;
-        }
-        let child = Command::new(&exe)
-            .args(["--log-format", log_format])
-            .args(&args.command)
-            .arg("--config")
-            .arg(&args.config)
-            .arg("--process")
-            .arg(index.to_string())
-            .spawn()
-            .with_context(|| format!("cannot start process {index}"))?;
-        tracing::info!(process = index, pid = child.id(), %address, "started");
-        children.push((index, child));
-    }
-    wait_all(children)
-}
-
+/// Whether a process address of `[cluster]` is on this host (launch starts only those).
 fn is_local(address: &str) -> bool {
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host).trim_matches(['[', ']']);
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
-}
-
-fn wait_all(mut children: Vec<(usize, Child)>) -> Result<()> {
-    let mut failure = None;
-    while !children.is_empty() {
-        let mut index = 0;
-        while index < children.len() {
-            let (process, child) = &mut children[index];
-            match child.try_wait()? {
-                Some(status) => {
-                    if !status.success() && failure.is_none() {
-                        failure = Some(format!("process {process} failed ({status})"));
-                    }
-                    children.remove(index);
-                }
-                None => index += 1,
-            }
-        }
-        if failure.is_some() {
-            for (_, child) in &mut children {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    match failure {
-        Some(failure) => bail!("{failure}; stopped the other processes"),
-        None => Ok(()),
-    }
 }
 
 /// The config a job reads: `--config`, else `workers.toml` when present, else none (the

@@ -10,6 +10,7 @@ pub mod duration;
 pub mod http;
 pub mod pg_error;
 pub mod rooms;
+pub mod signals;
 pub mod sinks;
 pub mod sources;
 pub mod telemetry;

@@ -12,30 +12,17 @@ mod scripts;
 #[path = "common/stream.rs"]
 mod stream;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::collections::BTreeSet;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use stream::{Job, assert_equals_replay, dump_tables, fresh_database, generate, produce};
+use stream::{
+    Job, assert_equals_replay, assert_equals_undisturbed, children, dump_tables, fresh_database, generate, kill,
+    produce, run_to_success, wait_or_kill,
+};
 
 const RESULTS: [&str; 5] =
     ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"];
-
-/// Runs `command` (a launcher leading its process group) to its end, failing after 3 minutes
-/// rather than hanging the suite.
-fn run_to_success(mut command: Command, what: &str) {
-    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut log = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
-        log
-    });
-    let ended = wait_or_kill(&mut child, Duration::from_secs(180));
-    let status = child.wait().unwrap();
-    let log = log.join().unwrap();
-    assert!(ended && status.success(), "{what} failed ({status}, ended by itself: {ended}):\n{log}");
-}
 
 /// Clusters of 2 processes x 1 and 2 x 2 threads start on a fresh database every time (each
 /// process used to create the tables at once, and one died), and end with replay's tables: on
@@ -74,34 +61,9 @@ fn next_suffix() -> String {
     NEXT.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
-/// The pids of a process's children (the launcher's processes of the cluster).
-fn children(pid: u32) -> Vec<u32> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    text.split_whitespace().map(|p| p.parse().unwrap()).collect()
-}
-
-fn kill(pid: u32) {
-    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-}
-
-/// Waits for `child` to exit; after `timeout` kills it and its process group (when it leads
-/// one). Whether it exited by itself.
-fn wait_or_kill(child: &mut Child, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
-    let _ = child.kill();
-    let _ = child.wait();
-    false
-}
-
 /// A 2-process cluster killed with SIGKILL mid-stream (process 1, process 0, then both at
-/// once), restarted by hand each time, ends with exactly the tables of an undisturbed run.
+/// once), restarted by hand each time (a launcher that does not restart it,
+/// `--max-restarts 0`), ends with exactly the tables of an undisturbed run.
 #[test]
 fn killed_cluster_ends_as_if_never_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,7 +81,12 @@ fn killed_cluster_ends_as_if_never_killed() {
     let mut kills = 0;
     for victim in ["process 1", "process 0", "both", "process 1"] {
         let before = troubled.committed_offsets();
-        let mut launcher = troubled.launch_command(2, 1).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let mut launcher = troubled
+            .launch_command_with(2, 1, &["--max-restarts", "0"], 2)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while troubled.committed_offsets() <= before && Instant::now() < deadline {
             if launcher.try_wait().unwrap().is_some() {
@@ -142,19 +109,7 @@ fn killed_cluster_ends_as_if_never_killed() {
     assert!(kills >= 3, "only {kills} clusters were still running when killed: make the input larger");
     run_to_success(troubled.launch_command(2, 1), "the restarted cluster");
 
-    let (calm_tables, troubled_tables) = (dump_tables(&calm), dump_tables(&troubled));
-    for table in RESULTS {
-        assert!(!calm_tables[table].is_empty() || table == "rejected_events", "{table} is empty");
-        assert_eq!(troubled_tables[table], calm_tables[table], "{table} differs from the undisturbed run");
-    }
-    let next = |tables: &BTreeMap<String, Vec<Vec<String>>>| -> Vec<String> {
-        tables["source_offsets"].iter().map(|r| r[3].clone()).collect()
-    };
-    assert_eq!(next(&troubled_tables), next(&calm_tables), "committed offsets differ");
-    troubled.check_archive_ranges_contiguous();
-    let archived = troubled.archived_offsets();
-    let unique: BTreeSet<_> = archived.iter().collect();
-    assert_eq!(unique.len(), archived.len(), "an event is archived twice");
+    assert_equals_undisturbed(&troubled, &calm, "the killed cluster");
 }
 
 /// A running instance holds its job: a second one exits naming the job and the holder. Once

@@ -131,16 +131,11 @@ fn serve_connection(
     });
 }
 
-/// Installs the SIGINT (Ctrl-C) and SIGTERM handlers; the future completes on either.
+/// The stop signal (SIGINT or SIGTERM), logged when it comes.
 fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let signalled = crate::signals::stop_signal()?;
     Ok(async move {
-        let name = tokio::select! {
-            _ = terminate.recv() => "SIGTERM",
-            _ = interrupt.recv() => "SIGINT",
-        };
+        let name = signalled.await;
         info!(signal = name, "shutting down");
     })
 }

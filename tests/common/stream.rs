@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::broker;
@@ -112,15 +112,21 @@ impl Job {
     /// for 2 s. The launcher runs in a process group of its own, so that a test can kill the
     /// whole cluster at once.
     pub fn launch_command(&self, processes: usize, threads: usize) -> Command {
+        self.launch_command_with(processes, threads, &[], 2)
+    }
+
+    /// [`Job::launch_command`] with the launcher's own options (`--max-restarts 0`), draining
+    /// once the topic is quiet for `idle` seconds.
+    pub fn launch_command_with(&self, processes: usize, threads: usize, launcher: &[&str], idle: u32) -> Command {
         let config = self.dir.join(format!("{}-cluster-{processes}x{threads}.toml", self.name));
         let text = std::fs::read_to_string(&self.config).unwrap();
         let addresses: Vec<String> = (0..processes).map(|_| format!("\"127.0.0.1:{}\"", free_port())).collect();
         let cluster = format!("\n[cluster]\nprocesses = [{}]\nthreads = {threads}\n", addresses.join(", "));
         std::fs::write(&config, text + &cluster).unwrap();
         let mut command = Command::new(BIN);
-        command.arg("launch").arg("--config").arg(&config).arg("--");
+        command.arg("launch").arg("--config").arg(&config).args(launcher).arg("--");
         command.arg("run").arg("--dataflow").arg(&self.spec);
-        command.args(["--job", &self.name, "--checkpoint-interval", "0.05", "--exit-when-idle", "2"]);
+        command.args(["--job", &self.name, "--checkpoint-interval", "0.05", "--exit-when-idle", &idle.to_string()]);
         command.arg("--archive").arg(&self.archive);
         command.env_remove("CLICKSTAY_KAFKA_BROKERS").env_remove("CLICKSTAY_CLICKS_DB");
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
@@ -248,6 +254,75 @@ impl Job {
     }
 }
 
+/// Runs `command` (a launcher leading its process group) to its end, failing after 3 minutes
+/// rather than hanging the suite; its log (stderr).
+pub fn run_to_success(mut command: Command, what: &str) -> String {
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let log = collect_stderr(&mut child);
+    let ended = wait_or_kill(&mut child, Duration::from_secs(180));
+    let status = child.wait().unwrap();
+    let log = log.join().unwrap();
+    assert!(ended && status.success(), "{what} failed ({status}, ended by itself: {ended}):\n{log}");
+    log
+}
+
+/// Reads a child's piped stderr to its end on a thread of its own (so that the child never
+/// blocks on a full pipe); join it for the text.
+pub fn collect_stderr(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    std::thread::spawn(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut log).unwrap();
+        log
+    })
+}
+
+/// The pids of a process's children (the launcher's processes of the cluster).
+pub fn children(pid: u32) -> Vec<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    text.split_whitespace().map(|p| p.parse().unwrap()).collect()
+}
+
+/// Sends SIGKILL to `pid`.
+pub fn kill(pid: u32) {
+    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+}
+
+/// Waits for `child` to exit; after `timeout` kills it and its process group (when it leads
+/// one). Whether it exited by itself.
+pub fn wait_or_kill(child: &mut Child, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
+    let _ = child.kill();
+    let _ = child.wait();
+    false
+}
+
+/// `troubled` (a job that was killed, restarted, rescaled) ends with exactly the tables of
+/// `calm`, an undisturbed run over the same topic: every result table, the committed offsets,
+/// and an archive that holds each event once, in ranges without gaps.
+pub fn assert_equals_undisturbed(troubled: &Job, calm: &Job, what: &str) {
+    let (calm_tables, troubled_tables) = (dump_tables(calm), dump_tables(troubled));
+    for table in ["ad_click_counts", "ad_click_counts_by_country", "top_ads", "late_clicks", "rejected_events"] {
+        assert!(!calm_tables[table].is_empty() || table == "rejected_events", "{what}: {table} is empty");
+        assert_eq!(troubled_tables[table], calm_tables[table], "{what}: {table} differs from the undisturbed run");
+    }
+    let next = |tables: &BTreeMap<String, Vec<Vec<String>>>| -> Vec<String> {
+        tables["source_offsets"].iter().map(|r| r[3].clone()).collect()
+    };
+    assert_eq!(next(&troubled_tables), next(&calm_tables), "{what}: committed offsets differ");
+    troubled.check_archive_ranges_contiguous();
+    let archived = troubled.archived_offsets();
+    let unique: std::collections::BTreeSet<_> = archived.iter().collect();
+    assert_eq!(unique.len(), archived.len(), "{what}: an event is archived twice");
+}
+
 /// A TCP port free right now on 127.0.0.1, for a cluster process to listen on. Taken below the
 /// kernel's ephemeral range (32768 and up), where the tests' own client connections (to
 /// PostgreSQL, the broker) would otherwise take it between this check and the listen; ports
@@ -280,6 +355,11 @@ pub fn generate(dir: &Path, name: &str, events: u64, options: &[&str]) -> PathBu
 
 /// Sends every line of `file` to the job's topic, as is.
 pub fn produce(job: &Job, file: &Path) {
+    check(produce_command(job, file).output().unwrap(), "clickstay produce");
+}
+
+/// `clickstay produce` of every line of `file` to the job's topic (add `--rate` to pace it).
+pub fn produce_command(job: &Job, file: &Path) -> Command {
     let mut command = Command::new(BIN);
     command
         .arg("produce")
@@ -288,7 +368,7 @@ pub fn produce(job: &Job, file: &Path) {
         .arg("--input")
         .arg(file)
         .env_remove("CLICKSTAY_KAFKA_BROKERS");
-    check(command.output().unwrap(), "clickstay produce");
+    command
 }
 
 /// `clickstay replay` of `events`: each result file's rows (header dropped), by table name.
