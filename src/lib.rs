@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod duration;
 pub mod pg_error;
+pub mod progress;
 pub mod rooms;
 pub mod sinks;
 pub mod sources;
