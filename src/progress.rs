@@ -2,7 +2,6 @@
 //! terminal, so that a pipe or a log file gets no escape codes. `replay`, `reconcile`,
 //! `produce` and `rooms seed` use it.
 
-use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::time::Duration;
 
