@@ -10,7 +10,7 @@
 //!    them all (the ceiling), then `clickstay run -w 2 --exit-when-idle 2` aggregates them. The
 //!    job's time is from its start until `source_offsets` (polled every 50 ms) has committed
 //!    every event, so the 2 s idle wait before it exits is not counted. Peak RSS is the job's
-//!    `ru_maxrss` from `wait4`.
+//!    `ru_maxrss` from `wait4`; the raw archive's size is every file under its `--archive`.
 //! 3. Latency: the spec with 1 s panes, 200 ms out-of-orderness, 1 s lateness and 5 s/1 s
 //!    top-N windows; the job runs first, then `clickstay produce --rate R` sends
 //!    `CLICKSTAY_BENCH_STREAM_SECONDS` (default 20) seconds of events in real time at
@@ -81,6 +81,12 @@ fn main() -> Result<()> {
     println!("{:<44} {:>14.2}", "ratio job / bare", throughput.job_rate / throughput.bare_rate);
     println!("{:<44} {:>14.2}", "job seconds until all committed", throughput.job_seconds);
     println!("{:<44} {:>14.1}", "job peak RSS MiB", throughput.peak_rss_kib as f64 / 1024.0);
+    println!("{:<44} {:>14.1}", "raw archive MB", throughput.archive_bytes as f64 / 1e6);
+    println!(
+        "{:<44} {:>14.1}",
+        "raw archive MB per 10M events",
+        throughput.archive_bytes as f64 / 1e6 * 1e7 / events as f64
+    );
     println!("{:<44} {:>14}", "latency run: events/s x seconds", format!("{rate} x {seconds}"));
     println!("{:<44} {:>14}", "panes seen", latency.panes);
     println!("{:<44} {:>14.0}", "pane latency beyond watermark p50 ms", latency.beyond_p50);
@@ -97,6 +103,8 @@ struct Throughput {
     job_rate: f64,
     job_seconds: f64,
     peak_rss_kib: i64,
+    /// The bytes of the job's raw archive (every file under it) once it has exited.
+    archive_bytes: u64,
 }
 
 /// The job's events/s without metrics and with them scraped once a second, twice each, interleaved.
@@ -223,7 +231,27 @@ fn throughput(services: &Services, work: &Path, events: u64, scraped: bool) -> R
             exited_at.as_secs_f64()
         }
     };
-    Ok(Throughput { produce_rate, bare_rate, job_rate: events as f64 / job_seconds, job_seconds, peak_rss_kib })
+    let archive_bytes = bytes_under(&archive)?;
+    eprintln!("raw archive: {archive_bytes} bytes for {events} events");
+    Ok(Throughput {
+        produce_rate,
+        bare_rate,
+        job_rate: events as f64 / job_seconds,
+        job_seconds,
+        peak_rss_kib,
+        archive_bytes,
+    })
+}
+
+/// The bytes of every file under `dir`.
+fn bytes_under(dir: &Path) -> Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        bytes += if kind.is_dir() { bytes_under(&entry.path())? } else { entry.metadata()?.len() };
+    }
+    Ok(bytes)
 }
 
 struct Latency {

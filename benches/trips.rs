@@ -161,7 +161,7 @@ fn start_serve(
     let listen = format!("127.0.0.1:{port}");
     let mut command = Command::new(env!("CARGO_BIN_EXE_clickstay"));
     command
-        .args(["rooms", "serve", "--listen", &listen, "--prepare-timeout", &args.prepare_timeout])
+        .args(["rooms", "serve", "--sql-only", "--listen", &listen, "--prepare-timeout", &args.prepare_timeout])
         .args(["--recovery-interval", "100ms"])
         .env("CLICKSTAY_HOTEL_SHARDS", shards.urls().join(","))
         .stdout(Stdio::null())

@@ -9,6 +9,7 @@ pub mod config;
 pub mod duration;
 pub mod http;
 pub mod pg_error;
+pub mod progress;
 pub mod rooms;
 pub mod signals;
 pub mod sinks;

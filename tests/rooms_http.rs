@@ -24,10 +24,12 @@ use tokio::task::JoinSet;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
 
-/// Two fresh, migrated shards and an HTTP client.
+/// Two fresh, migrated shards, an HTTP client, and the servers' working directory (empty: no
+/// `dataflows/rooms.toml` there unless a test puts one).
 struct Shop {
     http: reqwest::Client,
     two: shop::TwoShards,
+    dir: tempfile::TempDir,
 }
 
 impl std::ops::Deref for Shop {
@@ -39,7 +41,11 @@ impl std::ops::Deref for Shop {
 
 impl Shop {
     async fn new() -> Self {
-        Shop { two: shop::two_shards("rooms_http", 2).await, http: reqwest::Client::new() }
+        Shop {
+            two: shop::two_shards("rooms_http", 2).await,
+            http: reqwest::Client::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn db(&self, hotel_id: i64) -> &tokio_postgres::Client {
@@ -62,7 +68,7 @@ impl Shop {
             .env_remove("CLICKSTAY_API_TOKENS")
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
-            .current_dir(std::env::temp_dir())
+            .current_dir(self.dir.path())
             .stdout(Stdio::null());
         command
     }
@@ -472,7 +478,7 @@ async fn shop_for_input() -> Shop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_hotels_years_outside_1_to_9999_and_past_stays() {
     let shop = shop_for_input().await;
-    let server = shop.serve(&[], &[]).await;
+    let server = shop.serve(&["--sql-only"], &[]).await;
     bad_input_is_refused(&shop, &server).await;
     shop.assert_check_passes();
 }
@@ -484,4 +490,81 @@ async fn repeated_hotels_years_outside_1_to_9999_and_past_stays_through_the_view
     let server = shop.serve(&["--dataflow", spec.to_str().unwrap(), "-w", "2"], &[]).await;
     bad_input_is_refused(&shop, &server).await;
     shop.assert_check_passes();
+}
+
+/// `GET /v1/hotels/{hotel_id}/availability` with `extra` query parameters.
+async fn availability(shop: &Shop, server: &Server, hotel_id: i64, extra: &str) -> (StatusCode, Value) {
+    let url = format!("{}/v1/hotels/{hotel_id}/availability?start={}&end={}{extra}", server.url, night(0), night(2));
+    answer(shop.http.get(url)).await
+}
+
+/// With `--sql-only` a `min_lsn` is met at once (the database is always current): 200 with the
+/// database's answer, no `lsn` (that comes from the view). A malformed one is still 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_only_meets_min_lsn_with_the_database_answer() {
+    let shop = Shop::new().await;
+    shop.add_hotel(3, 10, night(0), 5).await;
+    // A spec in the working directory does not matter with --sql-only.
+    std::fs::create_dir(shop.dir.path().join("dataflows")).unwrap();
+    std::fs::write(shop.dir.path().join("dataflows/rooms.toml"), "not = a spec").unwrap();
+    let server = shop.serve(&["--sql-only"], &[]).await;
+    let (status, booked) = answer(shop.http.post(format!("{}/v1/reservations", server.url)).json(&stay(
+        uuid::Uuid::now_v7(),
+        3,
+        night(0),
+        night(2),
+    )))
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{booked}");
+    let (status, plain) = availability(&shop, &server, 3, "").await;
+    assert_eq!(status, StatusCode::OK, "{plain}");
+    let (status, body) = availability(&shop, &server, 3, "&min_lsn=FFFF/0").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, plain);
+    assert_eq!(body["room_types"][0]["available"], 9, "{body}");
+    assert!(body.get("lsn").is_none(), "answered by a view: {body}");
+    let (status, body) = availability(&shop, &server, 3, "&min_lsn=nope").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("min_lsn:"), "{body}");
+    // --sql-only and --dataflow contradict each other.
+    let output =
+        shop.command(&["--sql-only", "--dataflow", "dataflows/rooms.toml"], &[]).stderr(Stdio::piped()).output();
+    let output = output.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("--sql-only") && stderr.contains("--dataflow"), "{stderr}");
+    shop.assert_check_passes();
+}
+
+/// Without flags, where `dataflows/rooms.toml` is present, the view serves: its answers carry
+/// the `lsn` they reflect, and a `min_lsn` waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_serves_by_default_where_its_spec_is() {
+    let shop = Shop::new().await;
+    shop.add_hotel(3, 10, night(0), 5).await;
+    let plain = shop.serve(&[], &[]).await;
+    let (status, body) = availability(&shop, &plain, 3, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.get("lsn").is_none(), "a view served without a spec: {body}");
+    drop(plain);
+
+    std::fs::create_dir(shop.dir.path().join("dataflows")).unwrap();
+    let spec = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dataflows/rooms.toml");
+    std::fs::copy(spec, shop.dir.path().join("dataflows/rooms.toml")).unwrap();
+    let server = shop.serve(&[], &[]).await;
+    // The view answers once its snapshots are loaded (before, a 503).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = availability(&shop, &server, 3, "").await;
+        if status == StatusCode::OK || Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(body["lsn"].is_string(), "not answered by the view: {body}");
+    assert_eq!(body["room_types"][0]["available"], 10, "{body}");
+    let (status, body) = availability(&shop, &server, 3, &format!("&min_lsn={}", body["lsn"].as_str().unwrap())).await;
+    assert_eq!((status, body["lsn"].is_string()), (StatusCode::OK, true), "{body}");
+    let (status, body) = availability(&shop, &server, 3, "&min_lsn=0/zz").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["message"].as_str().unwrap().starts_with("min_lsn:"), "{body}");
 }

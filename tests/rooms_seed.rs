@@ -87,3 +87,27 @@ async fn migrate_is_idempotent_and_seed_loads_a_consistent_inventory() {
     assert_eq!(again.inventory_rows, report.inventory_rows);
     assert_eq!(again.reservations, report.reservations, "the same seed loads the same data");
 }
+
+/// `clickstay rooms seed` with stderr in a pipe: its progress bars are not drawn there, so
+/// stderr holds no escape code and no carriage return (a log stays clean).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_in_a_pipe_draws_no_progress() {
+    let urls = [pg::fresh_database("rooms_seed").await, pg::fresh_database("rooms_seed").await];
+    let dir = tempfile::tempdir().unwrap();
+    let clickstay = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clickstay"))
+            .args(["rooms"])
+            .args(args)
+            .env("CLICKSTAY_HOTEL_SHARDS", urls.join(","))
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    assert!(clickstay(&["migrate"]).status.success());
+    let output = clickstay(&["seed", "--hotels", "30", "--rooms", "3000", "--days", "30", "--start", "2031-01-01"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("seeded 30 hotels"), "{stdout}");
+    assert!(!stderr.contains('\x1b') && !stderr.contains('\r'), "progress drawn in a pipe: {stderr:?}");
+    assert!(stderr.contains("seeded"), "the log is still there: {stderr:?}");
+}

@@ -23,6 +23,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
 use crate::clicks::event::{self, CSV_HEADER, Format};
 use crate::clicks::generate::{Generated, Generator, GeneratorOptions};
 use crate::config::{KafkaConfig, WorkersConfig};
+use crate::progress::{self, ProgressBar};
 use crate::sources::kafka;
 
 /// Simulated events per second of generated events when `--rate` is 0 (gen's default).
@@ -64,7 +65,12 @@ pub fn run(args: &ProduceArgs) -> Result<()> {
     let config = WorkersConfig::load(&args.config)?;
     let kafka = config.kafka()?;
     kafka::ensure_topic(kafka)?;
-    let mut sender = Sender::new(kafka, args.rate)?;
+    // On a terminal: the events sent and their rate (of a known total when generated).
+    let bar = match args.events {
+        Some(events) => progress::bar(events, "{bar:40} {pos}/{len} events sent, {rate}, eta {eta} {msg}"),
+        None => progress::counter("{spinner} {pos} events sent, {rate} {msg}"),
+    };
+    let mut sender = Sender::new(kafka, args.rate, bar)?;
     let mut value = Vec::with_capacity(256);
     let mut key = Vec::with_capacity(24);
     let mut send_valid = |sender: &mut Sender, event: &event::ClickEvent| {
@@ -168,6 +174,8 @@ struct Sender {
     interval: f64,
     started: Instant,
     sent: u64,
+    /// The events sent, on a terminal.
+    progress: ProgressBar,
 }
 
 /// How long `finish` waits for the last deliveries: librdkafka's default `message.timeout.ms`
@@ -175,12 +183,12 @@ struct Sender {
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(330);
 
 impl Sender {
-    fn new(kafka: &KafkaConfig, rate: f64) -> Result<Self> {
+    fn new(kafka: &KafkaConfig, rate: f64, progress: ProgressBar) -> Result<Self> {
         let producer = producer_config(kafka)
             .create_with_context(Deliveries::default())
             .context("cannot create a Kafka producer")?;
         let interval = if rate > 0.0 { 1.0 / rate } else { 0.0 };
-        Ok(Sender { producer, topic: kafka.topic.clone(), interval, started: Instant::now(), sent: 0 })
+        Ok(Sender { producer, topic: kafka.topic.clone(), interval, started: Instant::now(), sent: 0, progress })
     }
 
     fn send(&mut self, key: Option<&[u8]>, value: &[u8]) -> Result<()> {
@@ -209,6 +217,10 @@ impl Sender {
         if self.sent.is_multiple_of(4096) {
             self.producer.poll(Duration::ZERO);
             self.producer.context().check()?;
+            self.progress.set_position(self.sent);
+        } else if self.interval > 0.0 {
+            // Paced sends are few: show each.
+            self.progress.set_position(self.sent);
         }
         Ok(())
     }
@@ -216,10 +228,20 @@ impl Sender {
     /// Waits for every delivery; returns the messages sent and the seconds from the first send
     /// to the last delivery.
     fn finish(self) -> Result<(u64, f64)> {
-        self.producer
-            .flush(FLUSH_TIMEOUT)
-            .with_context(|| format!("not every message to `{}` was delivered within {FLUSH_TIMEOUT:?}", self.topic))?;
+        self.progress.set_position(self.sent);
         let deliveries = self.producer.context();
+        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        // Flushed a moment at a time, so that the deliveries still awaited are shown.
+        while let Err(error) = self.producer.flush(Duration::from_millis(100)) {
+            if !matches!(error, KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) || Instant::now() > deadline {
+                return Err(error).with_context(|| {
+                    format!("not every message to `{}` was delivered within {FLUSH_TIMEOUT:?}", self.topic)
+                });
+            }
+            let delivered = deliveries.delivered.load(Ordering::Relaxed);
+            self.progress.set_message(format!("({delivered} delivered, waiting for the rest)"));
+        }
+        self.progress.finish_and_clear();
         deliveries.check()?;
         let delivered = deliveries.delivered.load(Ordering::Relaxed);
         if delivered != self.sent {

@@ -4,7 +4,6 @@
 //! streaming job is checked against): the same dataflow, the same event-time rules, a file as
 //! the source and CSV files as the sinks.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +18,7 @@ use super::event::{self, MAX_LINE_BYTES};
 use crate::checkpoint::Restore;
 use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
+use crate::progress;
 use crate::sinks::Sink;
 use crate::sinks::csv::CsvSink;
 use crate::sources::file::{DEFAULT_CHUNK_BYTES, FileOptions, FileSource};
@@ -125,19 +125,11 @@ pub(super) fn run_batch<S: LineSource>(
     let make_sink = first_worker.then_some(make_sink);
     let mut dataflow = dataflow::build(worker, spec, positions, Emit::Final, make_sink)?;
     let mut driver = Driver::new(worker, spec, &source.partitions(), None, Restore::default(), &|_| true);
-    let progress = (first_worker && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(source.progress().1);
-        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
-        bar
-    });
+    let bar = if first_worker { progress::bar(source.progress().1, template) } else { progress::hidden() };
     let totals = driver.run(worker, source, format, &mut dataflow, None, |source| {
-        if let Some(bar) = &progress {
-            bar.set_position(source.progress().0);
-        }
+        bar.set_position(source.progress().0);
     })?;
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
+    bar.finish_and_clear();
     // Every pane was flushed by the driver; close the inputs and let the dataflows wind down.
     let probe = dataflow.probe.clone();
     let sinks = std::rc::Rc::clone(&dataflow.sinks);

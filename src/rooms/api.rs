@@ -423,12 +423,6 @@ async fn availability(
         .ok_or_else(|| BadRequest(format!("hotel_id: `{hotel_id}` is not a hotel id (a non-negative integer)")))?;
     let (start, end) = stay_of(&query, MAX_AVAILABILITY_NIGHTS)?;
     let shard = shards.index_of(hotel_id);
-    let Some((view, _)) = &view else {
-        if query.contains_key("min_lsn") {
-            return Err(BadRequest("min_lsn: this server answers from the database, always current".into()).into());
-        }
-        return availability_from_database(&shards, hotel_id, start, end).await;
-    };
     let min_lsn: BTreeMap<u32, Lsn> = match query.get("min_lsn") {
         Some(text) => {
             let lsn = parse_lsn(text)
@@ -436,6 +430,11 @@ async fn availability(
             BTreeMap::from([(shard as u32, lsn)])
         }
         None => BTreeMap::new(),
+    };
+    let Some((view, _)) = &view else {
+        // Without a view every answer comes from the database, always current: any `min_lsn`
+        // is met already.
+        return availability_from_database(&shards, hotel_id, start, end).await;
     };
     let ask = Ask {
         hotels: vec![hotel_id],

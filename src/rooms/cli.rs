@@ -1,12 +1,13 @@
 //! `clickstay rooms ...` subcommands: argument parsing and dispatch only.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use chrono::{NaiveDate, Utc};
 use clap::{Args, Subcommand};
+use tracing::info;
 
 use crate::duration::parse_timeout;
 
@@ -17,6 +18,10 @@ use super::view::RoomsView;
 use super::{audit, claims, guard, migrate, seed, server};
 use crate::rooms::spec::RoomsSpec;
 
+/// The view's spec `rooms serve` uses when it is present in the working directory and neither
+/// `--dataflow` nor `--sql-only` is given (as `run` is given its spec).
+pub const DEFAULT_VIEW_SPEC: &str = "dataflows/rooms.toml";
+
 /// Hotel reservation commands. Each reads the hotel shards from `[postgres] shards` in the
 /// config file (the environment variable CLICKSTAY_HOTEL_SHARDS, comma-separated URLs,
 /// overrides it).
@@ -26,7 +31,8 @@ pub enum RoomsCommand {
     Migrate(ConfigArg),
     /// Load a realistic inventory (hotels, room types, one row per night) with COPY.
     Seed(SeedArgs),
-    /// Serve the reservation HTTP API.
+    /// Serve the reservation HTTP API, with the availability view of ./dataflows/rooms.toml
+    /// when that file is present (see --dataflow, --sql-only).
     Serve(Box<ServeArgs>),
     /// Check the invariants on every shard: no night oversold, and every night's
     /// total_reserved equal to the confirmed reservations covering it.
@@ -109,11 +115,16 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = DEFAULT_POOL_SIZE)]
     pub pool_size: usize,
     /// Serve availability and refuse sold-out bookings from the availability view declared in
-    /// this spec (e.g. dataflows/rooms.toml), kept current by change data capture. Without it,
-    /// every request goes to the database.
-    #[arg(long, value_name = "FILE")]
+    /// this spec, kept current by change data capture (default: ./dataflows/rooms.toml when
+    /// that file is present; without a spec every request goes to the database).
+    #[arg(long, value_name = "FILE", conflicts_with = "sql_only")]
     pub dataflow: Option<PathBuf>,
-    /// Worker threads of the view's dataflow (with --dataflow).
+    /// Serve every request from the database, with no availability view, even where
+    /// ./dataflows/rooms.toml is present. A `min_lsn` parameter is then met at once (the
+    /// database is always current).
+    #[arg(long)]
+    pub sql_only: bool,
+    /// Worker threads of the view's dataflow.
     #[arg(short = 'w', long, default_value_t = 2)]
     pub workers: usize,
     #[command(flatten)]
@@ -146,6 +157,16 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// The view's spec to serve from: `--dataflow`, else [`DEFAULT_VIEW_SPEC`] where it is
+    /// present; none with `--sql-only`.
+    fn view_spec(&self) -> Option<PathBuf> {
+        if self.sql_only {
+            return None;
+        }
+        let default = Path::new(DEFAULT_VIEW_SPEC);
+        self.dataflow.clone().or_else(|| default.is_file().then(|| default.to_path_buf()))
+    }
+
     /// The server's options from the flags and the environment (reads the tokens file).
     fn options(&self) -> Result<server::Options> {
         Ok(server::Options {
@@ -182,10 +203,18 @@ pub fn run(command: RoomsCommand) -> Result<()> {
                 let options = args.options()?;
                 // Before any database work: a refused address should fail fast.
                 options.access.check_listen(args.listen)?;
+                let view_spec = args.view_spec();
                 let shards = Shards::from_config_with(args.config.config.as_deref(), args.pool_size, args.limits)?;
-                let view = match &args.dataflow {
-                    Some(path) => Some(RoomsView::start(RoomsSpec::load(path)?, shards.urls(), args.workers)?),
-                    None => None,
+                let view = match view_spec {
+                    Some(path) => {
+                        info!(spec = %path.display(), "availability and sold-out checks served by the view");
+                        Some(RoomsView::start(RoomsSpec::load(&path)?, shards.urls(), args.workers)?)
+                    }
+                    None => {
+                        let why = if args.sql_only { "--sql-only" } else { "no ./dataflows/rooms.toml here" };
+                        info!(reason = why, "every request served from the database (SQL only, no view)");
+                        None
+                    }
                 };
                 server::serve(args.listen, shards, view, options).await
             }

@@ -20,6 +20,7 @@ use tracing::info;
 use uuid::Uuid;
 
 use super::shards::Shards;
+use crate::progress::{self, ProgressBar};
 
 /// What to load.
 #[derive(Debug, Clone)]
@@ -155,13 +156,19 @@ pub async fn seed(shards: &Shards, spec: &SeedSpec, replace: bool) -> Result<See
     }
     let started = Instant::now();
     let plan = plan(spec);
+    // On a terminal, a bar per shard: its hotels copied so far, and what it is doing.
+    let bars = progress::multi();
     let mut tasks = tokio::task::JoinSet::new();
     for index in 0..shards.len() {
         let hotels: Vec<HotelPlan> = plan.iter().filter(|h| shards.index_of(h.hotel_id) == index).cloned().collect();
+        let bar = bars.add(progress::bar(hotels.len() as u64, "shard {prefix} {bar:30} {pos}/{len} hotels, {msg}"));
+        bar.set_prefix(index.to_string());
         let (shards, spec) = (shards.clone(), spec.clone());
         tasks.spawn(async move {
             let mut client = shards.connect(index).await?;
-            seed_shard(&mut client, &hotels, &spec, replace).await.with_context(|| format!("seeding shard {index}"))
+            let report = seed_shard(&mut client, &hotels, &spec, replace, &bar).await;
+            bar.finish();
+            report.with_context(|| format!("seeding shard {index}"))
         });
     }
     let mut total = SeedReport::default();
@@ -183,16 +190,22 @@ async fn seed_shard(
     hotels: &[HotelPlan],
     spec: &SeedSpec,
     replace: bool,
+    bar: &ProgressBar,
 ) -> Result<SeedReport> {
     let tx = client.transaction().await?;
+    bar.set_message(if replace { "emptying the shard" } else { "checking the shard is empty" });
     empty_shard(&tx, replace).await?;
+    bar.set_message("copying hotels and room types");
     let hotel_rows = copy_hotels(&tx, hotels).await?;
     let room_type_rows = copy_room_types(&tx, hotels).await?;
     let dates: Vec<NaiveDate> = (0..spec.days as u64).map(|d| spec.start + Days::new(d)).collect();
-    let (inventory_rows, stays) = copy_inventory(&tx, hotels, spec, &dates).await?;
-    let reservation_rows = copy_reservations(&tx, &stays, spec, &dates).await?;
+    let (inventory_rows, stays) = copy_inventory(&tx, hotels, spec, &dates, bar).await?;
+    let reservation_rows = copy_reservations(&tx, &stays, spec, &dates, bar).await?;
+    bar.set_message(format!("{inventory_rows} inventory rows, {reservation_rows} reservations; committing"));
     tx.commit().await.context("cannot commit the seeded data")?;
+    bar.set_message(format!("{inventory_rows} inventory rows, {reservation_rows} reservations; analyzing"));
     tx_analyze(client).await?;
+    bar.set_message(format!("{inventory_rows} inventory rows, {reservation_rows} reservations; done"));
     Ok(SeedReport { hotels: hotel_rows, room_types: room_type_rows, inventory_rows, reservations: reservation_rows })
 }
 
@@ -260,6 +273,7 @@ async fn copy_inventory(
     hotels: &[HotelPlan],
     spec: &SeedSpec,
     dates: &[NaiveDate],
+    bar: &ProgressBar,
 ) -> Result<(u64, Vec<(i64, Stay)>)> {
     let mut rows = 0;
     let mut reservations = Vec::new();
@@ -282,7 +296,10 @@ async fn copy_inventory(
             }
         }
         reservations.extend(stays.into_iter().map(|stay| (hotel.hotel_id, stay)));
+        bar.inc(1);
+        bar.set_message(format!("{rows} inventory rows"));
     }
+    bar.set_message(format!("{rows} inventory rows, the server finishing the COPY"));
     writer.finish().await?;
     Ok((rows, reservations))
 }
@@ -293,6 +310,7 @@ async fn copy_reservations(
     reservations: &[(i64, Stay)],
     spec: &SeedSpec,
     dates: &[NaiveDate],
+    bar: &ProgressBar,
 ) -> Result<u64> {
     let mut rows = 0;
     let mut writer = pin!(
@@ -312,6 +330,9 @@ async fn copy_reservations(
         let guest_id: i64 = rng.random_range(1..10_000_000);
         writer.as_mut().write(&[&id, hotel_id, &stay.room_type_id, &start, &end, &guest_id, &"confirmed"]).await?;
         rows += 1;
+        if rows % 10_000 == 0 || rows == reservations.len() as u64 {
+            bar.set_message(format!("{rows} of {} reservations", reservations.len()));
+        }
     }
     writer.finish().await?;
     Ok(rows)

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+pub use parquet::basic::{Compression, ZstdLevel};
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::{SerializedFileWriter, SerializedRowGroupWriter};
@@ -51,10 +52,11 @@ pub struct ParquetSink {
 impl ParquetSink {
     /// Files of `message_type` (Parquet's schema syntax) under `root`, with a dictionary for
     /// every column but those `without_dictionary` (columns of (nearly) distinct values, whose
-    /// dictionary would only cost time).
-    pub fn new(root: &Path, message_type: &str, without_dictionary: &[&str]) -> Result<Self> {
+    /// dictionary would only cost time), every page compressed with `compression` (a codec
+    /// needs its feature of the `parquet` crate: see Cargo.toml).
+    pub fn new(root: &Path, message_type: &str, without_dictionary: &[&str], compression: Compression) -> Result<Self> {
         let schema = Arc::new(parse_message_type(message_type).context("the Parquet schema does not parse")?);
-        let mut properties = WriterProperties::builder();
+        let mut properties = WriterProperties::builder().set_compression(compression);
         for column in without_dictionary {
             properties = properties.set_column_dictionary_enabled(ColumnPath::from(*column), false);
         }
@@ -137,7 +139,7 @@ mod tests {
     fn writes_row_groups_atomically_and_hands_back_the_files() {
         let root = tempfile::tempdir().unwrap();
         let schema = "message m { REQUIRED INT32 a; REQUIRED INT64 b; REQUIRED BYTE_ARRAY c (STRING); }";
-        let mut sink = ParquetSink::new(root.path(), schema, &["b"]).unwrap();
+        let mut sink = ParquetSink::new(root.path(), schema, &["b"], Compression::UNCOMPRESSED).unwrap();
         let row_group = |n: i32| {
             vec![
                 ColumnValues::Int32(vec![n, n + 1]),

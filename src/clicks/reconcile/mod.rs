@@ -21,7 +21,8 @@ mod source;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -34,6 +35,7 @@ use crate::checkpoint::ArchivedRange;
 use crate::clicks::spec::DataflowSpec;
 use crate::cluster::{WorkerArgs, Workers};
 use crate::config::WorkersConfig;
+use crate::progress;
 use crate::sinks::memory::{MemoryRows, MemorySink};
 use crate::sinks::postgres::reconcile::{PgReconciler, RunRecord, TableRepair};
 use crate::sinks::{Sink, TableSchema, Value};
@@ -124,13 +126,21 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
         .collect();
     // Process 0 reads the job's rows while the workers compute the batch's.
     let (from, to) = (args.from, args.to);
+    let tables_read = Arc::new(AtomicUsize::new(0));
     let streamed = workers.is_first_process().then(|| {
-        let (tables, job) = (tables.clone(), job.clone());
+        let (tables, job, tables_read) = (tables.clone(), job.clone(), Arc::clone(&tables_read));
         std::thread::spawn(move || -> Result<Vec<Vec<Vec<Value>>>> {
             let started = Instant::now();
             let mut pg = PgReconciler::connect(&clicks_db, &job)?;
             pg.begin_snapshot()?;
-            let rows = tables.iter().map(|(table, schema, c)| pg.read_rows(table, schema, *c, from, to)).collect();
+            let rows = tables
+                .iter()
+                .map(|(table, schema, c)| {
+                    let rows = pg.read_rows(table, schema, *c, from, to);
+                    tables_read.fetch_add(1, Ordering::Relaxed);
+                    rows
+                })
+                .collect();
             pg.end_snapshot()?;
             tracing::debug!(seconds = started.elapsed().as_secs_f64(), "read the job's rows");
             rows
@@ -149,6 +159,13 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     let batch_seconds = started.elapsed().as_secs_f64();
     let Some(streamed) = streamed else { return Ok(true) };
     tracing::debug!(seconds = batch_seconds, "batch done");
+    // After the batch's bar, the rest of the run (the job's rows, the comparison, the record).
+    let rest = progress::counter("{spinner} {msg} {elapsed}");
+    while !streamed.is_finished() {
+        let read = tables_read.load(Ordering::Relaxed);
+        rest.set_message(format!("reading the job's rows from PostgreSQL: {read} of {} tables", tables.len()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let streamed = streamed.join().map_err(|_| anyhow::anyhow!("the thread reading PostgreSQL panicked"))??;
     let compared = Instant::now();
     let (read, collected) = results.into_iter().next().context("no worker ran")?;
@@ -158,6 +175,7 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     for ((table, schema, time_column), streamed) in tables.iter().zip(&streamed) {
         let index = collected.iter().position(|(t, ..)| t == table).context("a table the batch did not write")?;
         let (_, _, batch) = collected.swap_remove(index);
+        rest.set_message(format!("comparing {table}"));
         let windows = schema.columns.iter().any(|c| c.name == "window_end");
         let unit = if windows { "windows" } else { "panes" };
         comparisons.push(compare(table, schema, *time_column, unit, |t| t - t % pane_ms, &batch, streamed));
@@ -200,7 +218,9 @@ pub fn run(args: ReconcileArgs) -> Result<bool> {
     };
     let record =
         RunRecord { job, from: args.from, to: args.to, checked: report.checked, differing: mismatches, repaired };
+    rest.set_message(if args.repair { "repairing and recording the run" } else { "recording the run" });
     pg.commit(&record, &repairs)?;
+    rest.finish_and_clear();
     print!("{}", report.text());
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report).context("cannot encode the report")?;
@@ -304,7 +324,7 @@ fn batch_worker(worker: &mut timely::worker::Worker, shared: &Shared) -> Result<
         Ok(Box::new(sink_box))
     };
     let positions = Positions::offsets(&shared.topic);
-    let template = "{bar:40} {pos}/{len} offsets {per_sec} eta {eta}";
+    let template = "{bar:40} {pos}/{len} offsets, {rate}, eta {eta}";
     let totals =
         super::replay::run_batch(worker, &shared.spec, &mut source, Format::Packed, &positions, &make_sink, template)?;
     let collected = (worker.index() == 0)
