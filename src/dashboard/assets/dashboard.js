@@ -98,7 +98,7 @@ const Dash = (() => {
       );
       const data = [times.slice()].concat(names.map((name) => columns.get(name).slice()));
       chart = new uPlot(
-        { title, width: width(el), height: 220, series, axes: [{}, { label: unit, size: 60 }], scales: { x: { time: true } } },
+        { title, width: width(el), height: 220, series, axes: [{}, { label: unit, size: 90 }], scales: { x: { time: true } } },
         data,
         el,
       );
@@ -133,10 +133,13 @@ const Dash = (() => {
           title,
           width: width(el),
           height: 260,
-          scales: { x: { time: false, range: (u, min, max) => [-0.5, Math.max(max, 0) + 0.5] } },
+          scales: {
+            x: { time: false, range: () => [-0.5, Math.max(labels.length, 1) - 0.5] },
+            y: { range: (u, min, max) => [0, Math.max(max, 1) * 1.1] },
+          },
           axes: [
-            { label: "ad", values: (u, splits) => splits.map((i) => (Number.isInteger(i) ? labels[i] ?? "" : "")), incrs: [1] },
-            { label: unit, size: 60 },
+            { label: "ad", splits: () => labels.map((_, i) => i), values: (u, splits) => splits.map((i) => labels[i] ?? "") },
+            { label: unit, size: 70 },
           ],
           series: [{}, { label: unit, fill: COLOURS[0] + "cc", stroke: COLOURS[0], paths: uPlot.paths.bars({ size: [0.7, 80] }), points: { show: false } }],
           legend: { show: false },
