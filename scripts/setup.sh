@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what clickstay needs on a fresh Debian machine and builds it once (release).
+# Installs what clickstay needs on a fresh Debian machine (and its tests: PostgreSQL, Chromium) and builds it once (release).
 # Idempotent: installs only what is missing. Run as root (or with sudo available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,8 @@ need_apt=()
 # The Kafka broker of tests and benchmarks (scripts/broker.sh) runs from a Python virtualenv.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 command -v runuser >/dev/null || need_apt+=(util-linux)
+# Headless Chromium loads the dashboards in tests/dashboard.rs (Debian's package, no download).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]}" >&2
     sudo_cmd=(); [ "$(id -u)" = 0 ] || sudo_cmd=(sudo)

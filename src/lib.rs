@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod clicks;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod duration;
 pub mod http;
 pub mod pg_error;

@@ -27,6 +27,10 @@ use crate::sinks::postgres::{JobIdentity, JobLock, JobStart, PgWriter, SpecStamp
 use crate::sources::kafka::{KafkaOptions, KafkaSource};
 use crate::sources::{Share, Source};
 
+/// The click job's dashboard, served at `/` wherever `/metrics` is (`--listen`, `--metrics-listen`).
+const DASHBOARD: crate::dashboard::Page =
+    crate::dashboard::Page { html: include_str!("dashboard.html"), script: include_str!("dashboard.js") };
+
 /// Options of `clickstay run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -51,8 +55,9 @@ pub struct RunArgs {
     /// every pane, commits and exits (for tests and back-fills; by default it runs forever).
     #[arg(long)]
     pub exit_when_idle: Option<f64>,
-    /// Serve questions to the live counts as JSON over HTTP on this address (process 0 only;
-    /// see the README's "Asking the running job"). Default: no listener.
+    /// Serve questions to the live counts as JSON over HTTP on this address, with `/metrics`
+    /// and the dashboard at `/` (process 0 only; see the README's "Asking the running job").
+    /// Default: no listener.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<std::net::SocketAddr>,
     /// Serve Prometheus metrics on `/metrics` (and the dashboard on `/`) on this address,
@@ -151,7 +156,7 @@ pub fn run(args: RunArgs) -> Result<()> {
         let handle = crate::telemetry::install();
         crate::clicks::metrics::describe();
         crate::sinks::postgres::describe_metrics();
-        let routes = routes.merge(crate::telemetry::routes(handle));
+        let routes = routes.merge(crate::telemetry::routes(handle)).merge(crate::dashboard::routes(DASHBOARD));
         crate::http::spawn(listen, routes.layer(axum::middleware::from_fn(crate::telemetry::time_requests)), flag)?;
     }
     let shared = Arc::new(Job {

@@ -33,8 +33,12 @@ use super::view::answers::Ask;
 use super::view::committer::Committer;
 use super::view::rows::day_of;
 use super::view::{RoomsView, ViewError};
+use crate::dashboard::{self, Page};
 use crate::sources::postgres_cdc::{Lsn, format_lsn, parse_lsn};
 use crate::telemetry;
+
+/// The hotel side's dashboard, served at `/` (same origin as the API it reads).
+const DASHBOARD: Page = Page { html: include_str!("dashboard.html"), script: include_str!("dashboard.js") };
 
 /// Largest request body accepted; a reservation is about 250 bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -86,6 +90,7 @@ pub fn router(
         .with_state(AppState { shards, id_lookups, claims, view })
         .merge(trips::routes::router(trips))
         .merge(telemetry::routes(telemetry))
+        .merge(dashboard::routes(DASHBOARD))
         .layer(middleware::from_fn_with_state(Arc::new(access), guard::guard))
         .layer(middleware::from_fn_with_state(Bounds::from(limits), guard::limit))
         .layer(middleware::from_fn(metrics::count_outcomes))
