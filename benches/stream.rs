@@ -120,7 +120,12 @@ fn metrics_cost(services: &Services, work: &Path, events: u64) -> Result<()> {
     println!("metrics cost ({events} events, -w {WORKERS}, {PARTITIONS} partitions; two runs each, interleaved)");
     for scraped in [false, true] {
         let runs: Vec<String> = rates[&scraped].iter().map(|r| format!("{r:.0}")).collect();
-        println!("{:<36} {:>12.0} events/s  (runs: {})", if scraped { "--metrics-listen, scraped 1/s" } else { "no metrics listener" }, mean(scraped), runs.join(", "));
+        println!(
+            "{:<36} {:>12.0} events/s  (runs: {})",
+            if scraped { "--metrics-listen, scraped 1/s" } else { "no metrics listener" },
+            mean(scraped),
+            runs.join(", ")
+        );
     }
     println!("{:<36} {:>12.3}", "ratio scraped / off", mean(true) / mean(false));
     Ok(())
@@ -128,7 +133,10 @@ fn metrics_cost(services: &Services, work: &Path, events: u64) -> Result<()> {
 
 /// Scrapes `GET http://{listen}/metrics` once a second (plain HTTP/1.0 over a socket) until
 /// `stop` is set; the number of scrapes that answered.
-fn scrape_every_second(listen: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<u64> {
+fn scrape_every_second(
+    listen: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
     use std::io::{Read, Write};
     std::thread::spawn(move || {
         let mut answered = 0;

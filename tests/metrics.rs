@@ -35,7 +35,11 @@ fn scrape_until(base: &str, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrap
             let lags = scrape.samples.iter().filter(|s| s.metric == "clickstay_kafka_consumer_lag");
             format!("{:?}", shown.chain(lags).map(|s| (&s.metric, &s.labels, &s.value)).collect::<Vec<_>>())
         };
-        assert!(Instant::now() < deadline, "{what}: not reached in a minute; last scrape: {:?}", scrape.map(|s| clicks(&s)));
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached in a minute; last scrape: {:?}",
+            scrape.map(|s| clicks(&s))
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

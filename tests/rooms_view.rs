@@ -748,7 +748,8 @@ async fn metrics_count_bookings_by_outcome_and_show_the_views_lag() {
         prometheus::label_values(s, "clickstay_rooms_view_lag_bytes", "shard") == ["0", "1"]
     })
     .await;
-    let bookings = |outcome: &str| prometheus::value(&scrape, "clickstay_rooms_bookings_total", &[("outcome", outcome)]);
+    let bookings =
+        |outcome: &str| prometheus::value(&scrape, "clickstay_rooms_bookings_total", &[("outcome", outcome)]);
     let by_view = sold_out_by.iter().filter(|by_view| **by_view).count() as f64;
     assert_eq!(bookings("confirmed"), Some(5.0));
     assert_eq!(bookings("repeat"), Some(1.0));
@@ -769,7 +770,10 @@ async fn metrics_count_bookings_by_outcome_and_show_the_views_lag() {
     // Hold the shard's changes back: its lag in bytes and seconds grows.
     let senders = pg::wal_senders(shop.db_name(shard)).await;
     pg::signal_all(&senders, libc::SIGSTOP);
-    shop.db(1).execute("UPDATE room_type_inventory SET total_inventory = total_inventory + 1 WHERE hotel_id = 1", &[]).await.unwrap();
+    shop.db(1)
+        .execute("UPDATE room_type_inventory SET total_inventory = total_inventory + 1 WHERE hotel_id = 1", &[])
+        .await
+        .unwrap();
     let label = shard.to_string();
     let behind = scrape_until(&shop, api, "the held-back shard's lag", |s| {
         let lag = |name| prometheus::value(s, name, &[("shard", &label)]).unwrap_or(0.0);
