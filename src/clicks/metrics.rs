@@ -55,7 +55,6 @@ pub struct RoundMetrics {
 
 impl Default for RoundMetrics {
     fn default() -> Self {
-        describe();
         RoundMetrics {
             read: BTreeMap::new(),
             per_worker: Vec::new(),

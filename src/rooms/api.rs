@@ -212,14 +212,7 @@ async fn healthz(State(AppState { shards, view, .. }): State<AppState>) -> ApiRe
     for index in 0..shards.len() {
         let shards = shards.clone();
         asked.spawn(async move {
-            let position = shards
-                .run(index, |client| {
-                    Box::pin(async move {
-                        let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
-                        parse_lsn(row.get(0))
-                    })
-                })
-                .await;
+            let position = shards.wal_position(index).await;
             (index, position)
         });
     }

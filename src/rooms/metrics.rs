@@ -15,7 +15,6 @@ use metrics::{counter, gauge};
 use super::shards::Shards;
 use super::trips::{log, two_phase};
 use super::view::RoomsView;
-use crate::sources::postgres_cdc::parse_lsn;
 
 /// How often the sampler looks at the shards.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -111,16 +110,15 @@ async fn sample(shards: &Shards, view: Option<&RoomsView>, index: usize) {
     gauge!("clickstay_rooms_pool_in_use", "shard" => shard.clone())
         .set(status.size.saturating_sub(status.available) as f64);
     gauge!("clickstay_rooms_pool_waiting", "shard" => shard.clone()).set(status.waiting as f64);
-    let asked = shards.run(index, |client| {
+    let trips = shards.run(index, |client| {
         Box::pin(async move {
-            let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
-            let current = parse_lsn(row.get(0))?;
             let prepared = two_phase::prepared_here(client).await?;
             let unfinished = log::unfinished(client, 0).await?;
-            Ok::<_, anyhow::Error>((current, prepared, unfinished))
+            Ok::<_, anyhow::Error>((prepared, unfinished))
         })
     });
-    let Ok(Ok((current, prepared, unfinished))) = tokio::time::timeout(SAMPLE_TIMEOUT, asked).await else {
+    let asked = async { tokio::try_join!(shards.wal_position(index), trips) };
+    let Ok(Ok((current, (prepared, unfinished)))) = tokio::time::timeout(SAMPLE_TIMEOUT, asked).await else {
         gauge!("clickstay_rooms_shard_up", "shard" => shard).set(0.0);
         return;
     };

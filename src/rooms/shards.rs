@@ -208,6 +208,18 @@ impl Shards {
         self.pools[index].get().await.map_err(|error| self.pool_error(index, error))
     }
 
+    /// Shard `index`'s current WAL position (`pg_current_wal_lsn()`): what a change stream that
+    /// has reached it has seen all of (the health check's and the metrics' view lag).
+    pub async fn wal_position(&self, index: usize) -> Result<crate::sources::postgres_cdc::Lsn, ShardError> {
+        self.run(index, |client| {
+            Box::pin(async move {
+                let row = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?;
+                crate::sources::postgres_cdc::parse_lsn(row.get(0))
+            })
+        })
+        .await
+    }
+
     /// Runs `work` with a connection of shard `index` on a task of its own: it runs to its end
     /// (or [`ShardLimits::transaction_timeout`]) even when the caller gives up. The connection
     /// goes back to the pool only when `work` succeeded, which for a transaction means it was
