@@ -14,6 +14,8 @@
 
 #[path = "../tests/common/broker.rs"]
 mod broker;
+#[path = "common/rusage.rs"]
+mod rusage;
 #[path = "../tests/common/scripts.rs"]
 mod scripts;
 #[path = "common/services.rs"]

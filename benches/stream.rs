@@ -87,12 +87,18 @@ fn main() -> Result<()> {
         "raw archive MB per 10M events",
         throughput.archive_bytes as f64 / 1e6 * 1e7 / events as f64
     );
+    let per_10m = |cpu: f64| cpu * 1e7 / events as f64;
+    let shown = |cpu: Option<f64>| cpu.map_or("unknown".to_string(), |c| format!("{:.1}", per_10m(c)));
+    println!("{:<44} {:>14.1}", "CPU s per 10M events: job", per_10m(throughput.job_cpu));
+    println!("{:<44} {:>14}", "CPU s per 10M events: PostgreSQL", shown(throughput.postgres_cpu));
+    println!("{:<44} {:>14}", "CPU s per 10M events: broker", shown(throughput.broker_cpu));
     println!("{:<44} {:>14}", "latency run: events/s x seconds", format!("{rate} x {seconds}"));
     println!("{:<44} {:>14}", "panes seen", latency.panes);
     println!("{:<44} {:>14.0}", "pane latency beyond watermark p50 ms", latency.beyond_p50);
     println!("{:<44} {:>14.0}", "pane latency beyond watermark p99 ms", latency.beyond_p99);
     println!("{:<44} {:>14.0}", "first seen - pane end p50 ms", latency.plain_p50);
     println!("{:<44} {:>14.0}", "first seen - pane end p99 ms", latency.plain_p99);
+    println!("results digest (table rows md5): {}", throughput.digest);
     drop(services);
     Ok(())
 }
@@ -105,6 +111,13 @@ struct Throughput {
     peak_rss_kib: i64,
     /// The bytes of the job's raw archive (every file under it) once it has exited.
     archive_bytes: u64,
+    /// Each result table's rows and an md5 of them (see [`results_digest`]).
+    digest: String,
+    /// CPU seconds from the job's start to its exit (including its 2 s idle wait): the job's
+    /// own, PostgreSQL's (server and backends) and the broker's (`None`: its directory is unknown).
+    job_cpu: f64,
+    postgres_cpu: Option<f64>,
+    broker_cpu: Option<f64>,
 }
 
 /// The job's events/s without metrics and with them scraped once a second, twice each, interleaved.
@@ -189,6 +202,7 @@ fn throughput(services: &Services, work: &Path, events: u64, scraped: bool) -> R
     if scraped {
         extra.extend(["--metrics-listen", &listen]);
     }
+    let cpu_before = services.cpu();
     let child = services.spawn_job(&spec, &config, &archive, &log, &extra)?;
     let stop_scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scraper = scraped.then(|| scrape_every_second(listen.clone(), stop_scraping.clone()));
@@ -196,7 +210,7 @@ fn throughput(services: &Services, work: &Path, events: u64, scraped: bool) -> R
     let mut committed_at = None;
     let mut last_progress = Instant::now();
     let mut committed = 0;
-    let (status, peak_rss_kib) = loop {
+    let exited = loop {
         if committed_at.is_none() {
             let now = committed_offsets(&mut pg);
             if now >= events {
@@ -219,6 +233,9 @@ fn throughput(services: &Services, work: &Path, events: u64, scraped: bool) -> R
         std::thread::sleep(Duration::from_millis(50));
     };
     let exited_at = started.elapsed();
+    let cpu_after = services.cpu();
+    let rusage::Exited { status, peak_rss_kib, cpu_seconds: job_cpu } = exited;
+    let used = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
     stop_scraping.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(scraper) = scraper {
         let answered = scraper.join().expect("the scraper does not panic");
@@ -239,6 +256,7 @@ fn throughput(services: &Services, work: &Path, events: u64, scraped: bool) -> R
             exited_at.as_secs_f64()
         }
     };
+    let digest = results_digest(&mut pg)?;
     let archive_bytes = bytes_under(&archive)?;
     eprintln!("raw archive: {archive_bytes} bytes for {events} events");
     Ok(Throughput {
@@ -248,7 +266,34 @@ fn throughput(services: &Services, work: &Path, events: u64, scraped: bool) -> R
         job_seconds,
         peak_rss_kib,
         archive_bytes,
+        digest,
+        job_cpu,
+        postgres_cpu: used(cpu_before.postgres, cpu_after.postgres),
+        broker_cpu: used(cpu_before.broker, cpu_after.broker),
     })
+}
+
+/// Each result table (schema `ad_clicks`) as `table rows md5`, the md5 over its rows as JSON
+/// without the topic's name (which is fresh in every run), in order: equal outputs of two
+/// builds on the same events give equal digests.
+fn results_digest(pg: &mut Client) -> Result<String> {
+    let tables = pg.query(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'ad_clicks' ORDER BY 1",
+        &[],
+    )?;
+    let mut digest = Vec::new();
+    for table in tables {
+        let table: String = table.get(0);
+        let row = pg.query_one(
+            &format!(
+                "SELECT count(*), coalesce(md5(string_agg(r, E'\\n' ORDER BY r)), '') \
+                 FROM (SELECT (to_jsonb(t) - 'topic')::text AS r FROM ad_clicks.\"{table}\" t) rows"
+            ),
+            &[],
+        )?;
+        digest.push(format!("{table} {} {}", row.get::<_, i64>(0), row.get::<_, String>(1)));
+    }
+    Ok(digest.join("; "))
 }
 
 /// The bytes of every file under `dir`.

@@ -237,3 +237,50 @@ fn throughput() {
     let (count, seconds) = broker::bare_consume(&kafka, EVENTS, Duration::from_secs(120)).unwrap();
     println!("bare consume: {count} messages in {seconds:.2} s ({:.0} messages/s)", count as f64 / seconds);
 }
+
+/// The job's reader (`KafkaSource`) over many rounds, handing every round's batches back for
+/// reuse as the job does: each message arrives once, in offset order, with its own text (a
+/// reused buffer must start empty).
+#[test]
+fn the_job_reader_reuses_its_buffers_and_delivers_every_message_once() {
+    use clickstay::sources::kafka::{KafkaOptions, KafkaSource};
+    use clickstay::sources::{Share, Source};
+    const EVENTS: u64 = 300_000;
+    let dir = TempDir::new().unwrap();
+    let kafka = broker::kafka_config(&broker::fresh_topic("reader-rounds"), 2);
+    let config = broker::workers_toml(dir.path(), &kafka);
+    produce_ok(&config, &["--events", &EVENTS.to_string(), "--seed", "9"]);
+    // What a plain consumer reads, by (partition, offset): offsets count from 0 per partition.
+    let mut expected: HashMap<(u32, u64), Vec<u8>> = HashMap::new();
+    let mut counted: BTreeMap<u32, u64> = BTreeMap::new();
+    for message in read_all(&kafka, EVENTS as usize) {
+        let offset = counted.entry(message.partition as u32).or_insert(0);
+        expected.insert((message.partition as u32, *offset), message.value);
+        *offset += 1;
+    }
+
+    let options = KafkaOptions { kafka: kafka.clone(), max_record_bytes: 1 << 16 };
+    let mut source = KafkaSource::open(&options, Share::new(0, 1), &BTreeMap::new()).unwrap();
+    let mut next: BTreeMap<u32, u64> = BTreeMap::new();
+    let (mut read, mut rounds) = (0u64, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while read < EVENTS {
+        assert!(Instant::now() < deadline, "only {read} of {EVENTS} messages in {rounds} rounds");
+        let batches = source.read_round().unwrap().expect("a topic never ends");
+        for batch in &batches {
+            let records = &batch.records;
+            assert_eq!(records.lines.len(), records.positions.len());
+            for (line, offset) in records.lines.iter().zip(&records.positions) {
+                let at = next.entry(batch.partition).or_insert(0);
+                assert_eq!(*offset, *at, "partition {}: offsets out of order", batch.partition);
+                *at += 1;
+                assert_eq!(batch.text_of(line), &expected[&(batch.partition, *offset)][..]);
+                read += 1;
+            }
+        }
+        rounds += 1;
+        source.recycle(batches);
+    }
+    assert_eq!(read, EVENTS);
+    assert!(rounds > 4, "all {EVENTS} messages came in {rounds} rounds: the reuse was not exercised");
+}

@@ -94,7 +94,8 @@ pub fn measure(command: &mut Command, work: &Path) -> Result<Measurement> {
     let started = Instant::now();
     let child =
         command.stdout(File::create(&stdout_path)?).stderr(Stdio::null()).spawn().context("cannot start clickstay")?;
-    let (status, peak_rss_kib) = rusage::wait4(child.id(), true)?.context("wait4 returned before the child exited")?;
+    let rusage::Exited { status, peak_rss_kib, .. } =
+        rusage::wait4(child.id(), true)?.context("wait4 returned before the child exited")?;
     let wall = started.elapsed();
     let summary = std::fs::read_to_string(&stdout_path)?.trim().to_string();
     if status != 0 {

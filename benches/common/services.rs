@@ -16,6 +16,12 @@ use postgres::{Client, NoTls};
 use super::scripts::run_script;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_clickstay");
+
+/// The `clickstay` binary the benchmark runs: `CLICKSTAY_BENCH_BIN` when set (another build,
+/// to compare two builds in one sitting), else this build's.
+pub fn bin() -> String {
+    std::env::var("CLICKSTAY_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 /// Worker threads of the benchmarked job.
 pub const WORKERS: &str = "2";
 
@@ -31,17 +37,37 @@ pub struct Services {
     pub pg_base: String,
     broker_dir: Option<String>,
     pg_dir: Option<String>,
+    /// Where the broker's pid file and PostgreSQL's data directory are (started here, or named
+    /// by `CLICKSTAY_BROKER_DIR` / `CLICKSTAY_PG_DIR`), for their CPU time.
+    broker_home: Option<PathBuf>,
+    pg_home: Option<PathBuf>,
+}
+
+/// CPU seconds used so far by the broker and by PostgreSQL (server and backends); `None` when
+/// the service's directory is unknown.
+#[derive(Debug, Clone, Copy)]
+pub struct ServicesCpu {
+    pub broker: Option<f64>,
+    pub postgres: Option<f64>,
 }
 
 impl Services {
     pub fn start() -> Result<Services> {
-        let mut services = Services { brokers: String::new(), pg_base: String::new(), broker_dir: None, pg_dir: None };
+        let mut services = Services {
+            brokers: String::new(),
+            pg_base: String::new(),
+            broker_dir: None,
+            pg_dir: None,
+            broker_home: std::env::var_os("CLICKSTAY_BROKER_DIR").map(PathBuf::from),
+            pg_home: std::env::var_os("CLICKSTAY_PG_DIR").map(PathBuf::from),
+        };
         let tag = std::process::id();
         match std::env::var("CLICKSTAY_KAFKA_BROKERS") {
             Ok(brokers) => services.brokers = brokers.trim().to_string(),
             Err(_) => {
                 let dir = format!("/tmp/clickstay-bench-stream-broker-{tag}");
                 services.brokers = run_script("broker.sh", &["start", &dir], Stdio::inherit())?;
+                services.broker_home = Some(PathBuf::from(&dir));
                 services.broker_dir = Some(dir);
             }
         }
@@ -50,6 +76,7 @@ impl Services {
             Err(_) => {
                 let dir = format!("/tmp/clickstay-bench-stream-pg-{tag}");
                 services.pg_base = run_script("postgres.sh", &["start", &dir], Stdio::inherit())?;
+                services.pg_home = Some(PathBuf::from(&dir));
                 services.pg_dir = Some(dir);
             }
         }
@@ -66,9 +93,21 @@ impl Services {
         Ok(format!("{server}/{name}"))
     }
 
+    /// The CPU seconds the broker and PostgreSQL have used so far.
+    pub fn cpu(&self) -> ServicesCpu {
+        let tree = |pid_file: Option<PathBuf>| {
+            let pid = super::rusage::pid_in(&pid_file?).ok()?;
+            super::rusage::tree_cpu_seconds(pid).ok()
+        };
+        ServicesCpu {
+            broker: tree(self.broker_home.as_ref().map(|d| d.join("pid"))),
+            postgres: tree(self.pg_home.as_ref().map(|d| d.join("data/postmaster.pid"))),
+        }
+    }
+
     /// `clickstay` with this broker, and no stray database override from the environment.
     pub fn command(&self) -> Command {
-        let mut command = Command::new(BIN);
+        let mut command = Command::new(bin());
         command.env("CLICKSTAY_KAFKA_BROKERS", &self.brokers).env_remove("CLICKSTAY_CLICKS_DB");
         command
     }

@@ -24,7 +24,9 @@ use parquet::data_type::ByteArray;
 
 use super::event::{ClickEvent, Country, parse_ipv4, write_ipv4};
 use crate::sinks::Sink;
-use crate::sinks::parquet::{ColumnValues, Compression, ParquetFile, ParquetSink, ZstdLevel};
+use crate::sinks::parquet::{
+    ColumnEncoding, ColumnLayout, ColumnValues, Compression, ParquetFile, ParquetSink, ZstdLevel,
+};
 
 /// The columns of an archive file. `ad_id` and `user_id` are unsigned 64-bit integers (stored
 /// as INT64 bits, read back as uint64); `click_ts` is a UTC timestamp in milliseconds.
@@ -41,9 +43,19 @@ message click {
     REQUIRED INT32 incarnation;
 }";
 
-/// Offsets, times, users and addresses are (nearly) all distinct: a dictionary of them would
-/// only cost time. Topic, partition, ad and country repeat, and their dictionaries pay.
-const WITHOUT_DICTIONARY: [&str; 4] = ["offset", "click_ts", "user_id", "ip"];
+/// How each column is stored, chosen with `cargo bench --bench archive` (README "The raw-event
+/// archive"). Offsets grow by one and times nearly so: their differences take a few bits each.
+/// Users and addresses are (nearly) all distinct: a dictionary of them would only cost time.
+/// Topic, partition, ad, country and incarnation repeat, and their dictionaries pay (the
+/// defaults). Statistics only where readers filter: offsets, times, ads, partitions.
+const LAYOUTS: [ColumnLayout; 6] = [
+    ColumnLayout { name: "offset", encoding: ColumnEncoding::Delta, statistics: true },
+    ColumnLayout { name: "click_ts", encoding: ColumnEncoding::Delta, statistics: true },
+    ColumnLayout { name: "user_id", encoding: ColumnEncoding::Plain, statistics: false },
+    ColumnLayout { name: "ip", encoding: ColumnEncoding::Plain, statistics: false },
+    ColumnLayout { name: "topic", encoding: ColumnEncoding::Dictionary, statistics: false },
+    ColumnLayout { name: "country", encoding: ColumnEncoding::Dictionary, statistics: false },
+];
 
 const MS_PER_HOUR: u64 = 3_600_000;
 
@@ -54,6 +66,9 @@ const MS_PER_HOUR: u64 = 3_600_000;
 fn compression() -> Compression {
     Compression::ZSTD(ZstdLevel::default())
 }
+
+/// The length of the runs a column that is the same in every row is written from.
+const REPEATED_RUN: usize = 4096;
 
 /// Rows per row group: bounds the memory of one column chunk for very large ranges.
 const ROW_GROUP_ROWS: usize = 1 << 20;
@@ -109,7 +124,7 @@ pub fn write_archive(
     for event in events {
         hours.entry(event.1.click_ts / MS_PER_HOUR).or_default().push(event);
     }
-    let mut sink = ParquetSink::new(root, SCHEMA, &WITHOUT_DICTIONARY, compression())?;
+    let mut sink = ParquetSink::new(root, SCHEMA, &LAYOUTS, compression())?;
     for (hour, events) in &hours {
         let path = Path::new(&hour_dir(*hour)).join(format!("partition={}", range.partition)).join(range.file_name());
         let row_groups = events.chunks(ROW_GROUP_ROWS).map(|chunk| columns(topic, range, chunk));
@@ -122,7 +137,9 @@ pub fn write_archive(
 /// The columns of one row group, in [`SCHEMA`] order.
 fn columns(topic: &str, range: ArchiveRange, chunk: &[&(u64, ClickEvent)]) -> Vec<ColumnValues> {
     let long = |f: &dyn Fn(&(u64, ClickEvent)) -> i64| ColumnValues::Int64(chunk.iter().map(|e| f(e)).collect());
-    let topics = vec![ByteArray::from(topic); chunk.len()];
+    // The same in every row: a short run written over and over.
+    let repeated = |run: ColumnValues| ColumnValues::Repeated { run: Box::new(run), count: chunk.len() };
+    let run = chunk.len().min(REPEATED_RUN);
     // Every address is a slice of one buffer, and every country a static string: no
     // allocation per event.
     let mut ip_text = Vec::with_capacity(chunk.len() * 15);
@@ -138,8 +155,8 @@ fn columns(topic: &str, range: ArchiveRange, chunk: &[&(u64, ClickEvent)]) -> Ve
     let countries: Vec<ByteArray> =
         chunk.iter().map(|(_, e)| ByteArray::from(Bytes::from_static(e.country.as_str().as_bytes()))).collect();
     vec![
-        ColumnValues::ByteArray(topics),
-        ColumnValues::Int32(vec![range.partition as i32; chunk.len()]),
+        repeated(ColumnValues::ByteArray(vec![ByteArray::from(topic); run])),
+        repeated(ColumnValues::Int32(vec![range.partition as i32; run])),
         long(&|(offset, _)| *offset as i64),
         // Unsigned values keep their bits; the logical type tells readers they are unsigned.
         long(&|(_, e)| e.ad_id as i64),
@@ -147,7 +164,7 @@ fn columns(topic: &str, range: ArchiveRange, chunk: &[&(u64, ClickEvent)]) -> Ve
         long(&|(_, e)| e.user_id as i64),
         ColumnValues::ByteArray(ips),
         ColumnValues::ByteArray(countries),
-        ColumnValues::Int32(vec![range.incarnation as i32; chunk.len()]),
+        repeated(ColumnValues::Int32(vec![range.incarnation as i32; run])),
     ]
 }
 

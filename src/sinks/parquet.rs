@@ -2,7 +2,7 @@
 //! renamed into place, and the directories on the way fsynced, so a reader or a restarted job
 //! sees either the whole file or none, and the new name survives a crash.
 //!
-//! The sink knows no job: it is given a message schema, the columns that get no dictionary,
+//! The sink knows no job: it is given a message schema, how each column is stored (layouts),
 //! and files as a path under its root and row groups of typed columns. The contents are a
 //! function of those alone (no clock, no random ids), so writing the same file again gives the
 //! same bytes.
@@ -15,10 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use parquet::basic::Encoding;
 pub use parquet::basic::{Compression, ZstdLevel};
 use parquet::data_type::{ByteArray, ByteArrayType, Int32Type, Int64Type};
-use parquet::file::properties::WriterProperties;
-use parquet::file::writer::{SerializedFileWriter, SerializedRowGroupWriter};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter, SerializedRowGroupWriter};
 use parquet::schema::parser::parse_message_type;
 use parquet::schema::types::{ColumnPath, Type};
 
@@ -30,6 +31,47 @@ pub enum ColumnValues {
     Int64(Vec<i64>),
     /// Strings and other bytes; a `ByteArray` may be a slice of a shared buffer.
     ByteArray(Vec<ByteArray>),
+    /// One value `count` times (a column that is the same in every row of a file): `run`
+    /// holds it a few times over and is written again and again, so that no vector of
+    /// `count` copies is built and dropped.
+    Repeated {
+        run: Box<ColumnValues>,
+        count: usize,
+    },
+}
+
+impl ColumnValues {
+    fn len(&self) -> usize {
+        match self {
+            ColumnValues::Int32(values) => values.len(),
+            ColumnValues::Int64(values) => values.len(),
+            ColumnValues::ByteArray(values) => values.len(),
+            ColumnValues::Repeated { count, .. } => *count,
+        }
+    }
+}
+
+/// How a column's values are encoded in its pages (before compression).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnEncoding {
+    /// A dictionary of the distinct values and their indices (parquet's default): for values
+    /// that repeat.
+    Dictionary,
+    /// The values as they are: for (nearly) distinct values, whose dictionary would only cost.
+    Plain,
+    /// Differences between neighbours, bit-packed (`DELTA_BINARY_PACKED`): for integers that
+    /// grow or stay close (offsets, times), which it stores in a few bits each.
+    Delta,
+}
+
+/// How a [`ParquetSink`] stores a column.
+#[derive(Debug, Clone, Copy)]
+pub struct ColumnLayout {
+    pub name: &'static str,
+    pub encoding: ColumnEncoding,
+    /// Min/max statistics per page and column chunk, which let readers skip pages and row
+    /// groups by value: worth their cost only on the columns readers filter by.
+    pub statistics: bool,
 }
 
 /// One file for a [`ParquetSink`]: where under its root, and the row groups, each the columns
@@ -50,15 +92,25 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    /// Files of `message_type` (Parquet's schema syntax) under `root`, with a dictionary for
-    /// every column but those `without_dictionary` (columns of (nearly) distinct values, whose
-    /// dictionary would only cost time), every page compressed with `compression` (a codec
-    /// needs its feature of the `parquet` crate: see Cargo.toml).
-    pub fn new(root: &Path, message_type: &str, without_dictionary: &[&str], compression: Compression) -> Result<Self> {
+    /// Files of `message_type` (Parquet's schema syntax) under `root`, each column stored as
+    /// its entry in `layouts` says (a column without one: dictionary and statistics, parquet's
+    /// defaults), every page compressed with `compression` (a codec needs its feature of the
+    /// `parquet` crate: see Cargo.toml).
+    pub fn new(root: &Path, message_type: &str, layouts: &[ColumnLayout], compression: Compression) -> Result<Self> {
         let schema = Arc::new(parse_message_type(message_type).context("the Parquet schema does not parse")?);
         let mut properties = WriterProperties::builder().set_compression(compression);
-        for column in without_dictionary {
-            properties = properties.set_column_dictionary_enabled(ColumnPath::from(*column), false);
+        for layout in layouts {
+            let column = ColumnPath::from(layout.name);
+            properties = match layout.encoding {
+                ColumnEncoding::Dictionary => properties,
+                ColumnEncoding::Plain => properties.set_column_dictionary_enabled(column.clone(), false),
+                ColumnEncoding::Delta => properties
+                    .set_column_dictionary_enabled(column.clone(), false)
+                    .set_column_encoding(column.clone(), Encoding::DELTA_BINARY_PACKED),
+            };
+            if !layout.statistics {
+                properties = properties.set_column_statistics_enabled(column, EnabledStatistics::None);
+            }
         }
         let properties = Arc::new(properties.build());
         Ok(ParquetSink { root: root.to_path_buf(), schema, properties, written: Vec::new() })
@@ -116,12 +168,27 @@ impl<'a> Sink<ParquetFile<'a>> for ParquetSink {
 /// Writes the next column of `row_group`, which must be of the values' type.
 fn write_column(row_group: &mut SerializedRowGroupWriter<'_, File>, values: &ColumnValues) -> Result<()> {
     let mut column = row_group.next_column()?.context("the schema has fewer columns than the row group")?;
-    match values {
-        ColumnValues::Int32(values) => column.typed::<Int32Type>().write_batch(values, None, None)?,
-        ColumnValues::Int64(values) => column.typed::<Int64Type>().write_batch(values, None, None)?,
-        ColumnValues::ByteArray(values) => column.typed::<ByteArrayType>().write_batch(values, None, None)?,
-    };
+    write_values(&mut column, values, values.len())?;
     column.close()?;
+    Ok(())
+}
+
+/// Writes the first `count` of `values` (all of them, over and over, for a repeated run).
+fn write_values(column: &mut SerializedColumnWriter<'_>, values: &ColumnValues, count: usize) -> Result<()> {
+    match values {
+        ColumnValues::Int32(values) => column.typed::<Int32Type>().write_batch(&values[..count], None, None)?,
+        ColumnValues::Int64(values) => column.typed::<Int64Type>().write_batch(&values[..count], None, None)?,
+        ColumnValues::ByteArray(values) => column.typed::<ByteArrayType>().write_batch(&values[..count], None, None)?,
+        ColumnValues::Repeated { run, count: total } => {
+            let step = run.len().max(1);
+            let mut left = (*total).min(count);
+            while left > 0 {
+                write_values(column, run, left.min(step))?;
+                left -= left.min(step);
+            }
+            count
+        }
+    };
     Ok(())
 }
 
@@ -139,12 +206,17 @@ mod tests {
     fn writes_row_groups_atomically_and_hands_back_the_files() {
         let root = tempfile::tempdir().unwrap();
         let schema = "message m { REQUIRED INT32 a; REQUIRED INT64 b; REQUIRED BYTE_ARRAY c (STRING); }";
-        let mut sink = ParquetSink::new(root.path(), schema, &["b"], Compression::UNCOMPRESSED).unwrap();
+        let layouts = [
+            ColumnLayout { name: "a", encoding: ColumnEncoding::Delta, statistics: true },
+            ColumnLayout { name: "b", encoding: ColumnEncoding::Plain, statistics: false },
+        ];
+        let mut sink = ParquetSink::new(root.path(), schema, &layouts, Compression::UNCOMPRESSED).unwrap();
         let row_group = |n: i32| {
             vec![
                 ColumnValues::Int32(vec![n, n + 1]),
                 ColumnValues::Int64(vec![10 * n as i64, 10 * n as i64 + 10]),
-                ColumnValues::ByteArray(vec![ByteArray::from("x"), ByteArray::from("y")]),
+                // "c" twice, from a run of one.
+                ColumnValues::Repeated { run: Box::new(ColumnValues::ByteArray(vec![ByteArray::from("c")])), count: 2 },
             ]
         };
         let path = PathBuf::from("d=1/e/f.parquet");
@@ -164,7 +236,7 @@ mod tests {
                 (row.get_int(0).unwrap(), row.get_long(1).unwrap(), row.get_string(2).unwrap().clone())
             })
             .collect();
-        let expected = [(0, 0, "x"), (1, 10, "y"), (2, 20, "x"), (3, 30, "y")].map(|(a, b, c)| (a, b, c.to_string()));
+        let expected = [(0, 0, "c"), (1, 10, "c"), (2, 20, "c"), (3, 30, "c")].map(|(a, b, c)| (a, b, c.to_string()));
         assert_eq!(rows, expected);
         // No temporary file is left behind.
         let names: Vec<_> =

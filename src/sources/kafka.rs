@@ -166,6 +166,8 @@ pub struct KafkaSource {
     read: u64,
     /// Room for the messages of one `rd_kafka_consume_batch_queue` call.
     taken: Vec<*mut rdsys::rd_kafka_message_t>,
+    /// Buffers of earlier rounds' batches, for the next ones ([`Source::recycle`]).
+    spare: Vec<Lines>,
 }
 
 /// The consumer's message queue, read in batches (`rd_kafka_consume_batch_queue`). rdkafka's
@@ -226,6 +228,7 @@ impl Source for KafkaSource {
             max_record_bytes: options.max_record_bytes,
             read: 0,
             taken: vec![std::ptr::null_mut(); MESSAGES_PER_CALL],
+            spare: Vec::new(),
         };
         source.assign(0..count, resume)?;
         tracing::info!(worker = share.index, topic = %kafka.topic, partitions = count, "reading");
@@ -255,11 +258,12 @@ impl Source for KafkaSource {
         let mut batches: BTreeMap<u32, LineBatch> = BTreeMap::new();
         let deadline = Instant::now() + ROUND_WAIT;
         let max_record_bytes = self.max_record_bytes;
+        let mut spare = std::mem::take(&mut self.spare);
         let mut add = |partition, offset, payload: &[u8]| {
             let batch = batches.entry(partition).or_insert_with(|| Batch {
                 partition,
                 sequence: offset,
-                records: Lines::default(),
+                records: spare.pop().unwrap_or_default(),
             });
             let lines = &mut batch.records;
             let start = lines.text.len();
@@ -281,6 +285,7 @@ impl Source for KafkaSource {
             }
             taken += count;
         }
+        self.spare = spare;
         self.read += taken as u64;
         for (partition, batch) in &batches {
             if let Some(next) = batch.next_position() {
@@ -293,6 +298,17 @@ impl Source for KafkaSource {
 
     fn progress(&self) -> (u64, u64) {
         (self.read, 0)
+    }
+
+    /// Keeps as many batches' buffers as there are partitions to read.
+    fn recycle(&mut self, batches: Vec<LineBatch>) {
+        let owned = (0..self.partitions).filter(|p| self.share.owns(*p)).count();
+        for mut batch in batches {
+            if self.spare.len() < owned {
+                batch.records.clear();
+                self.spare.push(batch.records);
+            }
+        }
     }
 
     /// From the end offsets librdkafka keeps from its last fetch responses (no request to the

@@ -75,6 +75,9 @@ pub trait Source: Sized {
     /// This reader's batches for one round, at most one per partition; `None` once the source
     /// has ended for good (a file; a stream never ends).
     fn read_round(&mut self) -> Result<Option<Vec<Batch<Self::Records>>>>;
+    /// Takes back a round's batches once the job is done with them, so that later rounds reuse
+    /// their buffers instead of allocating (and faulting in) new ones; by default dropped.
+    fn recycle(&mut self, _batches: Vec<Batch<Self::Records>>) {}
     /// (work done, work in all) for a progress bar, in the source's own unit.
     fn progress(&self) -> (u64, u64);
     /// How far this reader is behind each of its partitions' ends, in records (a Kafka
@@ -106,6 +109,16 @@ pub struct Line {
     pub end: usize,
     /// The line's full length in the source, before any cut.
     pub full_len: usize,
+}
+
+impl Lines {
+    /// Empties the lines, keeping the buffers' memory.
+    pub fn clear(&mut self) {
+        self.skipped_lines = 0;
+        self.text.clear();
+        self.lines.clear();
+        self.positions.clear();
+    }
 }
 
 /// A batch of lines.

@@ -274,6 +274,7 @@ impl Driver {
                 let (max_before, lines_before) = self.before(batch, &reports);
                 self.feed(batch, parsed, max_before, lines_before, dataflow);
             }
+            source.recycle(batches);
             self.absorb(&reports);
             // Questions that came during the round go in too: they ride on the round's sub-tick
             // when it has one, else the next round's report asks for one.

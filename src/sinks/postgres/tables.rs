@@ -11,32 +11,38 @@ use rustc_hash::FxHashMap;
 use super::copy::copy_rows;
 use crate::sinks::{ColumnKind, Rows, TableSchema, Value};
 
-/// The rows of one table, back to back, in the order written (a later row replaces an earlier
-/// one with the same key; see [`TableRows::latest_rows`]): buffered by the writer until a
-/// checkpoint, then taken, as they are, into that checkpoint's transaction.
+/// The rows of one table, in the order written (a later row replaces an earlier one with the
+/// same key; see [`TableRows::latest_rows`]): buffered by the writer until a checkpoint, then
+/// taken, as they are, into that checkpoint's transaction. Each write's rows stay the vector
+/// they came in (rows back to back), so that buffering a pane's rows copies nothing.
 pub(super) struct TableRows {
     pub(super) schema: TableSchema,
     pub(super) table: String,
     /// Rows no earlier checkpoint wrote ([`Rows::fresh`]); older than every row of `rows`.
-    fresh: Vec<Value>,
-    rows: Vec<Value>,
+    fresh: Vec<Vec<Value>>,
+    rows: Vec<Vec<Value>>,
+    values: usize,
 }
 
 impl TableRows {
     pub(super) fn new(table: &str, schema: &TableSchema) -> Self {
-        TableRows { schema: schema.clone(), table: table.to_string(), fresh: Vec::new(), rows: Vec::new() }
+        TableRows { schema: schema.clone(), table: table.to_string(), fresh: Vec::new(), rows: Vec::new(), values: 0 }
     }
 
     pub(super) fn push(&mut self, rows: Rows) {
-        if rows.fresh { self.fresh.extend(rows.values) } else { self.rows.extend(rows.values) }
+        if rows.values.is_empty() {
+            return;
+        }
+        self.values += rows.values.len();
+        if rows.fresh { self.fresh.push(rows.values) } else { self.rows.push(rows.values) }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.fresh.is_empty() && self.rows.is_empty()
+        self.values == 0
     }
 
     pub(super) fn value_count(&self) -> usize {
-        self.fresh.len() + self.rows.len()
+        self.values
     }
 
     pub(super) fn row_count(&self) -> usize {
@@ -50,7 +56,14 @@ impl TableRows {
             table: self.table.clone(),
             fresh: std::mem::take(&mut self.fresh),
             rows: std::mem::take(&mut self.rows),
+            values: std::mem::take(&mut self.values),
         }
+    }
+
+    /// The fresh rows, in the order written.
+    fn fresh_rows(&self) -> impl Iterator<Item = &[Value]> {
+        let width = self.schema.columns.len();
+        self.fresh.iter().flat_map(move |values| values.chunks_exact(width))
     }
 
     /// The last row written for each key among the fresh rows (unless they are appended) and
@@ -58,9 +71,9 @@ impl TableRows {
     /// Worked out on the commit thread, off the dataflow's worker.
     fn latest_rows(&self, append_fresh: bool) -> impl Iterator<Item = &[Value]> {
         let (width, keys) = (self.schema.columns.len(), self.schema.key_columns);
-        let fresh: &[Value] = if append_fresh { &[] } else { &self.fresh };
+        let fresh: &[Vec<Value>] = if append_fresh { &[] } else { &self.fresh };
         let mut latest: FxHashMap<&[Value], &[Value]> = FxHashMap::default();
-        for row in fresh.chunks_exact(width).chain(self.rows.chunks_exact(width)) {
+        for row in fresh.iter().chain(&self.rows).flat_map(|values| values.chunks_exact(width)) {
             latest.insert(&row[..keys], row);
         }
         latest.into_values()
@@ -140,9 +153,8 @@ pub const TEMP_TABLE_PREFIX: &str = "incoming_";
 /// `append_fresh`, the others copied into a temporary table and upserted from there.
 pub(super) fn write_rows(tx: &mut postgres::Transaction<'_>, table: &TableRows, append_fresh: bool) -> Result<()> {
     let name = ident(&table.table);
-    let width = table.schema.columns.len();
     if append_fresh && !table.fresh.is_empty() {
-        copy_rows(tx, &name, &table.schema, table.fresh.chunks_exact(width))?;
+        copy_rows(tx, &name, &table.schema, table.fresh_rows())?;
     }
     if table.rows.is_empty() && (append_fresh || table.fresh.is_empty()) {
         return Ok(());
