@@ -11,6 +11,12 @@
 //!    job's time is from its start until `source_offsets` (polled every 50 ms) has committed
 //!    every event, so the 2 s idle wait before it exits is not counted. Peak RSS is the job's
 //!    `ru_maxrss` from `wait4`; the raw archive's size is every file under its `--archive`.
+//!    CPU seconds from the job's start to its exit (its idle wait included): the job's from
+//!    `wait4`, PostgreSQL's (postmaster and backends) and the broker's from `/proc`, when their
+//!    directories are known (started here, or `CLICKSTAY_PG_DIR` / `CLICKSTAY_BROKER_DIR`).
+//!    Then a digest of every result table (rows and md5, topic names left out): two builds
+//!    with equal outputs on the same events print equal digests. `CLICKSTAY_BENCH_BIN` runs
+//!    another build of `clickstay`, to compare two builds in one sitting.
 //! 3. Latency: the spec with 1 s panes, 200 ms out-of-orderness, 1 s lateness and 5 s/1 s
 //!    top-N windows; the job runs first, then `clickstay produce --rate R` sends
 //!    `CLICKSTAY_BENCH_STREAM_SECONDS` (default 20) seconds of events in real time at
