@@ -8,6 +8,13 @@
 //! three runs: events/s, CPU ns per event of this thread, bytes per event; and reads every file
 //! back to check that the events survive. Speed is not asserted.
 
+#[path = "common/rusage.rs"]
+mod rusage;
+#[path = "../tests/common/scripts.rs"]
+mod scripts;
+#[path = "common/services.rs"]
+mod services;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
@@ -22,10 +29,6 @@ struct Defaults {
     generator: GeneratorOptions,
 }
 
-fn env_usize(name: &str, default: usize) -> Result<usize> {
-    std::env::var(name).map_or(Ok(default), |v| v.parse().with_context(|| format!("{name}={v} is not a count")))
-}
-
 /// This thread's CPU time so far, in seconds.
 fn thread_cpu() -> f64 {
     // SAFETY: an all-zero timespec is valid; clock_gettime writes it.
@@ -36,8 +39,8 @@ fn thread_cpu() -> f64 {
 }
 
 fn main() -> Result<()> {
-    let count = env_usize("CLICKSTAY_BENCH_ARCHIVE_EVENTS", 2_000_000)?;
-    let range_len = env_usize("CLICKSTAY_BENCH_ARCHIVE_RANGE", 100_000)?.max(1);
+    let count = services::env_u64("CLICKSTAY_BENCH_ARCHIVE_EVENTS", 2_000_000)? as usize;
+    let range_len = services::env_u64("CLICKSTAY_BENCH_ARCHIVE_RANGE", 100_000)?.max(1) as usize;
     let options = Defaults::parse_from(["archive"]).generator;
     let mut generator = Generator::new(&options, count as u64, 10_000.0, clickstay::clicks::event::Format::Csv)?;
     let mut events: Vec<(u64, ClickEvent)> = Vec::with_capacity(count);

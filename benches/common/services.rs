@@ -35,12 +35,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub struct Services {
     pub brokers: String,
     pub pg_base: String,
+    /// The services' directories when started here (stopped on drop).
     broker_dir: Option<String>,
     pg_dir: Option<String>,
-    /// Where the broker's pid file and PostgreSQL's data directory are (started here, or named
-    /// by `CLICKSTAY_BROKER_DIR` / `CLICKSTAY_PG_DIR`), for their CPU time.
-    broker_home: Option<PathBuf>,
-    pg_home: Option<PathBuf>,
 }
 
 /// CPU seconds used so far by the broker and by PostgreSQL (server and backends); `None` when
@@ -53,21 +50,13 @@ pub struct ServicesCpu {
 
 impl Services {
     pub fn start() -> Result<Services> {
-        let mut services = Services {
-            brokers: String::new(),
-            pg_base: String::new(),
-            broker_dir: None,
-            pg_dir: None,
-            broker_home: std::env::var_os("CLICKSTAY_BROKER_DIR").map(PathBuf::from),
-            pg_home: std::env::var_os("CLICKSTAY_PG_DIR").map(PathBuf::from),
-        };
+        let mut services = Services { brokers: String::new(), pg_base: String::new(), broker_dir: None, pg_dir: None };
         let tag = std::process::id();
         match std::env::var("CLICKSTAY_KAFKA_BROKERS") {
             Ok(brokers) => services.brokers = brokers.trim().to_string(),
             Err(_) => {
                 let dir = format!("/tmp/clickstay-bench-stream-broker-{tag}");
                 services.brokers = run_script("broker.sh", &["start", &dir], Stdio::inherit())?;
-                services.broker_home = Some(PathBuf::from(&dir));
                 services.broker_dir = Some(dir);
             }
         }
@@ -76,7 +65,6 @@ impl Services {
             Err(_) => {
                 let dir = format!("/tmp/clickstay-bench-stream-pg-{tag}");
                 services.pg_base = run_script("postgres.sh", &["start", &dir], Stdio::inherit())?;
-                services.pg_home = Some(PathBuf::from(&dir));
                 services.pg_dir = Some(dir);
             }
         }
@@ -93,15 +81,19 @@ impl Services {
         Ok(format!("{server}/{name}"))
     }
 
-    /// The CPU seconds the broker and PostgreSQL have used so far.
+    /// The CPU seconds the broker and PostgreSQL have used so far, found from their
+    /// directories: started here, or named by `CLICKSTAY_BROKER_DIR` / `CLICKSTAY_PG_DIR`.
     pub fn cpu(&self) -> ServicesCpu {
+        let home = |started: &Option<String>, variable: &str| {
+            started.as_ref().map(PathBuf::from).or_else(|| std::env::var_os(variable).map(PathBuf::from))
+        };
         let tree = |pid_file: Option<PathBuf>| {
             let pid = super::rusage::pid_in(&pid_file?).ok()?;
             super::rusage::tree_cpu_seconds(pid).ok()
         };
         ServicesCpu {
-            broker: tree(self.broker_home.as_ref().map(|d| d.join("pid"))),
-            postgres: tree(self.pg_home.as_ref().map(|d| d.join("data/postmaster.pid"))),
+            broker: tree(home(&self.broker_dir, "CLICKSTAY_BROKER_DIR").map(|d| d.join("pid"))),
+            postgres: tree(home(&self.pg_dir, "CLICKSTAY_PG_DIR").map(|d| d.join("data/postmaster.pid"))),
         }
     }
 

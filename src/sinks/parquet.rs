@@ -173,22 +173,28 @@ fn write_column(row_group: &mut SerializedRowGroupWriter<'_, File>, values: &Col
     Ok(())
 }
 
-/// Writes the first `count` of `values` (all of them, over and over, for a repeated run).
+/// Writes the first `count` values of `values`; a repeated run's values are its run's, over
+/// and over.
 fn write_values(column: &mut SerializedColumnWriter<'_>, values: &ColumnValues, count: usize) -> Result<()> {
     match values {
-        ColumnValues::Int32(values) => column.typed::<Int32Type>().write_batch(&values[..count], None, None)?,
-        ColumnValues::Int64(values) => column.typed::<Int64Type>().write_batch(&values[..count], None, None)?,
-        ColumnValues::ByteArray(values) => column.typed::<ByteArrayType>().write_batch(&values[..count], None, None)?,
-        ColumnValues::Repeated { run, count: total } => {
+        ColumnValues::Int32(values) => {
+            column.typed::<Int32Type>().write_batch(&values[..count], None, None)?;
+        }
+        ColumnValues::Int64(values) => {
+            column.typed::<Int64Type>().write_batch(&values[..count], None, None)?;
+        }
+        ColumnValues::ByteArray(values) => {
+            column.typed::<ByteArrayType>().write_batch(&values[..count], None, None)?;
+        }
+        ColumnValues::Repeated { run, .. } => {
             let step = run.len().max(1);
-            let mut left = (*total).min(count);
+            let mut left = count;
             while left > 0 {
                 write_values(column, run, left.min(step))?;
                 left -= left.min(step);
             }
-            count
         }
-    };
+    }
     Ok(())
 }
 

@@ -133,6 +133,10 @@ const MAX_MESSAGES_PER_ROUND: usize = 65_536;
 /// How long a round waits for the first message.
 const ROUND_WAIT: Duration = Duration::from_millis(20);
 
+/// The largest text buffer a reader keeps for its next rounds (see [`Source::recycle`]): a
+/// round's worth of ordinary click messages (65,536 of ~130 bytes) fits several times over.
+const MAX_SPARE_TEXT_BYTES: usize = 32 << 20;
+
 /// Messages taken from librdkafka in one call.
 const MESSAGES_PER_CALL: usize = 4096;
 
@@ -300,11 +304,12 @@ impl Source for KafkaSource {
         (self.read, 0)
     }
 
-    /// Keeps as many batches' buffers as there are partitions to read.
+    /// Keeps as many batches' buffers as there are partitions to read, none that a round of
+    /// very large messages grew beyond [`MAX_SPARE_TEXT_BYTES`] (those are freed, as before).
     fn recycle(&mut self, batches: Vec<LineBatch>) {
         let owned = (0..self.partitions).filter(|p| self.share.owns(*p)).count();
         for mut batch in batches {
-            if self.spare.len() < owned {
+            if self.spare.len() < owned && batch.records.text.capacity() <= MAX_SPARE_TEXT_BYTES {
                 batch.records.clear();
                 self.spare.push(batch.records);
             }

@@ -21,28 +21,27 @@ pub(super) struct TableRows {
     /// Rows no earlier checkpoint wrote ([`Rows::fresh`]); older than every row of `rows`.
     fresh: Vec<Vec<Value>>,
     rows: Vec<Vec<Value>>,
-    values: usize,
 }
 
 impl TableRows {
     pub(super) fn new(table: &str, schema: &TableSchema) -> Self {
-        TableRows { schema: schema.clone(), table: table.to_string(), fresh: Vec::new(), rows: Vec::new(), values: 0 }
+        TableRows { schema: schema.clone(), table: table.to_string(), fresh: Vec::new(), rows: Vec::new() }
     }
 
+    /// Keeps `rows` as they are; an empty write keeps nothing, so an empty table has no vectors.
     pub(super) fn push(&mut self, rows: Rows) {
         if rows.values.is_empty() {
             return;
         }
-        self.values += rows.values.len();
         if rows.fresh { self.fresh.push(rows.values) } else { self.rows.push(rows.values) }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.values == 0
+        self.fresh.is_empty() && self.rows.is_empty()
     }
 
     pub(super) fn value_count(&self) -> usize {
-        self.values
+        self.fresh.iter().chain(&self.rows).map(Vec::len).sum()
     }
 
     pub(super) fn row_count(&self) -> usize {
@@ -56,7 +55,6 @@ impl TableRows {
             table: self.table.clone(),
             fresh: std::mem::take(&mut self.fresh),
             rows: std::mem::take(&mut self.rows),
-            values: std::mem::take(&mut self.values),
         }
     }
 
